@@ -1,0 +1,223 @@
+"""netcheck: what does the NAT in front of this host do? (phase A)
+
+One run answers, from one main socket plus one fresh socket for filtering:
+
+1. Binding to every configured server at once (in list order): UDP works? public IP? Which
+   servers do RFC 5780 (OTHER-ADDRESS)?
+2. Binding to the RFC 5780 server's other endpoints (B,P), (B,P'), (A,P') from the same socket:
+   these plus step 1 are the port-allocation samples (allocation order = send order) and the
+   mapping test (RFC 5780 section 4.3).
+3. Concurrently: the filtering tests (RFC 5780 section 4.4, CHANGE-REQUEST from a fresh socket so
+   step 1-2's flows cannot open its filter) and the hairpin test (section 4.5).
+
+Filtering tests succeed by an answer and fail by silence, so their wait is what a run costs: it is
+sized from the RTTs measured in step 1 (see ``_filter_wait``), not a fixed guess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from punchthrough.nat.allocation import (
+    DEFAULT_PORT_RANGE,
+    AllocationResult,
+    PortAllocation,
+    classify_port_allocation,
+)
+from punchthrough.nat.behavior import Behavior, Sample, filtering_behavior, mapping_behavior
+from punchthrough.nat.probe import sample_mappings
+from punchthrough.netio import Address, DatagramSocket, Network
+from punchthrough.stun import BindingResult, StunClient, StunError
+
+log = logging.getLogger(__name__)
+
+#: Floor for how long a filtering test waits for an answer that may legitimately never come.
+MIN_FILTER_WAIT = 0.5
+#: A filtered-out answer is declared missing after this many measured round trips (the client
+#: retransmits inside the window, so one lost packet does not flip the verdict).
+FILTER_WAIT_RTTS = 4.0
+#: Default initial retransmission timeout for netcheck probes. RFC 8489 section 6.2.1 suggests
+#: 500 ms for the open Internet; netcheck probes are few and latency-sensitive, so start lower.
+DEFAULT_RTO = 0.25
+
+
+class NetcheckError(Exception):
+    """netcheck cannot run at all (bad configuration, not a network outcome)."""
+
+
+def _fmt(addr: Address) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass
+class NetcheckReport:
+    """Everything netcheck learned; ``to_json`` is the stable machine-readable form."""
+
+    udp: bool = False
+    public_ip: str | None = None
+    local_address: Address | None = None
+    mapped_endpoints: list[str] = field(default_factory=list)
+    sample_destinations: list[str] = field(default_factory=list)
+    mapping: Behavior = Behavior.UNKNOWN
+    filtering: Behavior = Behavior.UNKNOWN
+    allocation: AllocationResult = field(default_factory=lambda: classify_port_allocation(()))
+    preserves_port: bool | None = None
+    hairpinning: bool | None = None
+    rfc5780_server: str | None = None
+    duration_ms: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "udp": self.udp,
+            "public_ip": self.public_ip,
+            "local_address": _fmt(self.local_address) if self.local_address else None,
+            "mapped_endpoints": list(self.mapped_endpoints),
+            "sample_destinations": list(self.sample_destinations),
+            "mapping": self.mapping.value,
+            "filtering": self.filtering.value,
+            "port_allocation": self.allocation.to_json(),
+            "preserves_port": self.preserves_port,
+            "hairpinning": self.hairpinning,
+            "rfc5780_server": self.rfc5780_server,
+            "duration_ms": round(self.duration_ms, 1),
+            "errors": list(self.errors),
+        }
+
+    @property
+    def nat_type(self) -> str:
+        """A one-line human summary, e.g. ``EIM+APDF, port-preserving``."""
+        if not self.udp:
+            return "UDP blocked"
+        abbrev = {
+            Behavior.ENDPOINT_INDEPENDENT: "EI",
+            Behavior.ADDRESS_DEPENDENT: "AD",
+            Behavior.ADDRESS_AND_PORT_DEPENDENT: "APD",
+            Behavior.UNKNOWN: "?",
+        }
+        kind = self.allocation.kind.value
+        if self.allocation.kind is PortAllocation.SEQUENTIAL:
+            kind += f" (delta {self.allocation.delta:+d})"
+        return f"{abbrev[self.mapping]}M+{abbrev[self.filtering]}F, {kind}"
+
+
+def _filter_wait(rtts: Sequence[float], timeout: float) -> float:
+    if not rtts:
+        return timeout
+    return min(timeout, max(MIN_FILTER_WAIT, FILTER_WAIT_RTTS * max(rtts)))
+
+
+async def _binding_or_none(
+    client: StunClient, dest: Address, timeout: float, **kw: bool
+) -> BindingResult | None:
+    try:
+        return await client.binding(dest, timeout=timeout, **kw)
+    except StunError as exc:
+        log.debug("binding to %s failed: %s", _fmt(dest), exc)
+        return None
+
+
+async def _answered(client: StunClient, dest: Address, wait: float, **kw: bool) -> bool:
+    return await _binding_or_none(client, dest, wait, **kw) is not None
+
+
+async def run_netcheck(
+    network: Network,
+    servers: Sequence[Address],
+    *,
+    timeout: float = 3.0,
+    samples: int = 5,
+    rto: float = DEFAULT_RTO,
+    bind_host: str = "0.0.0.0",
+    port_range: tuple[int, int] = DEFAULT_PORT_RANGE,
+) -> NetcheckReport:
+    """Probe the NAT in front of this host; see the module docstring for the plan.
+
+    ``timeout`` bounds every single wait (each Binding transaction); the whole run takes at most
+    about ``2 * timeout``. ``samples`` is the port-allocation sample count wished for; fewer are
+    taken when the servers offer fewer distinct endpoints (and the report says so in ``errors``).
+    """
+    if not servers:
+        raise NetcheckError("no STUN server given: pass at least one --stun IP:PORT")
+    if timeout <= 0:
+        raise NetcheckError("timeout must be positive")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    report = NetcheckReport()
+    sockets: list[DatagramSocket] = []
+    clients: list[StunClient] = []
+    try:
+        main_sock = await network.bind(bind_host, 0)
+        sockets.append(main_sock)
+        report.local_address = main_sock.local_address
+        main = StunClient(main_sock, rto=rto)
+        main.attach()
+        clients.append(main)
+
+        # Step 1: every configured server, concurrently, in list order.
+        unique_servers = list(dict.fromkeys(servers))
+        first = await asyncio.gather(*(_binding_or_none(main, s, timeout) for s in unique_servers))
+        answered = [(s, r) for s, r in zip(unique_servers, first, strict=True) if r is not None]
+        if not answered:
+            report.errors.append("no STUN server answered: UDP blocked or servers down")
+            return report
+        report.udp = True
+
+        # Step 2: the RFC 5780 server's other endpoints.
+        rfc5780 = next(((s, r) for s, r in answered if r.other_address is not None), None)
+        extra: list[Address] = []
+        if rfc5780 is not None:
+            (a_ip, p), res = rfc5780
+            assert res.other_address is not None
+            b_ip, p_alt = res.other_address
+            report.rfc5780_server = _fmt(rfc5780[0])
+            seen = {s for s, _ in answered}
+            extra = [d for d in ((b_ip, p), (b_ip, p_alt), (a_ip, p_alt)) if d not in seen]
+        else:
+            report.errors.append(
+                "no server sent OTHER-ADDRESS (RFC 5780): filtering is unknown and mapping is "
+                "inferred from distinct servers only"
+            )
+        sample_list = [Sample(s, r.mapped) for s, r in answered]
+        sample_list += await sample_mappings(main, extra, timeout)
+        report.sample_destinations = [_fmt(s.destination) for s in sample_list]
+        report.mapped_endpoints = [_fmt(s.mapped) for s in sample_list]
+        report.public_ip = sample_list[0].mapped[0]
+        report.mapping = mapping_behavior(sample_list)
+        report.allocation = classify_port_allocation([s.mapped[1] for s in sample_list], port_range)
+        report.preserves_port = sample_list[0].mapped[1] == main_sock.local_address[1]
+        if len(sample_list) < samples:
+            report.errors.append(
+                f"only {len(sample_list)} distinct server endpoints answered "
+                f"({samples} wanted): port allocation evidence is thin"
+            )
+
+        # Step 3: filtering (fresh socket) and hairpinning (main socket), concurrently.
+        wait = _filter_wait([r.rtt for _, r in answered], timeout)
+        hairpin = main.probe_hairpin(sample_list[0].mapped, wait)
+        if rfc5780 is not None:
+            filt_sock = await network.bind(bind_host, 0)
+            sockets.append(filt_sock)
+            filt = StunClient(filt_sock, rto=rto)
+            filt.attach()
+            clients.append(filt)
+            target = rfc5780[0]
+            both, port_only, report.hairpinning = await asyncio.gather(
+                _answered(filt, target, wait, change_ip=True, change_port=True),
+                _answered(filt, target, wait, change_port=True),
+                hairpin,
+            )
+            report.filtering = filtering_behavior(both, port_only)
+        else:
+            report.hairpinning = await hairpin
+        return report
+    finally:
+        for c in clients:
+            c.close()
+        for s in sockets:
+            s.close()
+        report.duration_ms = (loop.time() - started) * 1000.0
