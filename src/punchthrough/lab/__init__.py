@@ -1,0 +1,31 @@
+"""Kernel NAT lab: network namespaces, nftables NAT routers, coturn, miniupnpd (needs root).
+
+    with Lab(["eim-apdf", "apdm-random"]) as lab:
+        lab.host("eim-apdf").run(["python", "-m", "punchthrough", "netcheck", ...])
+"""
+
+from punchthrough.lab.addresses import Address
+from punchthrough.lab.natdiscovery import NatDiscoveryResult, parse_natdiscovery, run_natdiscovery
+from punchthrough.lab.proc import LabError, LabProcess
+from punchthrough.lab.profiles import PROFILE_NAMES, PROFILES, NatProfile, get_profile
+from punchthrough.lab.rules import RouterOptions, nat_ruleset
+from punchthrough.lab.topology import STATE_DIR, Host, HostSpec, Lab
+
+__all__ = [
+    "PROFILES",
+    "PROFILE_NAMES",
+    "STATE_DIR",
+    "Address",
+    "Host",
+    "HostSpec",
+    "Lab",
+    "LabError",
+    "LabProcess",
+    "NatDiscoveryResult",
+    "NatProfile",
+    "RouterOptions",
+    "get_profile",
+    "nat_ruleset",
+    "parse_natdiscovery",
+    "run_natdiscovery",
+]

@@ -142,6 +142,35 @@ def stop_pid(
             popen_obj.wait(timeout=1.0)
 
 
+def stop_many(
+    targets: Sequence[tuple[int, subprocess.Popen[bytes] | None]],
+    *,
+    timeout: float = STOP_TIMEOUT,
+) -> list[int]:
+    """Stop many processes at once: SIGTERM all, wait, SIGKILL stragglers. Returns survivors."""
+
+    def gone(pid: int, p: subprocess.Popen[bytes] | None) -> bool:
+        return p.poll() is not None if p is not None else not pid_alive(pid)
+
+    left = list(targets)
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):
+        for pid, _ in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while left and time.monotonic() < deadline:
+            left = [(pid, p) for pid, p in left if not gone(pid, p)]
+            if left:
+                time.sleep(POLL_INTERVAL)
+        if not left:
+            break
+    for _, p in targets:
+        if p is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=0.5)
+    return [pid for pid, _ in left]
+
+
 def netns_pids(ns: str) -> list[int]:
     """Pids whose network namespace is `ns` (empty if the namespace is gone)."""
     proc = run(["ip", "netns", "pids", ns], check=False)

@@ -12,7 +12,7 @@ from typing import Final, Literal
 Behaviour = Literal[
     "endpoint-independent", "address-dependent", "address-and-port-dependent", "unknown"
 ]
-Allocation = Literal["preserving", "sequential", "random", "unknown"]
+Allocation = Literal["port-preserving", "sequential", "random", "unknown"]
 
 EI: Final = "endpoint-independent"
 AD: Final = "address-dependent"
@@ -37,17 +37,22 @@ class NatProfile:
     allocation: Allocation
     description: str
 
+    @property
+    def preserves_port(self) -> bool | None:
+        """Whether the external port equals the local port (one host per router: no clashes)."""
+        return self.allocation == "port-preserving" if self.udp else None
+
 
 PROFILES: Final[dict[str, NatProfile]] = {
     p.name: p
     for p in (
-        NatProfile("open", False, True, EI, EI, "preserving",
+        NatProfile("open", False, True, EI, EI, "port-preserving",
                    "no NAT, no firewall: public address 192.0.2.x routed via the router"),
-        NatProfile("eim-eif", True, True, EI, EI, "preserving",
+        NatProfile("eim-eif", True, True, EI, EI, "port-preserving",
                    "full cone: masquerade + dynamic nft map forwarding any inbound to the mapping"),
-        NatProfile("eim-adf", True, True, EI, AD, "preserving",
+        NatProfile("eim-adf", True, True, EI, AD, "port-preserving",
                    "restricted cone: inbound allowed from IPs the mapping has sent to"),
-        NatProfile("eim-apdf", True, True, EI, APD, "preserving",
+        NatProfile("eim-apdf", True, True, EI, APD, "port-preserving",
                    "port-restricted cone: plain masquerade, the common home router"),
         NatProfile("adm", True, True, AD, APD, "random",
                    "address-dependent mapping: port = hash(internal endpoint, remote IP)"),

@@ -49,7 +49,7 @@ class RouterOptions:
         if min(seq_ports) < MIN_PORT or max(seq_ports) > MAX_PORT:
             raise ValueError(f"sequential ports {min(seq_ports)}..{max(seq_ports)} out of range")
         if self.adm_count < 1 or not (
-            MIN_PORT <= self.adm_base and self.adm_base + self.adm_count - 1 <= MAX_PORT
+            self.adm_base >= MIN_PORT and self.adm_base + self.adm_count - 1 <= MAX_PORT
         ):
             raise ValueError("adm port range out of range")
 
@@ -68,7 +68,7 @@ def nat_ruleset(
     *,
     public_ip: str,
     lan_subnet: str,
-    opts: RouterOptions = RouterOptions(),  # noqa: B008 - frozen dataclass, safe default
+    opts: RouterOptions = RouterOptions(),  # frozen dataclass: a safe default
     stun_allow: Sequence[Address] = (),
 ) -> str:
     """The complete ruleset (`nft -f` input) for one router.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import cast
 
 from punchthrough.netio.base import Address, DatagramReceiver, DatagramSocket, SocketClosed
 
@@ -45,7 +44,7 @@ class UdpSocket:
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Protocol(self), local_addr=(host, port), family=family
         )
-        self._transport = cast(asyncio.DatagramTransport, transport)
+        self._transport = transport
         sockname = self._transport.get_extra_info("sockname")
         self._local = (str(sockname[0]), int(sockname[1]))
         return self

@@ -1,0 +1,62 @@
+"""A deterministic in-process internet with RFC 4787 NATs and virtual time.
+
+Typical use::
+
+    from punchthrough import sim
+
+    async def main() -> None:
+        world = sim.World(trace=True)
+        server = world.add_host("server", "198.51.100.1")
+        nat = world.add_nat("home", sim.profile("eim-apdf"), "203.0.113.1")
+        alice = nat.add_host("alice", "10.0.1.2")
+        sock = await alice.bind()          # alice is a punchthrough.netio.Network
+        ...
+
+    sim.run(main(), seed=1)                # virtual time: sleeps cost nothing
+
+The same endpoint code runs here and on the kernel (:class:`punchthrough.netio.UdpNetwork`).
+"""
+
+from punchthrough.sim.clock import (
+    DEFAULT_TIME_LIMIT,
+    SimulationDeadlock,
+    SimulationError,
+    SimulationTimeLimit,
+    VirtualTimeLoop,
+    run,
+)
+from punchthrough.sim.nat import (
+    PROFILES,
+    AllocationPolicy,
+    Binding,
+    FilteringBehaviour,
+    MappingBehaviour,
+    NatConfig,
+    NatTable,
+    profile,
+)
+from punchthrough.sim.world import Host, Link, Nat, Realm, SimSocket, TraceEvent, World
+
+__all__ = [
+    "DEFAULT_TIME_LIMIT",
+    "PROFILES",
+    "AllocationPolicy",
+    "Binding",
+    "FilteringBehaviour",
+    "Host",
+    "Link",
+    "MappingBehaviour",
+    "Nat",
+    "NatConfig",
+    "NatTable",
+    "Realm",
+    "SimSocket",
+    "SimulationDeadlock",
+    "SimulationError",
+    "SimulationTimeLimit",
+    "TraceEvent",
+    "VirtualTimeLoop",
+    "World",
+    "profile",
+    "run",
+]

@@ -1,0 +1,88 @@
+"""STUN (RFC 8489) with RFC 5780 NAT behaviour discovery: codec, transactions, client, server.
+
+Layers, bottom up: :mod:`.attributes` and :mod:`.message` (pure codec), :mod:`.transaction`
+(sans-IO retransmission), :mod:`.client` and :mod:`.server` (asyncio adapters over
+:mod:`punchthrough.netio`). The server's decision logic is the sans-IO :class:`StunServerCore`.
+"""
+
+from punchthrough.stun.attributes import (
+    Attribute,
+    ChangeRequest,
+    ErrorCode,
+    Fingerprint,
+    MappedAddress,
+    MessageIntegrity,
+    OtherAddress,
+    Padding,
+    RawAttribute,
+    ResponseOrigin,
+    ResponsePort,
+    Software,
+    UnknownAttributes,
+    Username,
+    XorMappedAddress,
+)
+from punchthrough.stun.client import BindingResult, StunClient
+from punchthrough.stun.constants import AttributeType
+from punchthrough.stun.errors import StunDecodeError, StunError, StunErrorResponse, StunTimeout
+from punchthrough.stun.message import (
+    Message,
+    MessageClass,
+    Method,
+    decode_message,
+    encode,
+    long_term_key,
+    looks_like_stun,
+    new_transaction_id,
+    short_term_key,
+)
+from punchthrough.stun.server import ServerAction, StunServer, StunServerCore
+from punchthrough.stun.transaction import (
+    ClientTransaction,
+    RetransmissionPolicy,
+    TransactionState,
+    TransactionTable,
+    Transmit,
+)
+
+__all__ = [
+    "Attribute",
+    "AttributeType",
+    "BindingResult",
+    "ChangeRequest",
+    "ClientTransaction",
+    "ErrorCode",
+    "Fingerprint",
+    "MappedAddress",
+    "Message",
+    "MessageClass",
+    "MessageIntegrity",
+    "Method",
+    "OtherAddress",
+    "Padding",
+    "RawAttribute",
+    "ResponseOrigin",
+    "ResponsePort",
+    "RetransmissionPolicy",
+    "ServerAction",
+    "Software",
+    "StunClient",
+    "StunDecodeError",
+    "StunError",
+    "StunErrorResponse",
+    "StunServer",
+    "StunServerCore",
+    "StunTimeout",
+    "TransactionState",
+    "TransactionTable",
+    "Transmit",
+    "UnknownAttributes",
+    "Username",
+    "XorMappedAddress",
+    "decode_message",
+    "encode",
+    "long_term_key",
+    "looks_like_stun",
+    "new_transaction_id",
+    "short_term_key",
+]

@@ -22,9 +22,7 @@ class StunTimeout(StunError, TimeoutError):
 class StunErrorResponse(StunError):
     """The server answered with an error response (RFC 8489 §6.3.4)."""
 
-    def __init__(
-        self, code: int, reason: str, unknown_attributes: tuple[int, ...] = ()
-    ) -> None:
+    def __init__(self, code: int, reason: str, unknown_attributes: tuple[int, ...] = ()) -> None:
         self.code = code
         self.reason = reason
         #: For 420 responses: the attribute types the server did not understand.

@@ -90,8 +90,9 @@ def encode_message_type(method: int, message_class: int) -> int:
 
 def decode_message_type(message_type: int) -> tuple[int, MessageClass]:
     """Inverse of :func:`encode_message_type`; known methods come back as :class:`Method`."""
-    method = (message_type & 0x000F) | ((message_type >> 1) & 0x0070) | ((message_type >> 2) & 0x0F80)
-    klass = MessageClass(((message_type >> 4) & 0b01) | ((message_type >> 7) & 0b10))
+    t = message_type
+    method = (t & 0x000F) | ((t >> 1) & 0x0070) | ((t >> 2) & 0x0F80)
+    klass = MessageClass(((t >> 4) & 0b01) | ((t >> 7) & 0b10))
     known: int = Method(method) if method in Method._value2member_map_ else method
     return known, klass
 
@@ -123,9 +124,12 @@ class Message:
         """Types an agent must reject with 420 (RFC 8489 §6.3.1), in order, deduplicated."""
         seen: list[int] = []
         for attr in self.attributes:
-            if isinstance(attr, RawAttribute) and attr.comprehension_required:
-                if attr.type not in seen:
-                    seen.append(attr.type)
+            if (
+                isinstance(attr, RawAttribute)
+                and attr.comprehension_required
+                and attr.type not in seen
+            ):
+                seen.append(attr.type)
         return seen
 
     def check_integrity(self, key: bytes) -> bool:
@@ -259,11 +263,12 @@ def decode_message(data: bytes) -> Message:
             )
         value = data[start : start + value_length]
         if type_code == AttributeType.FINGERPRINT:
-            attr = decode_attribute_value(type_code, value, txid)
-            assert isinstance(attr, Fingerprint)
-            if attr.value != _fingerprint(data[:pos]):
+            if value_length != FINGERPRINT_VALUE_LENGTH:
+                raise StunDecodeError(f"FINGERPRINT: value must be 4 bytes, got {value_length}")
+            crc = int.from_bytes(value, "big")
+            if crc != _fingerprint(data[:pos]):
                 raise StunDecodeError("FINGERPRINT does not match the message CRC-32")
-            attributes.append(attr)
+            attributes.append(Fingerprint(crc))
             fingerprint_seen = True
         elif integrity_input is not None:
             ignored += 1  # after MESSAGE-INTEGRITY: not authenticated, so ignored (§14.5)
