@@ -32,15 +32,16 @@ def netcheck_table(report: Mapping[str, object], title: str = "netcheck") -> Tab
     table.add_column("field", style="bold")
     table.add_column("value")
     alloc = report.get("port_allocation")
+    alloc_map: Mapping[str, object] = alloc if isinstance(alloc, Mapping) else {}
+    seen = alloc_map.get("ports")
     rows: list[tuple[str, str]] = [
         ("UDP", _opt(report.get("udp"))),
         ("public IP", _opt(report.get("public_ip"))),
         ("local address", _opt(report.get("local_address"))),
         ("mapping", _opt(report.get("mapping"))),
         ("filtering", _opt(report.get("filtering"))),
-        ("port allocation", _alloc_text(alloc) if isinstance(alloc, Mapping) else "-"),
-        ("ports seen", ", ".join(str(p) for p in alloc.get("ports", []))  # type: ignore[attr-defined]
-         if isinstance(alloc, Mapping) else "-"),
+        ("port allocation", _alloc_text(alloc_map) if alloc_map else "-"),
+        ("ports seen", ", ".join(str(p) for p in seen) if isinstance(seen, list) else "-"),
         ("preserves local port", _opt(report.get("preserves_port"))),
         ("hairpinning", _opt(report.get("hairpinning"))),
         ("RFC 5780 server", _opt(report.get("rfc5780_server"))),

@@ -27,10 +27,11 @@ MIN_SAMPLES = 3
 #: (3 candidate values out of ~64k per step).
 JITTER = 1
 
-#: Largest number of delta-steps one gap may span and still count as "sequential with churn":
-#: other hosts behind the NAT took the ports in between. 16 allows busy CGNATs without letting a
-#: random sequence match (a random diff hits one of 16*3 values with p ~ 0.0007).
-MAX_GAP_STEPS = 16
+#: Most ports other flows may take between two of our samples and still count as "sequential
+#: with churn". Our samples leave within milliseconds of each other, so even a busy CGNAT hands
+#: out only a few ports in between; bounding churn in ports (not in steps of delta) is what keeps
+#: a coincidence like 2728 = 11 * 248 in random ports from reading as "delta 248".
+MAX_CHURN_PORTS = 32
 
 #: Largest |delta| we call sequential. Beyond this the "next port" is no easier to hit than random.
 MAX_DELTA = 1024
@@ -97,7 +98,7 @@ def _step_cost(diff: int, delta: int) -> float | None:
     best: float | None = None
     centre = round(diff / delta)
     for steps in (centre - 1, centre, centre + 1):
-        if not 1 <= steps <= MAX_GAP_STEPS:
+        if steps < 1 or (steps - 1) * abs(delta) > MAX_CHURN_PORTS:
             continue
         off = abs(diff - steps * delta)
         if off > JITTER:
@@ -145,14 +146,19 @@ def classify_port_allocation(
             PortAllocation.PORT_PRESERVING, 0, evidence * top_count / n, observed, ports
         )
 
+    # A port seen before is an existing mapping reused (address-dependent mapping sends every
+    # destination on one IP through one port), not a new allocation: only new ports are steps.
+    fresh = tuple(dict.fromkeys(ports))
+    if len(fresh) < MIN_SAMPLES:
+        return AllocationResult(PortAllocation.UNKNOWN, None, 0.0, observed, ports)
     span = port_range[1] - port_range[0] + 1
-    diffs = [_wrap_diff(b - a, span) for a, b in itertools.pairwise(ports)]
+    diffs = [_wrap_diff(b - a, span) for a, b in itertools.pairwise(fresh)]
     # Candidate deltas: every observed step and its divisors (a delta may never be observed
     # directly when churn hit every step, e.g. steps 8, 8, 12 for delta 4).
     candidates = {
         d // k
         for d in diffs
-        for k in range(1, MAX_GAP_STEPS + 1)
+        for k in range(1, MAX_CHURN_PORTS + 2)
         if d != 0 and d % k == 0 and abs(d // k) <= MAX_DELTA
     }
     # Also consider the jitter neighbours of each observed step (a true delta may never appear
@@ -175,7 +181,7 @@ def classify_port_allocation(
             PortAllocation.SEQUENTIAL, best[2], evidence * share, observed, ports
         )
 
-    if n < MIN_SAMPLES + 1:
+    if len(fresh) < MIN_SAMPLES + 1:
         # Three scattered ports could be a churned sequence with big gaps: do not guess.
         return AllocationResult(PortAllocation.UNKNOWN, None, 0.0, observed, ports)
     return AllocationResult(
