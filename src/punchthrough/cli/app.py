@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from punchthrough import __version__
+from punchthrough.cli.demo_cmd import demo
+from punchthrough.cli.lab_cmd import lab_app
 from punchthrough.cli.netcheck_cmd import netcheck
 from punchthrough.cli.stun_cmd import stun_server
 
@@ -19,14 +21,10 @@ app = typer.Typer(
 )
 app.command("netcheck")(netcheck)
 app.command("stun-server")(stun_server)
+app.command("demo")(demo)
+app.add_typer(lab_app, name="lab")
 
-try:  # sub-apps written by other modules; kept optional only while they are being built
-    from punchthrough.cli.lab_cmd import lab_app
-
-    app.add_typer(lab_app, name="lab")
-except ImportError:  # pragma: no cover
-    pass
-try:
+try:  # kept optional only while the simulator is being built
     from punchthrough.cli.sim_cmd import sim_app
 
     app.add_typer(sim_app, name="sim")

@@ -38,8 +38,11 @@ def up(
     ] = None,
     profile: Annotated[
         list[str] | None,
-        typer.Option("--profile", "-p", help=f"One host per use ({', '.join(PROFILE_NAMES)}); "
-                     "default: one host of each."),
+        typer.Option(
+            "--profile",
+            "-p",
+            help=f"One host per use ({', '.join(PROFILE_NAMES)}); default: one host of each.",
+        ),
     ] = None,
     miniupnpd: Annotated[
         bool, typer.Option(help="Run miniupnpd (NAT-PMP/PCP/UPnP) on every NAT router.")
@@ -60,8 +63,9 @@ def up(
         specs = []
         for name in profile or PROFILE_NAMES:
             prof = get_profile(name)
-            opts = RouterOptions(udp_timeout=timeout, loss_percent=loss,
-                                 miniupnpd=miniupnpd and prof.nat)
+            opts = RouterOptions(
+                udp_timeout=timeout, loss_percent=loss, miniupnpd=miniupnpd and prof.nat
+            )
             specs.append(HostSpec(name, opts))
         lab = Lab(specs, prefix=prefix, stun_server=stun_server, coturn=coturn or miniupnpd)
     except ValueError as exc:
@@ -81,8 +85,12 @@ def up(
     _print_lab(state)
 
 
-_ABBR = {"endpoint-independent": "EI", "address-dependent": "AD",
-         "address-and-port-dependent": "APD", "unknown": "?"}
+_ABBR = {
+    "endpoint-independent": "EI",
+    "address-dependent": "AD",
+    "address-and-port-dependent": "APD",
+    "unknown": "?",
+}
 
 
 def _print_lab(state: dict[str, Any]) -> None:
@@ -92,8 +100,14 @@ def _print_lab(state: dict[str, Any]) -> None:
         table.add_column(col, no_wrap=True)
     for h in state["hosts"]:
         exp = h["expected"]
-        table.add_row(h["name"], h["profile"], f"{h['ns']} / {h['router_ns']}", h["ip"],
-                      h["public_ip"], f"{_ABBR[exp['mapping']]}/{_ABBR[exp['filtering']]}")
+        table.add_row(
+            h["name"],
+            h["profile"],
+            f"{h['ns']} / {h['router_ns']}",
+            h["ip"],
+            h["public_ip"],
+            f"{_ABBR[exp['mapping']]}/{_ABBR[exp['filtering']]}",
+        )
     console.print(table)
     servers = state.get("servers", {})
     for kind in ("stun", "coturn"):
@@ -177,8 +191,11 @@ def status(
 ) -> None:
     """List labs with saved state, and whether their namespaces and processes are alive."""
     _need_root()
-    ns_now = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
-                                check=False).stdout.split())
+    ns_now = set(
+        subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True, check=False
+        ).stdout.split()
+    )
     labs = []
     for st in Lab.list_states():
         if prefix and st.get("prefix") != prefix:
@@ -197,5 +214,7 @@ def status(
         _print_lab(st)
         procs = st.get("processes", [])
         alive = sum(1 for p in procs if p["alive"])
-        typer.echo(f"namespaces alive: {len(st['namespaces_alive'])}/{len(st['namespaces'])}; "
-                   f"processes alive: {alive}/{len(procs)}")
+        typer.echo(
+            f"namespaces alive: {len(st['namespaces_alive'])}/{len(st['namespaces'])}; "
+            f"processes alive: {alive}/{len(procs)}"
+        )

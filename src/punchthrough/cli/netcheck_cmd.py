@@ -7,10 +7,9 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from punchthrough.cli.addr import parse_addresses
-from punchthrough.cli.render import netcheck_table
+from punchthrough.cli.render import make_console, netcheck_table
 from punchthrough.nat import NetcheckError, run_netcheck
 from punchthrough.netio import UdpNetwork
 
@@ -52,4 +51,4 @@ def netcheck(
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
-        Console().print(netcheck_table(result))
+        make_console().print(netcheck_table(result))

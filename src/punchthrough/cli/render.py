@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from rich.console import Console
 from rich.table import Table
+
+#: Width used when output is not a terminal (pipes, CI logs): rich would otherwise assume 80
+#: columns and wrap every port list.
+PIPE_WIDTH = 120
+
+
+def make_console(stderr: bool = False) -> Console:
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, width=PIPE_WIDTH)
+    return console
 
 
 def _alloc_text(alloc: Mapping[str, object]) -> str:
@@ -55,22 +67,59 @@ def netcheck_table(report: Mapping[str, object], title: str = "netcheck") -> Tab
     return table
 
 
-def netcheck_matrix(rows: Sequence[tuple[str, Mapping[str, object]]], title: str) -> Table:
-    """Several reports (one per NAT profile) side by side, one row each."""
-    table = Table(title=title)
-    for col in ("NAT", "UDP", "mapping", "filtering", "port allocation", "ports", "hairpin", "ms"):
-        table.add_column(col)
+#: Short forms for matrix cells (a legend is printed under the table).
+BEHAVIOR_SHORT = {
+    "endpoint-independent": "EI",
+    "address-dependent": "AD",
+    "address-and-port-dependent": "APD",
+    "unknown": "?",
+}
+ALLOC_SHORT = {"port-preserving": "preserving", "sequential": "seq", "random": "random"}
+MATRIX_LEGEND = "EI endpoint-independent, AD address-dependent, APD address-and-port-dependent"
+
+
+def _ports_short(ports: object) -> str:
+    if not isinstance(ports, list) or not ports:
+        return "-"
+    if len(set(ports)) == 1:
+        return f"{ports[0]} x{len(ports)}"
+    head = " ".join(str(p) for p in ports[:3])
+    return head + (" ..." if len(ports) > 3 else "")
+
+
+def netcheck_matrix(
+    rows: Sequence[tuple[str, Mapping[str, object]]],
+    title: str,
+    expected: Mapping[str, tuple[str, str, str]] | None = None,
+) -> Table:
+    """Several reports (one per NAT profile), one row each; ``expected`` adds a check column."""
+    table = Table(title=title, caption=MATRIX_LEGEND)
+    for col in ("NAT", "UDP", "map", "filter", "allocation", "ports", "hairpin", "ms"):
+        table.add_column(col, no_wrap=col in ("NAT", "allocation"))
+    if expected is not None:
+        table.add_column("ok")
     for name, r in rows:
         alloc = r.get("port_allocation")
-        ports = alloc.get("ports", []) if isinstance(alloc, Mapping) else []
-        table.add_row(
+        a: Mapping[str, object] = alloc if isinstance(alloc, Mapping) else {}
+        kind = str(a.get("kind", "unknown"))
+        kind_text = ALLOC_SHORT.get(kind, kind)
+        delta = a.get("delta")
+        if kind == "sequential" and isinstance(delta, int):
+            kind_text += f" {delta:+d}"
+        ms = r.get("duration_ms")
+        cells = [
             name,
             _opt(r.get("udp")),
-            _opt(r.get("mapping")),
-            _opt(r.get("filtering")),
-            _alloc_text(alloc) if isinstance(alloc, Mapping) else "-",
-            " ".join(str(p) for p in ports) if isinstance(ports, Sequence) else "-",
+            BEHAVIOR_SHORT.get(str(r.get("mapping")), "?"),
+            BEHAVIOR_SHORT.get(str(r.get("filtering")), "?"),
+            kind_text,
+            _ports_short(a.get("ports")),
             _opt(r.get("hairpinning")),
-            _opt(r.get("duration_ms")),
-        )
+            f"{ms:.0f}" if isinstance(ms, float | int) else "-",
+        ]
+        if expected is not None:
+            want = expected.get(name)
+            got = (str(r.get("mapping")), str(r.get("filtering")), kind)
+            cells.append("-" if want is None else ("[green]yes" if got == want else "[red]NO"))
+        table.add_row(*cells)
     return table

@@ -46,8 +46,9 @@ def sim_netcheck(
 ) -> None:
     """Run netcheck behind a simulated NAT and print the same report as `punchthrough netcheck`."""
     if nat not in PROFILES:
-        raise typer.BadParameter(f"unknown profile; choose from {', '.join(PROFILES)}",
-                                 param_hint="--nat")
+        raise typer.BadParameter(
+            f"unknown profile; choose from {', '.join(PROFILES)}", param_hint="--nat"
+        )
     params: dict[str, Any] = {}
     if delta is not None:
         params["delta"] = delta

@@ -18,9 +18,7 @@ log = logging.getLogger("punchthrough.stun-server")
 
 
 def stun_server(
-    listen: Annotated[
-        list[str], typer.Option("--listen", help="IP:PORT to serve (repeatable).")
-    ],
+    listen: Annotated[list[str], typer.Option("--listen", help="IP:PORT to serve (repeatable).")],
     alt_ip: Annotated[
         str | None,
         typer.Option(help="Second IP: serve every port on it too and do RFC 5780."),
