@@ -47,7 +47,7 @@ test-fast: venv
 	$(BIN)/python -m pytest -m "not lab"
 
 bench: setup
-	$(BIN)/python -m punchthrough bench --out bench/results
+	$(BIN)/python bench/run.py --out bench/results
 
 lint: venv
 	$(BIN)/ruff check src tests

@@ -1,0 +1,166 @@
+"""`make bench`: benchmarks that write JSON to bench/results/ (figures as ratios, with trials).
+
+What is measured today (the foundation issue):
+
+- ``stun_codec.json``: decode and encode of a Binding response, ours against aioice's codec, in
+  one process (so the figure that matters is the ratio).
+- ``classifier.json``: classify_port_allocation calls per second on 6-sample sequences.
+- ``netcheck_lab.json`` (root only): wall time of a full netcheck behind each kernel NAT profile,
+  against coturn's turnutils_natdiscovery (mapping + filtering only) for the same NAT,
+  and whether both classified it the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def _env() -> dict[str, Any]:
+    return {
+        "python": sys.version.split()[0],
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _rate(fn: Callable[[], object], min_time: float = 0.5) -> float:
+    """Calls per second, measured over at least ``min_time`` seconds."""
+    n = 0
+    t0 = time.perf_counter()
+    while True:
+        for _ in range(200):
+            fn()
+        n += 200
+        el = time.perf_counter() - t0
+        if el >= min_time:
+            return n / el
+
+
+def bench_stun_codec() -> dict[str, Any]:
+    from aioice import stun as aio
+
+    from punchthrough.stun import (
+        Message,
+        MessageClass,
+        Method,
+        Software,
+        XorMappedAddress,
+        decode_message,
+        encode,
+    )
+
+    msg = Message(
+        Method.BINDING,
+        MessageClass.SUCCESS_RESPONSE,
+        attributes=[XorMappedAddress(("203.0.113.7", 40000)), Software("bench")],
+    )
+    data = encode(msg, fingerprint=True)
+    runs = []
+    for _ in range(5):
+        runs.append(
+            {
+                "ours_decode_per_s": _rate(lambda: decode_message(data), 0.3),
+                "aioice_decode_per_s": _rate(lambda: aio.parse_message(data), 0.3),
+                "ours_encode_per_s": _rate(lambda: encode(msg, fingerprint=True), 0.3),
+            }
+        )
+    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    return {
+        "trials": len(runs),
+        "median": med,
+        "decode_ratio_ours_over_aioice": med["ours_decode_per_s"] / med["aioice_decode_per_s"],
+        "message_bytes": len(data),
+        "note": "ours validates more (FINGERPRINT, duplicate and length rules) than aioice",
+    }
+
+
+def bench_classifier() -> dict[str, Any]:
+    from punchthrough.nat import classify_port_allocation
+
+    rng = random.Random(1)
+    seqs = {
+        "sequential": [40000 + k for k in range(6)],
+        "churned": [40000, 40001, 40004, 40005, 40006, 40011],
+        "random": [rng.randint(1024, 65535) for _ in range(6)],
+    }
+    return {
+        name: {"calls_per_s": _rate(lambda s=s: classify_port_allocation(s), 0.3)}
+        for name, s in seqs.items()
+    }
+
+
+def bench_netcheck_lab(trials: int) -> dict[str, Any]:
+    from punchthrough.lab import PROFILE_NAMES, PROFILES, Lab
+    from punchthrough.lab import addresses as A
+    from punchthrough.lab.natdiscovery import run_natdiscovery
+
+    rows: dict[str, Any] = {}
+    with Lab(PROFILE_NAMES) as lab:
+        argv = [sys.executable, "-m", "punchthrough", "netcheck", "--json", "--timeout", "2"]
+        for host, port in lab.stun_servers():
+            argv += ["--stun", f"{host}:{port}"]
+        for name in PROFILE_NAMES:
+            if not PROFILES[name].udp:
+                continue
+            h = lab.host(name)
+            ours_ms, ours_wall, theirs_wall, agree = [], [], [], []
+            for _ in range(trials):
+                t0 = time.perf_counter()
+                res = h.run(argv, timeout=60, check=True)
+                ours_wall.append(time.perf_counter() - t0)
+                report = json.loads(res.stdout)
+                ours_ms.append(report["duration_ms"])
+                t0 = time.perf_counter()
+                nd = run_natdiscovery(h.ns, A.COTURN_PRIMARY, local_ip=h.ip)
+                theirs_wall.append(time.perf_counter() - t0)
+                agree.append((report["mapping"], report["filtering"]) == (nd.mapping, nd.filtering))
+            rows[name] = {
+                "trials": trials,
+                "netcheck_duration_ms_median": statistics.median(ours_ms),
+                "netcheck_process_wall_s_median": statistics.median(ours_wall),
+                "natdiscovery_process_wall_s_median": statistics.median(theirs_wall),
+                "wall_ratio_ours_over_natdiscovery": statistics.median(ours_wall)
+                / statistics.median(theirs_wall),
+                "agreement": f"{sum(agree)}/{trials}",
+                "note": "netcheck also measures port allocation and hairpinning; "
+                "natdiscovery only mapping and filtering",
+            }
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    ap.add_argument("--trials", type=int, default=3, help="lab trials per profile")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    jobs: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("stun_codec", bench_stun_codec),
+        ("classifier", bench_classifier),
+    ]
+    if os.geteuid() == 0:
+        jobs.append(("netcheck_lab", lambda: bench_netcheck_lab(args.trials)))
+    else:
+        print("not root: skipping the lab benchmarks", file=sys.stderr)
+    for name, job in jobs:
+        print(f"bench {name} ...", file=sys.stderr, flush=True)
+        result = {"benchmark": name, "env": _env(), "results": job()}
+        path = args.out / f"{name}.json"
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result["results"], indent=2))
+        print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
