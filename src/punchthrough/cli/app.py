@@ -9,6 +9,7 @@ import typer
 
 from punchthrough import __version__
 from punchthrough.cli.demo_cmd import demo
+from punchthrough.cli.identity_cmd import identity_app
 from punchthrough.cli.lab_cmd import lab_app
 from punchthrough.cli.netcheck_cmd import netcheck
 from punchthrough.cli.stun_cmd import stun_server
@@ -23,6 +24,7 @@ app.command("netcheck")(netcheck)
 app.command("stun-server")(stun_server)
 app.command("demo")(demo)
 app.add_typer(lab_app, name="lab")
+app.add_typer(identity_app, name="identity")
 
 try:  # kept optional only while the simulator is being built
     from punchthrough.cli.sim_cmd import sim_app

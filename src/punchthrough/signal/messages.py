@@ -142,7 +142,7 @@ class Message(
     """Base of every top-level signal message; the ``type`` field on the wire is its tag."""
 
 
-class Candidate(_Struct):
+class Candidate(_Struct, frozen=True, kw_only=True):
     """One transport address a peer can perhaps be reached at (RFC 8445 section 5.1.1)."""
 
     kind: CandidateKind
@@ -155,7 +155,7 @@ class Candidate(_Struct):
         _check_ip(self.address, "candidate address")
 
 
-class RelayAddress(_Struct):
+class RelayAddress(_Struct, frozen=True, kw_only=True):
     host: HostText
     port: Port
 
@@ -163,7 +163,7 @@ class RelayAddress(_Struct):
 CandidateTuple = Annotated[tuple[Candidate, ...], Meta(max_length=MAX_CANDIDATES)]
 
 
-class Hello(Message, tag="hello"):
+class Hello(Message, tag="hello", frozen=True, kw_only=True):
     """First message on a control stream (peer or relay): versions and features spoken.
 
     Both sides then use the highest common version (:func:`negotiate_version`).
@@ -174,27 +174,27 @@ class Hello(Message, tag="hello"):
     features: Annotated[tuple[Feature, ...], Meta(max_length=MAX_FEATURES)] = ()
 
 
-class PeerAuth(Message, tag="peer-auth"):
+class PeerAuth(Message, tag="peer-auth", frozen=True, kw_only=True):
     """Dialer -> acceptor: proof of identity, ``sign_exporter`` over the channel binding."""
 
     peer_id: PeerId
     signature: Signature
 
 
-class Candidates(Message, tag="candidates"):
+class Candidates(Message, tag="candidates", frozen=True, kw_only=True):
     """The initial candidate set (generation 0)."""
 
     candidates: CandidateTuple
 
 
-class CandidateUpdate(Message, tag="candidate-update"):
+class CandidateUpdate(Message, tag="candidate-update", frozen=True, kw_only=True):
     """A new candidate set after a network change; a higher generation replaces older ones."""
 
     generation: U32
     candidates: CandidateTuple
 
 
-class NatReportSummary(Message, tag="nat-report"):
+class NatReportSummary(Message, tag="nat-report", frozen=True, kw_only=True):
     """What netcheck learned, enough for the peer to choose waterfall stages."""
 
     udp: bool
@@ -217,7 +217,7 @@ class NatReportSummary(Message, tag="nat-report"):
             raise ValueError("sequential allocation needs a nonzero delta")
 
 
-class HardNatProbe(Message, tag="hard-nat-probe"):
+class HardNatProbe(Message, tag="hard-nat-probe", frozen=True, kw_only=True):
     """PRD phase B: fresh port samples so the peer can predict our next mapping."""
 
     call_id: CallId
@@ -233,7 +233,7 @@ class HardNatProbe(Message, tag="hard-nat-probe"):
             raise ValueError(f"allocation delta in {self.allocation!r} exceeds {MAX_DELTA}")
 
 
-class HardNatBirthdayStart(Message, tag="hard-nat-birthday-start"):
+class HardNatBirthdayStart(Message, tag="hard-nat-birthday-start", frozen=True, kw_only=True):
     """PRD phase C: the hard side has opened its sockets; the easy side starts at ``start_at_ms``.
 
     ``acceptor_ports`` may be shorter than ``acceptor_port_count`` (behind a random NAT the
@@ -254,7 +254,7 @@ class HardNatBirthdayStart(Message, tag="hard-nat-birthday-start"):
             )
 
 
-class CheckStart(Message, tag="check-start"):
+class CheckStart(Message, tag="check-start", frozen=True, kw_only=True):
     """Agree when both sides start connectivity checks for a stage (simultaneous open)."""
 
     call_id: CallId
@@ -264,26 +264,26 @@ class CheckStart(Message, tag="check-start"):
     sent_at_ms: Millis
 
 
-class Ping(Message, tag="ping"):
+class Ping(Message, tag="ping", frozen=True, kw_only=True):
     """Round-trip and clock-offset probe on a control stream."""
 
     nonce: U32
     sent_at_ms: Millis
 
 
-class Pong(Message, tag="pong"):
+class Pong(Message, tag="pong", frozen=True, kw_only=True):
     nonce: U32
     echo_sent_at_ms: Millis
     sent_at_ms: Millis
 
 
-class Hangup(Message, tag="hangup"):
+class Hangup(Message, tag="hangup", frozen=True, kw_only=True):
     """The sender ends the call; ``reason`` is for humans and logs."""
 
     reason: Reason = ""
 
 
-class RelayRegister(Message, tag="relay-register"):
+class RelayRegister(Message, tag="relay-register", frozen=True, kw_only=True):
     """Client -> relay: register ``peer_id`` at the address this control connection uses.
 
     ``signature`` is ``sign_exporter(identity, channel_binding(conn),
@@ -296,7 +296,7 @@ class RelayRegister(Message, tag="relay-register"):
     signature: Signature
 
 
-class RelayRegistered(Message, tag="relay-registered"):
+class RelayRegistered(Message, tag="relay-registered", frozen=True, kw_only=True):
     """Relay -> client: registered; what address the relay sees, how often to refresh."""
 
     peer_id: PeerId
@@ -308,20 +308,20 @@ class RelayRegistered(Message, tag="relay-registered"):
         _check_ip(self.observed_ip, "observed_ip")
 
 
-class RelayError(Message, tag="relay-error"):
+class RelayError(Message, tag="relay-error", frozen=True, kw_only=True):
     """Relay -> client: a request failed (codes: ``RELAY_*`` constants)."""
 
     code: Annotated[int, Meta(ge=100, le=999)]
     reason: Reason = ""
 
 
-class RelayLookup(Message, tag="relay-lookup"):
+class RelayLookup(Message, tag="relay-lookup", frozen=True, kw_only=True):
     """Where is ``peer_id`` registered? (Asked of a relay by a client or by another relay.)"""
 
     peer_id: PeerId
 
 
-class RelayLookupResult(Message, tag="relay-lookup-result"):
+class RelayLookupResult(Message, tag="relay-lookup-result", frozen=True, kw_only=True):
     peer_id: PeerId
     found: bool
     relays: Annotated[tuple[RelayAddress, ...], Meta(max_length=MAX_RELAYS)] = ()
