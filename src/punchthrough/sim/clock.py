@@ -17,6 +17,8 @@ T = TypeVar("T")
 
 #: Default guard on virtual time for :func:`run`: a runaway keepalive loop fails instead of hanging.
 DEFAULT_TIME_LIMIT = 3600.0
+#: Float slack when landing on a timer deadline (far below any delay the simulator models).
+_EPSILON = 1e-9
 
 
 class SimulationError(RuntimeError):
@@ -74,8 +76,12 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
         target = self._now + timeout
         scheduled: list[asyncio.TimerHandle] = self._scheduled  # type: ignore[attr-defined]
         if scheduled:
-            # Land exactly on the timer's deadline so float rounding cannot leave it pending.
-            target = min(target, scheduled[0].when())
+            # The loop derived ``timeout`` from the head timer as ``when - now``; adding it back
+            # can round just short of ``when``, and the loop would spin without progress. Land
+            # exactly on the deadline instead.
+            head = scheduled[0].when()
+            if head <= target + _EPSILON:
+                target = head
         if self.time_limit is not None and target > self.time_limit:
             raise SimulationTimeLimit(
                 f"virtual time limit {self.time_limit:g}s reached (next event at {target:.3f}s)"

@@ -36,6 +36,8 @@ EPHEMERAL_PORTS: Final = (32768, 60999)
 #: Largest UDP payload over IPv4 (65535 - 20 IP - 8 UDP); larger sends fail with EMSGSIZE.
 MAX_UDP_PAYLOAD: Final = 65507
 _WILDCARD: Final = "0.0.0.0"
+#: Same slack as asyncio's clock resolution check in ``BaseEventLoop._run_once``.
+_EPSILON: Final = 1e-9
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,7 +363,7 @@ class World:
         self._timer = None
         self._timer_when = float("inf")
         events = self._events
-        now = self.loop.time()
+        now = self.loop.time() + _EPSILON  # the loop fires timers up to its clock resolution
         while events and events[0][0] <= now:
             _, _, fn, args = heapq.heappop(events)
             fn(*args)

@@ -1,0 +1,298 @@
+"""Drive one aioquic ``QuicConnection`` (sans-IO) on the running event loop.
+
+aioquic's connection takes datagrams and ``now`` and returns datagrams, events and a timer; this
+adapter feeds it, arms its timer with ``loop.call_at`` (so the simulator's virtual clock drives it
+unchanged), hands outgoing datagrams to a ``transmit`` callable (the path manager decides where
+they really go) and keeps the socket multiplexer's connection-ID table in step with the
+connection's own CIDs. It also turns QUIC streams into asyncio reader/writer pairs.
+
+Everything that speaks QUIC here (relay control connections, peer connections) uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from aioquic._buffer import Buffer
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import (
+    ConnectionIdIssued,
+    ConnectionIdRetired,
+    ConnectionTerminated,
+    QuicEvent,
+    StreamDataReceived,
+    StreamReset,
+)
+from aioquic.quic.packet import QuicPacketType, pull_quic_header
+
+from punchthrough.netio import Address
+from punchthrough.transport.demux import QUIC_CID_LENGTH, DatagramMux
+
+log = logging.getLogger(__name__)
+
+Transmit = Callable[[bytes, Address], None]
+EventHandler = Callable[[QuicEvent], None]
+
+#: RFC 9000 section 14.1: a client Initial must be padded to at least 1200 bytes; smaller
+#: "Initials" that would create server state are dropped unanswered (anti-amplification).
+MIN_INITIAL_SIZE = 1200
+
+
+def is_initial(data: bytes) -> bool:
+    """True for a QUIC v1 Initial big enough to open a server connection."""
+    if len(data) < MIN_INITIAL_SIZE:
+        return False
+    try:
+        header = pull_quic_header(Buffer(data=data), host_cid_length=QUIC_CID_LENGTH)
+    except ValueError:
+        return False
+    return header.packet_type == QuicPacketType.INITIAL
+
+
+def initial_destination_cid(data: bytes) -> bytes | None:
+    try:
+        header = pull_quic_header(Buffer(data=data), host_cid_length=QUIC_CID_LENGTH)
+    except ValueError:
+        return None
+    return header.destination_cid
+
+
+class QuicDriver:
+    """One QuicConnection, its timer, its CIDs in the mux, and its streams.
+
+    ``peer_address`` is what aioquic believes the peer's address is; for peer connections it is
+    a fixed virtual address (the path manager routes underneath), for relay control connections
+    the relay's real address.
+    """
+
+    def __init__(
+        self,
+        connection: QuicConnection,
+        transmit: Transmit,
+        peer_address: Address,
+        *,
+        on_event: EventHandler | None = None,
+        mux: DatagramMux | None = None,
+        extra_cids: tuple[bytes, ...] = (),
+    ) -> None:
+        self.connection = connection
+        self.peer_address = peer_address
+        self._transmit = transmit
+        self._on_event = on_event
+        self._mux = mux
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._cids: set[bytes] = set()
+        self._readers: dict[int, asyncio.StreamReader] = {}
+        self._stream_handler: Callable[[asyncio.StreamReader, QuicStreamWriter], None] | None = None
+        self._closed = self._loop.create_future()
+        self.terminated: ConnectionTerminated | None = None
+        for cid in (*extra_cids, *(c.cid for c in connection._host_cids)):
+            self._add_cid(cid)
+
+    # -- construction helpers ------------------------------------------------------------
+    @classmethod
+    def client(
+        cls,
+        configuration: QuicConfiguration,
+        transmit: Transmit,
+        peer_address: Address,
+        **kw: object,
+    ) -> QuicDriver:
+        conn = QuicConnection(configuration=configuration)
+        driver = cls(conn, transmit, peer_address, **kw)  # type: ignore[arg-type]
+        conn.connect(peer_address, now=driver._loop.time())
+        driver.transmit()
+        return driver
+
+    @classmethod
+    def server(
+        cls,
+        configuration: QuicConfiguration,
+        initial: bytes,
+        transmit: Transmit,
+        peer_address: Address,
+        **kw: object,
+    ) -> QuicDriver:
+        """Accept a connection from its first Initial (caller checked ``is_initial``)."""
+        odcid = initial_destination_cid(initial)
+        conn = QuicConnection(configuration=configuration, original_destination_connection_id=odcid)
+        extra = (odcid,) if odcid else ()
+        driver = cls(conn, transmit, peer_address, extra_cids=extra, **kw)  # type: ignore[arg-type]
+        driver.datagram_received(initial)
+        return driver
+
+    # -- I/O -----------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed.done()
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+    def datagram_received(self, data: bytes, addr: Address | None = None) -> None:
+        """Feed one QUIC datagram, whatever path it came by."""
+        if self.closed:
+            return
+        self.connection.receive_datagram(data, addr or self.peer_address, now=self._loop.time())
+        self._process_events()
+        self.transmit()
+
+    def transmit(self) -> None:
+        """Send what the connection has queued and re-arm its timer."""
+        if self.closed:
+            return
+        now = self._loop.time()
+        for data, addr in self.connection.datagrams_to_send(now=now):
+            try:
+                self._transmit(data, addr)
+            except OSError as exc:  # socket closed under us: the connection will time out
+                log.debug("transmit failed: %s", exc)
+        timer_at = self.connection.get_timer()
+        if timer_at != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._timer_at = timer_at
+            if timer_at is not None:
+                self._timer = self._loop.call_at(timer_at, self._handle_timer)
+
+    def _handle_timer(self) -> None:
+        due = self._timer_at or 0.0
+        self._timer = None
+        self._timer_at = None
+        # the loop may run a timer a hair early: never tell aioquic "now" is before its deadline
+        self.connection.handle_timer(now=max(due, self._loop.time()))
+        self._process_events()
+        self.transmit()
+
+    def _process_events(self) -> None:
+        event = self.connection.next_event()
+        while event is not None:
+            if isinstance(event, ConnectionIdIssued):
+                self._add_cid(event.connection_id)
+            elif isinstance(event, ConnectionIdRetired):
+                self._remove_cid(event.connection_id)
+            elif isinstance(event, StreamDataReceived):
+                self._stream_data(event)
+            elif isinstance(event, StreamReset):
+                reader = self._readers.pop(event.stream_id, None)
+                if reader is not None:
+                    reader.set_exception(ConnectionResetError(f"stream {event.stream_id} reset"))
+            elif isinstance(event, ConnectionTerminated):
+                self.terminated = event
+            if self._on_event is not None:
+                try:
+                    self._on_event(event)
+                except Exception:
+                    log.exception("QUIC event handler failed on %r", event)
+            if isinstance(event, ConnectionTerminated):
+                self._finish()
+                return
+            event = self.connection.next_event()
+
+    def _finish(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for cid in list(self._cids):
+            self._remove_cid(cid)
+        for reader in self._readers.values():
+            reader.feed_eof()
+        self._readers.clear()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def _add_cid(self, cid: bytes) -> None:
+        self._cids.add(cid)
+        if self._mux is not None:
+            self._mux.add_quic_cid(cid, self.datagram_received)
+
+    def _remove_cid(self, cid: bytes) -> None:
+        self._cids.discard(cid)
+        if self._mux is not None:
+            self._mux.remove_quic_cid(cid)
+
+    def close(self, error_code: int = 0, reason: str = "") -> None:
+        """Close gracefully (CONNECTION_CLOSE is sent); ``wait_closed`` returns once drained."""
+        if self.closed:
+            return
+        self.connection.close(error_code=error_code, reason_phrase=reason)
+        self.transmit()
+
+    def abort(self) -> None:
+        """Forget the connection at once, without telling the peer (resources released)."""
+        self._finish()
+
+    # -- streams ---------------------------------------------------------------------------
+    def set_stream_handler(
+        self, handler: Callable[[asyncio.StreamReader, QuicStreamWriter], None] | None
+    ) -> None:
+        """Called for every stream the peer opens."""
+        self._stream_handler = handler
+
+    def open_stream(self) -> tuple[asyncio.StreamReader, QuicStreamWriter]:
+        stream_id = self.connection.get_next_available_stream_id()
+        return self._make_stream(stream_id)
+
+    def _make_stream(self, stream_id: int) -> tuple[asyncio.StreamReader, QuicStreamWriter]:
+        reader = asyncio.StreamReader()
+        self._readers[stream_id] = reader
+        return reader, QuicStreamWriter(self, stream_id)
+
+    def _stream_data(self, event: StreamDataReceived) -> None:
+        reader = self._readers.get(event.stream_id)
+        if reader is None:
+            reader, writer = self._make_stream(event.stream_id)
+            if self._stream_handler is not None:
+                self._stream_handler(reader, writer)
+        reader.feed_data(event.data)
+        if event.end_stream:
+            reader.feed_eof()
+            self._readers.pop(event.stream_id, None)
+
+
+class QuicStreamWriter:
+    """The writing half of a QUIC stream, shaped like ``asyncio.StreamWriter`` where it matters."""
+
+    def __init__(self, driver: QuicDriver, stream_id: int) -> None:
+        self._driver = driver
+        self.stream_id = stream_id
+        self._closed = False
+
+    def write(self, data: bytes) -> None:
+        if self._closed:
+            raise ConnectionResetError(f"stream {self.stream_id} is closed for writing")
+        if self._driver.closed:
+            raise ConnectionResetError("QUIC connection is closed")
+        self._driver.connection.send_stream_data(self.stream_id, data, end_stream=False)
+        self._driver.transmit()
+
+    def write_eof(self) -> None:
+        if self._closed or self._driver.closed:
+            return
+        self._closed = True
+        self._driver.connection.send_stream_data(self.stream_id, b"", end_stream=True)
+        self._driver.transmit()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    async def drain(self) -> None:
+        """QUIC flow control buffers inside aioquic; yield so the loop can send."""
+        if self._driver.closed:
+            raise ConnectionResetError("QUIC connection is closed")
+        await asyncio.sleep(0)
+
+    def close(self) -> None:
+        self.write_eof()
+
+    def is_closing(self) -> bool:
+        return self._closed or self._driver.closed
+
+    async def wait_closed(self) -> None:
+        await asyncio.sleep(0)
