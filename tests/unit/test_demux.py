@@ -92,3 +92,20 @@ def test_a_failing_handler_is_contained() -> None:
     assert mux.stats["handler_errors"] == 1
     mux.close()
     assert sock.receiver is None
+
+
+def test_relay_frames_route_by_source_first() -> None:
+    sock = FakeSocket()
+    mux = DatagramMux(sock)  # type: ignore[arg-type]
+    got: list[str] = []
+    relay_a: Address = ("198.51.100.1", 3478)
+    mux.add_relay_source(relay_a, lambda d, a: got.append("a"))
+    assert sock.receiver is not None
+    sock.receiver(b"\x10x", relay_a)
+    sock.receiver(b"\x10x", SRC)  # no catch-all yet: dropped
+    mux.set_relay_handler(lambda d, a: got.append("any"))
+    sock.receiver(b"\x10x", SRC)
+    mux.remove_relay_source(relay_a)
+    sock.receiver(b"\x10x", relay_a)
+    assert got == ["a", "any", "any"]
+    assert mux.stats["dropped_relay_no_handler"] == 1

@@ -99,6 +99,7 @@ class DatagramMux:
         self.sock = sock
         self._stun: list[StunHandler] = []
         self._relay: Handler | None = None
+        self._relay_sources: dict[Address, Handler] = {}
         self._quic: dict[bytes, Handler] = {}
         self._on_new_quic: Handler | None = None
         self.stats: Counter[str] = Counter()
@@ -114,7 +115,15 @@ class DatagramMux:
             self._stun.remove(handler)
 
     def set_relay_handler(self, handler: Handler | None) -> None:
+        """Catch-all for relay frames (the relay server's side: frames from any client)."""
         self._relay = handler
+
+    def add_relay_source(self, addr: Address, handler: Handler) -> None:
+        """Relay frames from ``addr`` (one relay we are a client of) go to ``handler``."""
+        self._relay_sources[addr] = handler
+
+    def remove_relay_source(self, addr: Address) -> None:
+        self._relay_sources.pop(addr, None)
 
     def add_quic_cid(self, cid: bytes, handler: Handler) -> None:
         self._quic[bytes(cid)] = handler
@@ -130,6 +139,7 @@ class DatagramMux:
         self.sock.set_receiver(None)
         self._stun.clear()
         self._quic.clear()
+        self._relay_sources.clear()
         self._relay = self._on_new_quic = None
 
     # -- routing ---------------------------------------------------------------------------
@@ -143,11 +153,12 @@ class DatagramMux:
                         return
                 self.stats["dropped_stun_unclaimed"] += 1
             elif kind is PacketKind.RELAY:
-                if self._relay is None:
+                relay = self._relay_sources.get(addr, self._relay)
+                if relay is None:
                     self.stats["dropped_relay_no_handler"] += 1
                 else:
                     self.stats["relay"] += 1
-                    self._relay(data, addr)
+                    relay(data, addr)
             elif kind in (PacketKind.QUIC_SHORT, PacketKind.QUIC_LONG):
                 self._route_quic(kind, data, addr)
             else:
