@@ -92,7 +92,8 @@ def test_sixty_virtual_seconds_of_calls_run_fast() -> None:
     started = time.perf_counter()
     vtime, received, sent = run(main(), seed=1)
     real = time.perf_counter() - started
-    assert vtime >= 61.0 and sent >= 12000
-    assert 0.85 * sent < received < sent  # ~4 % lost over two lossy links each way
+    assert vtime >= 61.0 and sent > 11000  # 6000 from the peers, the rest echoed
+    # each round trip crosses 6 links with 2 % loss: 0.98**6 = 89 % of 6000 come back
+    assert 4800 < received < 5700
     # Generous bound (measured ~0.2 s): catches an accidental real sleep or a quadratic path.
     assert real < 5.0, f"{sent} packets over 60 virtual s took {real:.2f} s real"

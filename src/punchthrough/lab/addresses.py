@@ -31,6 +31,10 @@ COTURN_ALT: Final = "198.51.100.11"
 COTURN2_PRIMARY: Final = "198.51.100.12"
 COTURN2_ALT: Final = "198.51.100.13"
 
+# Our relay (punchthrough relay): primary and RFC 5780 alternate address, relay port 3478.
+RELAY_PRIMARY: Final = "198.51.100.20"
+RELAY_ALT: Final = "198.51.100.21"
+
 SERVER_IPS: Final = (
     OUR_STUN_PRIMARY,
     OUR_STUN_ALT,
@@ -39,6 +43,8 @@ SERVER_IPS: Final = (
     COTURN_ALT,
     COTURN2_PRIMARY,
     COTURN2_ALT,
+    RELAY_PRIMARY,
+    RELAY_ALT,
 )
 
 NATPMP_PORT: Final = 5351  # RFC 6886 section 3 (also PCP, RFC 6887 section 19.1)

@@ -367,7 +367,10 @@ class World:
         while events and events[0][0] <= now:
             _, _, fn, args = heapq.heappop(events)
             fn(*args)
-        if events:
+        # Callbacks above may have armed a timer for a later event than the current head.
+        if events and (self._timer is None or events[0][0] < self._timer_when):
+            if self._timer is not None:
+                self._timer.cancel()
             self._timer_when = events[0][0]
             self._timer = self.loop.call_at(self._timer_when, self._run_events)
 
