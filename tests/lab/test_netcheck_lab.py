@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from punchthrough.lab import PROFILE_NAMES, PROFILES, Lab
+from punchthrough.lab import PROFILE_NAMES, PROFILES, Lab, netcheck_all, netcheck_argv
 from punchthrough.lab import addresses as A
 
 pytestmark = pytest.mark.lab
@@ -25,37 +24,14 @@ pytestmark = pytest.mark.lab
 NETCHECK_TIMEOUT_S = 2.0
 
 
-def _netcheck_argv(servers: list[tuple[str, int]]) -> list[str]:
-    argv = [sys.executable, "-m", "punchthrough", "netcheck", "--json"]
-    argv += ["--timeout", str(NETCHECK_TIMEOUT_S)]
-    for host, port in servers:
-        argv += ["--stun", f"{host}:{port}"]
-    return argv
-
-
-def _run_all(lab: Lab, servers: list[tuple[str, int]]) -> dict[str, dict[str, Any]]:
-    procs = {
-        name: lab.host(name).popen(
-            _netcheck_argv(servers), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        for name in PROFILE_NAMES
-    }
-    reports: dict[str, dict[str, Any]] = {}
-    for name, proc in procs.items():
-        out, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0, f"netcheck on {name} exited {proc.returncode}: {err!r}"
-        reports[name] = json.loads(out)
-    return reports
-
-
 @pytest.fixture(scope="module")
 def ours(nat_lab: Lab) -> dict[str, dict[str, Any]]:
-    return _run_all(nat_lab, nat_lab.stun_servers())
+    return netcheck_all(nat_lab, nat_lab.stun_servers(), timeout=NETCHECK_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
 def coturn(nat_lab: Lab) -> dict[str, dict[str, Any]]:
-    return _run_all(nat_lab, nat_lab.coturn_servers())
+    return netcheck_all(nat_lab, nat_lab.coturn_servers(), timeout=NETCHECK_TIMEOUT_S)
 
 
 @pytest.mark.parametrize("profile", PROFILE_NAMES)
@@ -173,7 +149,7 @@ def test_stun_server_survives_garbage_burst_and_still_answers(
     assert servers
     for proc in servers:
         assert proc.alive(), f"{proc.name} died (seed {garbage_seed})"
-    res = host.run(_netcheck_argv(nat_lab.stun_servers()), timeout=30, check=True)
+    res = host.run(netcheck_argv(nat_lab.stun_servers()), timeout=30, check=True)
     report = json.loads(res.stdout)
     assert report["udp"] is True, f"seed {garbage_seed}"
     assert report["mapping"] == "endpoint-independent"

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from punchthrough.netio import Address, DatagramSocket
-from punchthrough.sim import Link, NatConfig, World, profile, run
+from punchthrough.sim import Link, NatConfig, World, nat_config, run
 from punchthrough.sim.netcheck import run_sim_netcheck
 
 
@@ -23,7 +23,7 @@ async def media_call(world: World, seconds: float, pps: int = 50) -> int:
     relay.set_receiver(lambda d, a: relay.sendto(d, a))
     socks: list[DatagramSocket] = []
     received: list[int] = []
-    cfgs = [profile("apdm-random", churn=5.0), NatConfig("eim", "apdf", "sequential", churn=2.0)]
+    cfgs = [nat_config("apdm-random", churn=5.0), NatConfig("eim", "apdf", "sequential", churn=2.0)]
     for i, cfg in enumerate(cfgs):
         assert cfg is not None
         nat = world.add_nat(f"nat{i}", cfg, f"203.0.113.{i + 1}", link=link)

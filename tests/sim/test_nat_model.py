@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import replace
 
@@ -10,13 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from punchthrough.nat import PortAllocation, classify_port_allocation
+from punchthrough.netio import Address as Addr
 from punchthrough.sim.nat import (
+    ALLOCATIONS,
     FILTERINGS,
     Admitted,
+    AllocationPolicy,
     Dropped,
+    FilteringBehaviour,
     NatConfig,
     NatTable,
     Translated,
+    nat_config,
     profile,
 )
 
@@ -26,11 +32,10 @@ ALICE = ("10.0.1.2", 5000)
 ips = st.sampled_from([f"198.51.100.{i}" for i in range(1, 9)])
 ports = st.integers(1, 65535)
 remotes = st.lists(st.tuples(ips, ports), min_size=1, max_size=12, unique=True)
-allocations = st.sampled_from(["preserve", "sequential", "random", "hash"])
+allocations = st.sampled_from(ALLOCATIONS)
 
 
-def table(cfg: NatConfig | None, seed: int = 0) -> NatTable:
-    assert cfg is not None
+def table(cfg: NatConfig, seed: int = 0) -> NatTable:
     return NatTable(cfg, EXT, random.Random(seed))
 
 
@@ -42,13 +47,17 @@ def out(t: NatTable, now: float, internal: tuple[str, int], remote: tuple[str, i
 
 
 @given(remotes, allocations, st.sampled_from(FILTERINGS), st.integers(0, 2**32))
-def test_eim_one_external_port_for_every_destination(rs, alloc, filt, seed) -> None:
+def test_eim_one_external_port_for_every_destination(
+    rs: list[Addr], alloc: AllocationPolicy, filt: FilteringBehaviour, seed: int
+) -> None:
     t = table(NatConfig("eim", filt, alloc), seed)
     assert len({out(t, i * 0.1, ALICE, r) for i, r in enumerate(rs)}) == 1
 
 
 @given(remotes, allocations, st.integers(0, 2**32))
-def test_adm_port_depends_on_remote_ip_only(rs, alloc, seed) -> None:
+def test_adm_port_depends_on_remote_ip_only(
+    rs: list[Addr], alloc: AllocationPolicy, seed: int
+) -> None:
     t = table(NatConfig("adm", "apdf", alloc), seed)
     by_ip: dict[str, int] = {}
     for r in rs:
@@ -58,7 +67,9 @@ def test_adm_port_depends_on_remote_ip_only(rs, alloc, seed) -> None:
 
 
 @given(remotes, allocations, st.integers(0, 2**32))
-def test_apdm_new_port_per_remote_endpoint(rs, alloc, seed) -> None:
+def test_apdm_new_port_per_remote_endpoint(
+    rs: list[Addr], alloc: AllocationPolicy, seed: int
+) -> None:
     t = table(NatConfig("apdm", "apdf", alloc), seed)
     got = [out(t, 0.0, ALICE, r) for r in rs]
     assert len(set(got)) == len(rs)
@@ -66,8 +77,8 @@ def test_apdm_new_port_per_remote_endpoint(rs, alloc, seed) -> None:
 
 
 @given(ips, ports, ports)
-def test_apdf_drops_unseen_remote_port(ip, p1, p2) -> None:
-    t = table(profile("eim-apdf"))
+def test_apdf_drops_unseen_remote_port(ip: str, p1: int, p2: int) -> None:
+    t = table(nat_config("eim-apdf"))
     ext = out(t, 0.0, ALICE, (ip, p1))
     assert isinstance(t.inbound(0.1, (ip, p1), ext), Admitted)
     res = t.inbound(0.1, (ip, p2), ext)
@@ -77,15 +88,15 @@ def test_apdf_drops_unseen_remote_port(ip, p1, p2) -> None:
 
 
 @given(ports, ports)
-def test_adf_admits_any_port_of_contacted_ip_only(p1, p2) -> None:
-    t = table(profile("eim-adf"))
+def test_adf_admits_any_port_of_contacted_ip_only(p1: int, p2: int) -> None:
+    t = table(nat_config("eim-adf"))
     ext = out(t, 0.0, ALICE, ("198.51.100.1", p1))
     assert isinstance(t.inbound(0.1, ("198.51.100.1", p2), ext), Admitted)
     assert isinstance(t.inbound(0.1, ("198.51.100.9", p1), ext), Dropped)
 
 
 def test_eif_admits_strangers_but_not_unmapped_ports() -> None:
-    t = table(profile("eim-eif"))
+    t = table(nat_config("eim-eif"))
     ext = out(t, 0.0, ALICE, ("198.51.100.1", 3478))
     res = t.inbound(0.1, ("192.0.2.7", 999), ext)
     assert isinstance(res, Admitted) and res.internal == ALICE
@@ -93,7 +104,7 @@ def test_eif_admits_strangers_but_not_unmapped_ports() -> None:
 
 
 @given(st.floats(1.0, 600.0), st.floats(0.0, 2.0))
-def test_expired_binding_drops_inbound(lifetime, slack) -> None:
+def test_expired_binding_drops_inbound(lifetime: float, slack: float) -> None:
     cfg = NatConfig(unreplied_lifetime=lifetime, binding_lifetime=lifetime)
     t = table(cfg)
     remote = ("198.51.100.1", 3478)
@@ -134,16 +145,16 @@ def test_replied_binding_lives_longer_than_unreplied() -> None:
 
 
 @given(st.integers(-50, 50).filter(lambda d: d != 0), st.integers(0, 2**32))
-def test_sequential_any_signed_delta_without_churn(delta, seed) -> None:
+def test_sequential_any_signed_delta_without_churn(delta: int, seed: int) -> None:
     t = table(NatConfig("apdm", "apdf", "sequential", delta=delta, port_range=(40000, 40999)),
               seed)
     got = [out(t, 0.0, ALICE, ("198.51.100.1", 1000 + i)) for i in range(8)]
     assert all(40000 <= p <= 40999 for p in got)
-    assert [(b - a) % 1000 for a, b in zip(got, got[1:], strict=False)] == [delta % 1000] * 7
+    assert [(b - a) % 1000 for a, b in itertools.pairwise(got)] == [delta % 1000] * 7
 
 
 def test_sequential_counter_is_shared_by_all_lan_hosts() -> None:
-    t = table(profile("apdm-sequential"))
+    t = table(nat_config("apdm-sequential"))
     a = out(t, 0.0, ALICE, ("198.51.100.1", 3478))
     b = out(t, 0.0, ("10.0.1.3", 5000), ("198.51.100.1", 3478))
     c = out(t, 0.0, ALICE, ("198.51.100.2", 3478))
@@ -156,19 +167,19 @@ def _sample(t: NatTable, start: float, n: int, gap: float) -> list[int]:
 
 @given(st.integers(0, 2**32))
 @settings(max_examples=30)
-def test_churn_makes_sequential_samples_show_gaps(seed) -> None:
-    cfg = replace(profile("apdm-sequential"), port_range=(10000, 60000))  # type: ignore[type-var]
+def test_churn_makes_sequential_samples_show_gaps(seed: int) -> None:
+    cfg = replace(nat_config("apdm-sequential"), port_range=(10000, 60000))
     quiet = _sample(table(cfg, seed), 0.0, 6, 0.05)
-    assert [b - a for a, b in zip(quiet, quiet[1:], strict=False)] == [1] * 5
+    assert [b - a for a, b in itertools.pairwise(quiet)] == [1] * 5
     busy = _sample(table(replace(cfg, churn=40.0), seed), 1.0, 6, 0.05)
-    diffs = [b - a for a, b in zip(busy, busy[1:], strict=False)]
+    diffs = [b - a for a, b in itertools.pairwise(busy)]
     assert all(d >= 1 for d in diffs)
     # 40 flows/s over 5 gaps of 50 ms: P(no background flow at all) = exp(-10) ~ 5e-5
     assert sum(diffs) > 5
 
 
 def test_churn_gaps_still_classify_as_sequential() -> None:
-    cfg = replace(profile("apdm-sequential"), churn=20.0)  # type: ignore[type-var]
+    cfg = replace(nat_config("apdm-sequential"), churn=20.0)
     ports = _sample(table(cfg, 7), 1.0, 6, 0.05)
     assert ports != list(range(ports[0], ports[0] + 6))  # gaps
     result = classify_port_allocation(ports)
@@ -176,14 +187,14 @@ def test_churn_gaps_still_classify_as_sequential() -> None:
 
 
 @given(st.integers(1024, 60000), st.integers(1, 500), st.integers(0, 2**32))
-def test_random_allocation_stays_in_range(lo, width, seed) -> None:
+def test_random_allocation_stays_in_range(lo: int, width: int, seed: int) -> None:
     t = table(NatConfig("apdm", "apdf", "random", port_range=(lo, lo + width)), seed)
     got = [out(t, 0.0, ALICE, ("198.51.100.1", 1 + i)) for i in range(min(width + 1, 20))]
     assert all(lo <= p <= lo + width for p in got) and len(set(got)) == len(got)
 
 
 def test_preserving_keeps_port_and_falls_back_on_clash() -> None:
-    t = table(profile("eim-apdf"))
+    t = table(nat_config("eim-apdf"))
     remote = ("198.51.100.1", 3478)
     assert out(t, 0.0, ALICE, remote) == 5000
     other = out(t, 0.0, ("10.0.1.3", 5000), remote)  # same local port, second host
@@ -216,13 +227,13 @@ def test_mapping_rate_limit_is_per_internal_host() -> None:
 
 
 def test_udp_blocked_drops_everything() -> None:
-    t = table(profile("udp-blocked"))
+    t = table(nat_config("udp-blocked"))
     res = t.outbound(0.0, ALICE, ("198.51.100.1", 3478))
     assert isinstance(res, Dropped) and res.reason == "udp blocked"
 
 
 def test_port_mapping_admits_strangers_and_is_used_outbound() -> None:
-    t = table(profile("apdm-random"))
+    t = table(nat_config("apdm-random"))
     b = t.map_port(0.0, ALICE, 6000, 100)
     assert b is not None and not isinstance(b, Dropped) and b.external_port == 6000
     res = t.inbound(1.0, ("192.0.2.9", 4444), 6000)
@@ -233,7 +244,7 @@ def test_port_mapping_admits_strangers_and_is_used_outbound() -> None:
 
 
 def test_port_mapping_expires_and_checks_nonce() -> None:
-    t = table(profile("eim-apdf"))
+    t = table(nat_config("eim-apdf"))
     nonce = b"n" * 12
     b = t.map_port(0.0, ALICE, 0, 60, nonce)
     assert b is not None and not isinstance(b, Dropped)
@@ -258,3 +269,6 @@ def test_unknown_profile_and_open_params() -> None:
     with pytest.raises(ValueError):
         profile("open", delta=2)
     assert profile("open") is None
+    with pytest.raises(ValueError, match="has no NAT"):
+        nat_config("open")
+    assert nat_config("apdm-sequential", delta=-3).delta == -3

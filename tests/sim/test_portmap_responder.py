@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import TypeVar
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,12 +13,14 @@ from hypothesis import strategies as st
 from punchthrough.netio import Address, DatagramSocket
 from punchthrough.portmap import natpmp_wire as pmp
 from punchthrough.portmap import pcp_wire as pcp
-from punchthrough.sim import Nat, NatConfig, World, profile, run
+from punchthrough.sim import Nat, NatConfig, World, nat_config, run
 
+T = TypeVar("T")
 GATEWAY = ("10.0.1.1", 5351)
 NONCE = b"\x07" * 12
-BASE = profile("apdm-random")
+BASE = nat_config("apdm-random")
 assert BASE is not None
+BOTH = replace(BASE, natpmp=True, pcp=True)
 
 
 class Box:
@@ -32,18 +36,25 @@ class Box:
         self.sock = await self.nat.add_host("a", "10.0.1.2").bind("0.0.0.0", 5000)
 
         def receive(data: bytes, addr: Address) -> None:
-            (self.replies if addr == GATEWAY else self.app).append(data if addr == GATEWAY
-                                                                   else (data, addr))  # type: ignore[arg-type]
+            if addr == GATEWAY:
+                self.replies.append(data)
+            else:
+                self.app.append((data, addr))
 
         self.sock.set_receiver(receive)
         self.stranger: DatagramSocket = await self.world.add_host("x", "198.51.100.50").bind()
         return self
 
-    async def ask(self, request: bytes) -> bytes | None:
+    async def ask_maybe(self, request: bytes) -> bytes | None:
         before = len(self.replies)
         self.sock.sendto(request, GATEWAY)
         await asyncio.sleep(0.5)
         return self.replies[before] if len(self.replies) > before else None
+
+    async def ask(self, request: bytes) -> bytes:
+        reply = await self.ask_maybe(request)
+        assert reply is not None, "no reply from the gateway"
+        return reply
 
     async def knock(self, port: int) -> bool:
         before = len(self.app)
@@ -52,8 +63,8 @@ class Box:
         return len(self.app) > before
 
 
-def box_run(fn, config: NatConfig = replace(BASE, natpmp=True, pcp=True)):  # type: ignore[no-untyped-def]
-    async def main():  # type: ignore[no-untyped-def]
+def box_run(fn: Callable[[Box], Awaitable[T]], config: NatConfig = BOTH) -> T:
+    async def main() -> T:
         return await fn(await Box(World(0), config).start())
 
     return run(main(), seed=0)
@@ -61,12 +72,12 @@ def box_run(fn, config: NatConfig = replace(BASE, natpmp=True, pcp=True)):  # ty
 
 def test_natpmp_external_address_and_map_admit_inbound() -> None:
     async def go(b: Box) -> None:
-        addr = pmp.decode_response(await b.ask(pmp.encode_request(  # type: ignore[arg-type]
+        addr = pmp.decode_response(await b.ask(pmp.encode_request(
             pmp.ExternalAddressRequest())))
         assert addr == pmp.ExternalAddressResponse(0, 0, "203.0.113.1")
         assert not await b.knock(6000)
         raw = await b.ask(pmp.encode_request(pmp.MapRequest(pmp.OP_MAP_UDP, 5000, 6000, 3600)))
-        resp = pmp.decode_response(raw)  # type: ignore[arg-type]
+        resp = pmp.decode_response(raw)
         assert isinstance(resp, pmp.MapResponse)
         assert (resp.result, resp.internal_port, resp.external_port, resp.lifetime) == (
             0, 5000, 6000, 3600)
@@ -74,7 +85,7 @@ def test_natpmp_external_address_and_map_admit_inbound() -> None:
         assert b.app[-1][0] == b"knock"
         # delete: lifetime 0
         raw = await b.ask(pmp.encode_request(pmp.MapRequest(pmp.OP_MAP_UDP, 5000, 0, 0)))
-        assert pmp.decode_response(raw).result == 0  # type: ignore[arg-type]
+        assert pmp.decode_response(raw).result == 0
         assert not await b.knock(6000)
 
     box_run(go)
@@ -82,11 +93,11 @@ def test_natpmp_external_address_and_map_admit_inbound() -> None:
 
 def test_natpmp_errors() -> None:
     async def go(b: Box) -> None:
-        assert pmp.decode_response(await b.ask(b"\x00\x09")) == pmp.ErrorResponse(  # type: ignore[arg-type]
+        assert pmp.decode_response(await b.ask(b"\x00\x09")) == pmp.ErrorResponse(
             9, pmp.RESULT_UNSUPPORTED_OPCODE, 0)
         tcp = await b.ask(pmp.encode_request(pmp.MapRequest(pmp.OP_MAP_TCP, 80, 80, 60)))
-        assert pmp.decode_response(tcp).result == pmp.RESULT_UNSUPPORTED_OPCODE  # type: ignore[arg-type]
-        assert await b.ask(b"\x00\x01\x00") is None  # truncated: silently dropped
+        assert pmp.decode_response(tcp).result == pmp.RESULT_UNSUPPORTED_OPCODE
+        assert await b.ask_maybe(b"\x00\x01\x00") is None  # truncated: silently dropped
 
     box_run(go)
 
@@ -100,15 +111,15 @@ def _pcp_map(lifetime: int, client: str = "10.0.1.2", port: int = 7000,
 
 def test_pcp_map_admits_inbound_and_enforces_nonce() -> None:
     async def go(b: Box) -> None:
-        resp = pcp.decode_response(await b.ask(_pcp_map(600)))  # type: ignore[arg-type]
+        resp = pcp.decode_response(await b.ask(_pcp_map(600)))
         assert resp.result == pcp.SUCCESS and resp.lifetime == 600
         assert resp.map is not None and resp.map.nonce == NONCE
         assert (resp.map.external_port, resp.map.external_ip) == (7000, "203.0.113.1")
         assert await b.knock(7000)
-        wrong = pcp.decode_response(await b.ask(_pcp_map(0, nonce=b"\x01" * 12)))  # type: ignore[arg-type]
+        wrong = pcp.decode_response(await b.ask(_pcp_map(0, nonce=b"\x01" * 12)))
         assert wrong.result == pcp.NOT_AUTHORIZED
         assert await b.knock(7000)
-        gone = pcp.decode_response(await b.ask(_pcp_map(0)))  # type: ignore[arg-type]
+        gone = pcp.decode_response(await b.ask(_pcp_map(0)))
         assert gone.result == pcp.SUCCESS and gone.lifetime == 0
         assert not await b.knock(7000)
 
@@ -117,7 +128,7 @@ def test_pcp_map_admits_inbound_and_enforces_nonce() -> None:
 
 def test_pcp_mapping_expires_with_its_lifetime() -> None:
     async def go(b: Box) -> None:
-        assert pcp.decode_response(await b.ask(_pcp_map(60))).result == 0  # type: ignore[arg-type]
+        assert pcp.decode_response(await b.ask(_pcp_map(60))).result == 0
         await asyncio.sleep(61)
         assert not await b.knock(7000)
 
@@ -126,8 +137,7 @@ def test_pcp_mapping_expires_with_its_lifetime() -> None:
 
 def test_pcp_errors() -> None:
     async def go(b: Box) -> None:
-        def result(raw: bytes | None) -> int:
-            assert raw is not None
+        def result(raw: bytes) -> int:
             return pcp.decode_response(raw).result
 
         assert result(await b.ask(_pcp_map(60, client="10.0.1.99"))) == pcp.ADDRESS_MISMATCH
@@ -163,7 +173,7 @@ def test_pcp_only_gateway_answers_natpmp_with_unsupported_version() -> None:
 
 def test_no_responder_means_port_unreachable() -> None:
     async def go(b: Box) -> dict[str, int]:
-        assert await b.ask(pmp.encode_request(pmp.ExternalAddressRequest())) is None
+        assert await b.ask_maybe(pmp.encode_request(pmp.ExternalAddressRequest())) is None
         return b.world.drop_reasons
 
     assert box_run(go, BASE) == {"port unreachable": 1}
@@ -187,13 +197,13 @@ def test_responder_survives_garbage(datagrams: list[bytes]) -> None:
 def test_port_mapping_through_sequential_nat_holds_the_suggested_port() -> None:
     async def go(b: Box) -> None:
         raw = await b.ask(pmp.encode_request(pmp.MapRequest(pmp.OP_MAP_UDP, 5000, 40500, 600)))
-        resp = pmp.decode_response(raw)  # type: ignore[arg-type]
+        resp = pmp.decode_response(raw)
         assert isinstance(resp, pmp.MapResponse) and resp.external_port == 40500
         b.sock.sendto(b"out", ("198.51.100.9", 9))
         await asyncio.sleep(0.1)
         assert b.nat.table.binding_for_port(40500, b.world.now) is not None
         assert len(b.nat.table.bindings) == 1  # outbound reused the explicit mapping
 
-    seq = profile("apdm-sequential", natpmp=True)
+    seq = nat_config("apdm-sequential", natpmp=True)
     assert seq is not None
     box_run(go, seq)

@@ -10,15 +10,15 @@ from typing import TypeVar
 import pytest
 
 from punchthrough.netio import Address, DatagramSocket, Network, SocketClosed
-from punchthrough.sim import Link, NatConfig, World, profile, run
+from punchthrough.sim import Link, NatConfig, World, nat_config, run
 
 T = TypeVar("T")
 SERVER = ("198.51.100.1", 3478)
 
 
-def sim(fn: Callable[[World], Awaitable[T]], seed: int = 0, **world_kw: object) -> T:
+def sim(fn: Callable[[World], Awaitable[T]], seed: int = 0, trace: bool = False) -> T:
     async def main() -> T:
-        return await fn(World(seed, **world_kw))  # type: ignore[arg-type]
+        return await fn(World(seed, trace=trace))
 
     return run(main(), seed=seed)
 
@@ -88,13 +88,14 @@ def test_latency_is_exact_and_invalid_sends_count_as_errors() -> None:
         return inbox.got
 
     # client link 20 ms + server link 5 ms (default), each way
-    assert sim(go) == [(b"ping", SERVER, pytest.approx(0.050))]
+    [(data, src, when)] = sim(go)
+    assert (data, src) == (b"ping", SERVER) and when == pytest.approx(0.050)
 
 
 def test_packets_on_one_path_stay_in_order_without_jitter() -> None:
     async def go(w: World) -> list[bytes]:
         await echo(w, "server", SERVER[0])
-        nat = w.add_nat("home", profile("eim-apdf"), "203.0.113.1")  # type: ignore[arg-type]
+        nat = w.add_nat("home", nat_config("eim-apdf"), "203.0.113.1")
         sock = await nat.add_host("a", "10.0.1.2").bind()
         inbox = Inbox(sock)
         for i in range(50):
@@ -133,7 +134,7 @@ def test_every_packet_arrives_exactly_when_its_links_say() -> None:
         sink = await w.add_host("sink", SERVER[0], link=Link(0.003, jitter=0.002)).bind(
             SERVER[0], SERVER[1])
         sink.set_receiver(lambda d, a: delays.append(loop.time() - sent[d]))
-        nat = w.add_nat("n", profile("eim-apdf"), "203.0.113.1",  # type: ignore[arg-type]
+        nat = w.add_nat("n", nat_config("eim-apdf"), "203.0.113.1",
                         link=Link(0.007, jitter=0.004))
 
         async def flow(i: int, period: float) -> None:
@@ -181,10 +182,15 @@ def test_chained_nat_home_router_behind_cgnat() -> None:
     async def go(w: World) -> tuple[list[Address], list[str]]:
         server = await echo(w, "server", SERVER[0])
         seen: list[Address] = []
-        server.set_receiver(lambda d, a: (seen.append(a), server.sendto(d, a)))
-        cgnat = w.add_nat("cgnat", profile("apdm-random"), "203.0.113.9",  # type: ignore[arg-type]
+
+        def record_and_echo(data: bytes, addr: Address) -> None:
+            seen.append(addr)
+            server.sendto(data, addr)
+
+        server.set_receiver(record_and_echo)
+        cgnat = w.add_nat("cgnat", nat_config("apdm-random"), "203.0.113.9",
                           inside_ip="10.64.0.1")
-        home = cgnat.add_nat("home", profile("eim-apdf"), "10.64.0.2")  # type: ignore[arg-type]
+        home = cgnat.add_nat("home", nat_config("eim-apdf"), "10.64.0.2")
         sock = await home.add_host("a", "10.0.1.2").bind("0.0.0.0", 5000)
         inbox = Inbox(sock)
         sock.sendto(b"hi", SERVER)
@@ -206,7 +212,7 @@ def test_chained_nat_home_router_behind_cgnat() -> None:
 def test_trace_explains_drops_and_is_printable() -> None:
     async def go(w: World) -> str:
         await echo(w, "server", SERVER[0])
-        nat = w.add_nat("home", profile("eim-apdf"), "203.0.113.1")  # type: ignore[arg-type]
+        nat = w.add_nat("home", nat_config("eim-apdf"), "203.0.113.1")
         sock = await nat.add_host("a", "10.0.1.2").bind("0.0.0.0", 5000)
         sock.sendto(b"hi", SERVER)
         other = await w.add_host("x", "198.51.100.50").bind("0.0.0.0", 9)

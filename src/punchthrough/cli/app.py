@@ -12,6 +12,7 @@ from punchthrough.cli.demo_cmd import demo
 from punchthrough.cli.identity_cmd import identity_app
 from punchthrough.cli.lab_cmd import lab_app
 from punchthrough.cli.netcheck_cmd import netcheck
+from punchthrough.cli.sim_cmd import sim_app
 from punchthrough.cli.stun_cmd import stun_server
 
 app = typer.Typer(
@@ -25,13 +26,7 @@ app.command("stun-server")(stun_server)
 app.command("demo")(demo)
 app.add_typer(lab_app, name="lab")
 app.add_typer(identity_app, name="identity")
-
-try:  # kept optional only while the simulator is being built
-    from punchthrough.cli.sim_cmd import sim_app
-
-    app.add_typer(sim_app, name="sim")
-except ImportError:  # pragma: no cover
-    pass
+app.add_typer(sim_app, name="sim")
 
 
 def _version(value: bool) -> None:

@@ -8,32 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from punchthrough.cli.render import make_console, netcheck_matrix
-from punchthrough.lab import PROFILE_NAMES, PROFILES, Lab, LabError
-
-
-def _netcheck_in(lab: Lab, servers: list[tuple[str, int]], timeout: float) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "punchthrough", "netcheck", "--json", "--timeout", str(timeout)]
-    for host, port in servers:
-        argv += ["--stun", f"{host}:{port}"]
-    procs = {
-        name: lab.host(name).popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        for name in PROFILE_NAMES
-    }
-    out: dict[str, Any] = {}
-    for name, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=10 * timeout + 10)
-        if proc.returncode != 0:
-            raise LabError(f"netcheck behind {name} failed: {stderr.decode(errors='replace')}")
-        out[name] = json.loads(stdout)
-    return out
+from punchthrough.lab import PROFILE_NAMES, PROFILES, Lab, netcheck_all
 
 
 def demo(
@@ -58,7 +39,7 @@ def demo(
             f"{len(lab.namespaces)} namespaces"
         )
         with console.status("netcheck behind every NAT (in parallel)"):
-            reports = _netcheck_in(lab, lab.stun_servers(), timeout)
+            reports = netcheck_all(lab, lab.stun_servers(), timeout=timeout)
     finally:
         lab.close()
     if as_json:

@@ -6,6 +6,7 @@
 
 from punchthrough.lab.addresses import Address
 from punchthrough.lab.natdiscovery import NatDiscoveryResult, parse_natdiscovery, run_natdiscovery
+from punchthrough.lab.netcheck import netcheck_all, netcheck_argv
 from punchthrough.lab.proc import LabError, LabProcess
 from punchthrough.lab.profiles import PROFILE_NAMES, PROFILES, NatProfile, get_profile
 from punchthrough.lab.rules import RouterOptions, nat_ruleset
@@ -26,6 +27,8 @@ __all__ = [
     "RouterOptions",
     "get_profile",
     "nat_ruleset",
+    "netcheck_all",
+    "netcheck_argv",
     "parse_natdiscovery",
     "run_natdiscovery",
 ]

@@ -33,6 +33,7 @@ from punchthrough.sim.nat import (
     MappingBehaviour,
     NatConfig,
     NatTable,
+    nat_config,
     profile,
 )
 from punchthrough.sim.world import Host, Link, Nat, Realm, SimSocket, TraceEvent, World
@@ -57,6 +58,7 @@ __all__ = [
     "TraceEvent",
     "VirtualTimeLoop",
     "World",
+    "nat_config",
     "profile",
     "run",
 ]

@@ -81,7 +81,7 @@ class NatConfig:
             raise ValueError(f"filtering must be one of {FILTERINGS}")
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be one of {ALLOCATIONS}")
-        if self.delta == 0 or abs(self.delta) >= hi - lo + 1 and hi > lo:
+        if self.delta == 0 or (abs(self.delta) >= hi - lo + 1 and hi > lo):
             raise ValueError(f"delta {self.delta} must be nonzero and smaller than the range")
         if self.sequential_start is not None and not lo <= self.sequential_start <= hi:
             raise ValueError("sequential_start outside port_range")
@@ -124,6 +124,14 @@ def profile(name: str, **overrides: Any) -> NatConfig | None:
             raise ValueError("profile 'open' has no NAT to configure")
         return None
     return replace(base, **overrides)
+
+
+def nat_config(name: str, **overrides: Any) -> NatConfig:
+    """Like :func:`profile` for profiles that have a NAT (``open`` raises ``ValueError``)."""
+    config = profile(name, **overrides)
+    if config is None:
+        raise ValueError(f"profile {name!r} has no NAT")
+    return config
 
 
 @dataclass(slots=True)

@@ -8,7 +8,7 @@ agreement test calls :func:`netcheck_world` for each profile and compares with t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from punchthrough.nat import NetcheckReport, run_netcheck
@@ -55,8 +55,7 @@ def resolve_nat(nat: str | NatConfig | None, **nat_params: Any) -> NatConfig | N
 
 
 def profile_override(config: NatConfig, **nat_params: Any) -> NatConfig:
-    from dataclasses import replace
-
+    """``config`` with free parameters applied."""
     return replace(config, **nat_params) if nat_params else config
 
 

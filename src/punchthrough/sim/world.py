@@ -174,7 +174,7 @@ class Host:
         return self.addresses[0]
 
     async def bind(self, host: str = _WILDCARD, port: int = 0) -> DatagramSocket:
-        """Bind like Linux without SO_REUSEADDR: a wildcard and a specific bind on one port clash."""
+        """Bind like Linux without SO_REUSEADDR: wildcard and specific binds of a port clash."""
         ip = host or _WILDCARD
         if ":" in ip:
             raise OSError(errno.EAFNOSUPPORT, "the simulator is IPv4 only")

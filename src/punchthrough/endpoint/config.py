@@ -1,0 +1,91 @@
+"""QUIC configuration of peer connections, and the endpoint's tunables.
+
+Sizes: every inner QUIC packet must fit one relay DATA frame (``MAX_RELAY_PAYLOAD`` = 1400 bytes
+after a 33-byte header). We keep aioquic's ``max_datagram_size`` at QUIC's minimum of 1200 bytes
+(RFC 9000 section 14: every path must carry 1200-byte UDP payloads, and a client Initial is padded
+to exactly that), so packets are never larger than 1200 and always fit, with headroom for IPv6.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from aioquic.quic.configuration import QuicConfiguration
+
+from punchthrough.identity import Identity, apply_identity
+from punchthrough.relay.frames import MAX_RELAY_PAYLOAD
+from punchthrough.transport.demux import QUIC_CID_LENGTH
+
+#: ALPN of end-to-end peer connections (RFC 7301); the relay control plane uses its own.
+PEER_ALPN: Final = "punchthrough/1"
+
+#: Largest UDP payload our QUIC connections send: QUIC's minimum (RFC 9000 section 14).
+QUIC_MAX_DATAGRAM_SIZE: Final = 1200
+assert QUIC_MAX_DATAGRAM_SIZE <= MAX_RELAY_PAYLOAD, "inner packets must fit a relay frame"
+
+#: Worst-case overhead of a 1-RTT packet carrying one DATAGRAM frame: short header (1 byte flags,
+#: our CID, up to 4 bytes packet number; RFC 9000 section 17.3), AEAD tag (16 bytes, RFC 9001
+#: section 5.3), DATAGRAM frame type (1 byte) and a 2-byte length varint (RFC 9221 section 4).
+_DATAGRAM_OVERHEAD: Final = (1 + QUIC_CID_LENGTH + 4) + 16 + (1 + 2)
+#: Largest application datagram ``Connection.send_datagram`` accepts. A bigger one could never
+#: fit a packet, and aioquic would keep it queued forever, blocking every datagram behind it.
+MAX_DATAGRAM_PAYLOAD: Final = QUIC_MAX_DATAGRAM_SIZE - _DATAGRAM_OVERHEAD
+#: ``max_datagram_frame_size`` transport parameter (RFC 9221 section 3): a whole frame, which
+#: aioquic checks as ``frame size < limit``.
+MAX_DATAGRAM_FRAME_SIZE: Final = QUIC_MAX_DATAGRAM_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    """Timeouts and queue sizes of an :class:`~punchthrough.endpoint.Endpoint`."""
+
+    #: QUIC idle timeout (RFC 9000 section 10.1): a connection that hears nothing for this long
+    #: is lost. 30 s: long enough to ride out a relay fail-over, short enough to notice a dead
+    #: peer during a call.
+    idle_timeout: float = 30.0
+    #: PING interval while idle. Well below the idle timeout (3 missed PINGs still leave time)
+    #: and below Linux conntrack's 30 s unreplied UDP timeout, so NAT bindings of the current
+    #: path survive a silent call.
+    keepalive_interval: float = 5.0
+    #: How long a dialer waits, by default, for a usable connection.
+    connect_timeout: float = 10.0
+    #: How long an acceptor waits for the dialer's ``PeerAuth`` after the TLS handshake.
+    auth_timeout: float = 10.0
+    #: Registration timeout per relay when binding.
+    relay_timeout: float = 5.0
+    #: Datagrams queued for sending inside QUIC (congestion-limited); beyond it the oldest
+    #: queued one is dropped: for media a fresh frame beats a stale one.
+    datagram_send_queue: int = 64
+    #: Received datagrams not yet read; beyond it the oldest is dropped (and counted).
+    datagram_recv_queue: int = 256
+    #: Verified incoming connections not yet taken by ``accept()``; beyond it new callers are
+    #: refused with "busy".
+    accept_backlog: int = 64
+    #: How long ``close()`` waits for QUIC's closing period (RFC 9000 section 10.2) to end.
+    close_timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.keepalive_interval < self.idle_timeout:
+            raise ValueError("keepalive_interval must be positive and below idle_timeout")
+        for name in ("connect_timeout", "auth_timeout", "relay_timeout", "close_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("datagram_send_queue", "datagram_recv_queue", "accept_backlog"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+
+def quic_configuration(
+    identity: Identity, *, is_client: bool, config: EndpointConfig
+) -> QuicConfiguration:
+    """A peer connection's QUIC configuration: our certificate, datagrams on, sizes bounded."""
+    cfg = QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=[PEER_ALPN],
+        idle_timeout=config.idle_timeout,
+        max_datagram_size=QUIC_MAX_DATAGRAM_SIZE,
+        max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE,
+        connection_id_length=QUIC_CID_LENGTH,
+    )
+    return apply_identity(cfg, identity)

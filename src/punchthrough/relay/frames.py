@@ -1,0 +1,108 @@
+"""The relay data plane: DATA and NOTICE frames (sans-IO codec).
+
+Wire format (first byte in 16-19, the range the socket multiplexer routes to the relay; see
+:mod:`punchthrough.transport.demux`)::
+
+    0x10 DATA    | peer id (32 raw bytes) | payload (1..MAX_RELAY_PAYLOAD bytes)
+    0x11 NOTICE  | code (1 byte) | peer id (32 raw bytes)          exactly 34 bytes
+
+Client -> relay DATA carries the *destination* peer id; relay -> client DATA carries the
+*source* peer id, stamped by the relay from the sender's registration (never trusted from the
+sender). The payload is one opaque, end-to-end encrypted inner packet. NOTICE is relay ->
+client only. Anything else in 16-19, and anything shorter than its header, is malformed.
+
+The relay's hot path does not build objects: it uses :func:`data_header_ok` and slices. The
+object API (:func:`decode_frame`) is for clients and tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from punchthrough.identity import PeerId
+from punchthrough.relay.errors import RelayFrameError
+
+#: Frame types (first byte); 0x12 and 0x13 are reserved, currently malformed.
+FRAME_DATA: Final = 0x10
+FRAME_NOTICE: Final = 0x11
+#: Raw Ed25519 public key = peer id (RFC 8032 section 5.1.5).
+PEER_ID_BYTES: Final = 32
+#: Type byte + peer id.
+DATA_HEADER_LENGTH: Final = 1 + PEER_ID_BYTES
+#: Type byte + code byte + peer id.
+NOTICE_LENGTH: Final = 2 + PEER_ID_BYTES
+#: Largest inner packet: QUIC packets are <= 1200 bytes on our connections (RFC 9000 section
+#: 14: we never raise max_datagram_size), plus headroom; 33 + 1400 stays under a 1500-byte MTU
+#: with IPv6 (40) and UDP (8) headers.
+MAX_RELAY_PAYLOAD: Final = 1400
+MAX_DATA_FRAME: Final = DATA_HEADER_LENGTH + MAX_RELAY_PAYLOAD
+
+#: NOTICE codes.
+NOTICE_UNKNOWN_DESTINATION: Final = 1  # destination peer id is not registered here
+NOTICE_RATE_LIMITED: Final = 2  # your frames are being dropped by the rate limiter
+
+_DATA_PREFIX: Final = bytes([FRAME_DATA])
+
+
+@dataclass(frozen=True, slots=True)
+class DataFrame:
+    peer_id: PeerId
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeFrame:
+    code: int
+    peer_id: PeerId
+
+
+Frame = DataFrame | NoticeFrame
+
+
+def encode_data(peer_id: PeerId | bytes, payload: bytes) -> bytes:
+    """One DATA frame. Raises :class:`RelayFrameError` for an empty or oversize payload."""
+    raw = peer_id.raw if isinstance(peer_id, PeerId) else peer_id
+    if len(raw) != PEER_ID_BYTES:
+        raise RelayFrameError(f"a peer id is {PEER_ID_BYTES} bytes, got {len(raw)}")
+    if not payload:
+        raise RelayFrameError("a DATA frame carries a packet; the payload is empty")
+    if len(payload) > MAX_RELAY_PAYLOAD:
+        raise RelayFrameError(f"payload of {len(payload)} bytes exceeds {MAX_RELAY_PAYLOAD}")
+    return _DATA_PREFIX + raw + payload
+
+
+def encode_notice(code: int, peer_id: PeerId | bytes) -> bytes:
+    raw = peer_id.raw if isinstance(peer_id, PeerId) else peer_id
+    if len(raw) != PEER_ID_BYTES:
+        raise RelayFrameError(f"a peer id is {PEER_ID_BYTES} bytes, got {len(raw)}")
+    if not 0 <= code <= 255:
+        raise RelayFrameError(f"notice code {code} does not fit one byte")
+    return bytes([FRAME_NOTICE, code]) + raw
+
+
+def data_header_ok(data: bytes) -> bool:
+    """Whether ``data`` is a well-formed DATA frame (the relay's allocation-free check)."""
+    return (
+        len(data) > DATA_HEADER_LENGTH
+        and data[0] == FRAME_DATA
+        and len(data) <= MAX_DATA_FRAME
+    )
+
+
+def decode_frame(data: bytes) -> Frame:
+    """Parse one frame; raises only :class:`RelayFrameError`."""
+    if not data:
+        raise RelayFrameError("empty datagram")
+    kind = data[0]
+    if kind == FRAME_DATA:
+        if len(data) <= DATA_HEADER_LENGTH:
+            raise RelayFrameError(f"DATA frame of {len(data)} bytes has no payload")
+        if len(data) > MAX_DATA_FRAME:
+            raise RelayFrameError(f"DATA frame of {len(data)} bytes exceeds {MAX_DATA_FRAME}")
+        return DataFrame(PeerId(bytes(data[1:DATA_HEADER_LENGTH])), bytes(data[DATA_HEADER_LENGTH:]))
+    if kind == FRAME_NOTICE:
+        if len(data) != NOTICE_LENGTH:
+            raise RelayFrameError(f"NOTICE frame is {NOTICE_LENGTH} bytes, got {len(data)}")
+        return NoticeFrame(data[1], PeerId(bytes(data[2:NOTICE_LENGTH])))
+    raise RelayFrameError(f"unknown relay frame type 0x{kind:02x}")

@@ -1,0 +1,43 @@
+"""The simulator must predict what the kernel does: the same netcheck in both worlds, per profile.
+
+For each profile the lab and the simulator share, netcheck runs behind the real nftables NAT and
+behind the simulated NAT with the same name; mapping, filtering, port-allocation kind and delta
+must agree. This is what lets success rates measured in the simulator stand for the kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from punchthrough.lab import PROFILE_NAMES, Lab, netcheck_all
+from punchthrough.sim import PROFILES as SIM_PROFILES
+from punchthrough.sim.netcheck import netcheck_world
+
+pytestmark = pytest.mark.lab
+
+SHARED = [p for p in PROFILE_NAMES if p in SIM_PROFILES]
+SEEDS = (1, 2)
+
+
+def _essentials(report: dict[str, Any]) -> tuple[object, ...]:
+    alloc = report["port_allocation"]
+    return (report["udp"], report["mapping"], report["filtering"], alloc["kind"], alloc["delta"])
+
+
+@pytest.fixture(scope="module")
+def lab_reports(nat_lab: Lab) -> dict[str, dict[str, Any]]:
+    return netcheck_all(nat_lab, nat_lab.stun_servers())
+
+
+def test_every_lab_profile_exists_in_the_simulator() -> None:
+    assert set(PROFILE_NAMES) <= set(SIM_PROFILES)
+
+
+@pytest.mark.parametrize("profile", SHARED)
+def test_lab_and_simulator_agree(lab_reports: dict[str, dict[str, Any]], profile: str) -> None:
+    lab = _essentials(lab_reports[profile])
+    for seed in SEEDS:
+        sim = _essentials(netcheck_world(profile, seed=seed).to_json())
+        assert sim == lab, f"{profile} seed {seed}: sim {sim} != lab {lab}"
