@@ -8,8 +8,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages for the kernel NAT lab: nft rulesets, namespaces, conntrack inspection, coturn as
 # an independent RFC 5780 STUN server and classifier, miniupnpd for NAT-PMP/PCP/UPnP, the RFC 3489
-# stun client, and procps/psmisc for process handling inside namespaces.
-APT_PACKAGES := nftables iproute2 conntrack coturn miniupnpd-nftables stun-client procps psmisc kmod
+# stun client, and procps (sysctl, pgrep) for router namespaces.
+APT_PACKAGES := nftables iproute2 conntrack coturn miniupnpd-nftables stun-client procps
 
 .PHONY: all setup venv system-deps demo test test-fast bench lint clean
 
