@@ -23,6 +23,9 @@ from typing import Final
 from punchthrough.identity import PeerId
 from punchthrough.relay.errors import RelayFrameError
 
+#: ALPN of the relay control connection (QUIC, RFC 9001 section 8.1).
+RELAY_ALPN: Final = "punchthrough-relay/1"
+
 #: Frame types (first byte); 0x12 and 0x13 are reserved, currently malformed.
 FRAME_DATA: Final = 0x10
 FRAME_NOTICE: Final = 0x11
@@ -83,11 +86,7 @@ def encode_notice(code: int, peer_id: PeerId | bytes) -> bytes:
 
 def data_header_ok(data: bytes) -> bool:
     """Whether ``data`` is a well-formed DATA frame (the relay's allocation-free check)."""
-    return (
-        len(data) > DATA_HEADER_LENGTH
-        and data[0] == FRAME_DATA
-        and len(data) <= MAX_DATA_FRAME
-    )
+    return len(data) > DATA_HEADER_LENGTH and data[0] == FRAME_DATA and len(data) <= MAX_DATA_FRAME
 
 
 def decode_frame(data: bytes) -> Frame:
@@ -100,7 +99,9 @@ def decode_frame(data: bytes) -> Frame:
             raise RelayFrameError(f"DATA frame of {len(data)} bytes has no payload")
         if len(data) > MAX_DATA_FRAME:
             raise RelayFrameError(f"DATA frame of {len(data)} bytes exceeds {MAX_DATA_FRAME}")
-        return DataFrame(PeerId(bytes(data[1:DATA_HEADER_LENGTH])), bytes(data[DATA_HEADER_LENGTH:]))
+        return DataFrame(
+            PeerId(bytes(data[1:DATA_HEADER_LENGTH])), bytes(data[DATA_HEADER_LENGTH:])
+        )
     if kind == FRAME_NOTICE:
         if len(data) != NOTICE_LENGTH:
             raise RelayFrameError(f"NOTICE frame is {NOTICE_LENGTH} bytes, got {len(data)}")

@@ -66,6 +66,7 @@ from punchthrough.relay.frames import (
     MAX_DATA_FRAME,
     NOTICE_RATE_LIMITED,
     NOTICE_UNKNOWN_DESTINATION,
+    RELAY_ALPN,
     encode_notice,
 )
 from punchthrough.relay.limits import ClientLimiter, RelayLimits, TokenBucket
@@ -94,8 +95,6 @@ from punchthrough.transport.quic import QuicDriver, QuicStreamWriter, is_initial
 
 log = logging.getLogger(__name__)
 
-#: ALPN of the relay control connection (contract in /tmp/team.md, issue 4).
-RELAY_ALPN: Final = "punchthrough-relay/1"
 #: QUIC application error codes on control connections (RFC 9000 section 20.2: ours to define).
 CLOSE_NORMAL: Final = 0
 CLOSE_REPLACED: Final = 0x101
@@ -444,6 +443,7 @@ class RelayServer:
             self._controls.discard(ctl)
             self._stats["connections_refused"] += 1
             return
+        assert isinstance(driver, _ControlDriver)
         if driver.closed:  # refused during the first Initial (e.g. wrong ALPN)
             self._controls.discard(ctl)
             self._stats["connections_refused"] += 1
@@ -513,7 +513,9 @@ class RelayServer:
                 try:
                     msg = await read_message(reader)
                 except SignalError as exc:
-                    await self._reply(writer, RelayErrorMsg(code=RELAY_BAD_REQUEST, reason=str(exc)[:200]))
+                    await self._reply(
+                        writer, RelayErrorMsg(code=RELAY_BAD_REQUEST, reason=str(exc)[:200])
+                    )
                     raise ConnectionAbortedError(str(exc)) from None
                 if msg is None:
                     break
@@ -654,13 +656,13 @@ async def _bind(
     alt_ports: dict[int, int] = {}
     for primary_ip, port in listen:
         sock = await network.bind(primary_ip, port)
-        bound = sock.local_address[1]
-        sockets[(primary_ip, bound)] = sock
-        primaries.append((primary_ip, bound))
-        alt = bound + 1
+        bound_port = sock.local_address[1]
+        sockets[(primary_ip, bound_port)] = sock
+        primaries.append((primary_ip, bound_port))
+        alt = bound_port + 1
         if alt > MAX_PORT:
-            raise OSError(f"no alternate port above {bound}")
-        for addr in ((primary_ip, alt), (alt_ip, bound), (alt_ip, alt)):
+            raise OSError(f"no alternate port above {bound_port}")
+        for addr in ((primary_ip, alt), (alt_ip, bound_port), (alt_ip, alt)):
             sockets[addr] = await network.bind(*addr)
-        alt_ports[bound] = alt
+        alt_ports[bound_port] = alt
     return primaries, StunServerCore(primaries, alt_ip, alt_ports, software=software)

@@ -1,0 +1,64 @@
+"""The relay: STUN, rendezvous by peer id, and opaque forwarding of end-to-end encrypted packets.
+
+* :mod:`.frames` - the data-plane wire format (DATA, NOTICE), sans-IO;
+* :mod:`.limits` - token buckets and :class:`RelayLimits`, pure (take ``now``);
+* :mod:`.registry` - peer id -> registration, and the :class:`PeerDirectory` seam for several
+  relays sharing one namespace;
+* :mod:`.server` - :class:`RelayServer` (one UDP service per address: STUN + QUIC control +
+  forwarding);
+* :mod:`.client` - :class:`RelayClient`, run over an endpoint's shared socket multiplexer.
+"""
+
+from punchthrough.relay.client import RelayClient
+from punchthrough.relay.errors import (
+    RelayClosed,
+    RelayError,
+    RelayFrameError,
+    RelayRegistrationError,
+    RelayTimeout,
+)
+from punchthrough.relay.frames import (
+    FRAME_DATA,
+    FRAME_NOTICE,
+    MAX_RELAY_PAYLOAD,
+    NOTICE_RATE_LIMITED,
+    NOTICE_UNKNOWN_DESTINATION,
+    RELAY_ALPN,
+    DataFrame,
+    NoticeFrame,
+    decode_frame,
+    encode_data,
+    encode_notice,
+)
+from punchthrough.relay.limits import RelayLimits, TokenBucket
+from punchthrough.relay.registry import LocalRegistry, PeerDirectory, Registration, Registry
+from punchthrough.relay.server import PayloadFilter, PeerInfo, RelayServer
+
+__all__ = [
+    "FRAME_DATA",
+    "FRAME_NOTICE",
+    "MAX_RELAY_PAYLOAD",
+    "NOTICE_RATE_LIMITED",
+    "NOTICE_UNKNOWN_DESTINATION",
+    "RELAY_ALPN",
+    "DataFrame",
+    "LocalRegistry",
+    "NoticeFrame",
+    "PayloadFilter",
+    "PeerDirectory",
+    "PeerInfo",
+    "Registration",
+    "Registry",
+    "RelayClient",
+    "RelayClosed",
+    "RelayError",
+    "RelayFrameError",
+    "RelayLimits",
+    "RelayRegistrationError",
+    "RelayServer",
+    "RelayTimeout",
+    "TokenBucket",
+    "decode_frame",
+    "encode_data",
+    "encode_notice",
+]

@@ -1,0 +1,326 @@
+"""The relay client: register with a relay through an endpoint's shared socket, send and
+receive DATA frames.
+
+The control connection (QUIC, ALPN ``punchthrough-relay/1``) runs through the caller's
+:class:`~punchthrough.transport.demux.DatagramMux`, so it leaves from the same socket (the same
+NAT mapping) as the DATA frames; the relay binds the registration to that mapping. QUIC PINGs
+every ``keepalive_ms`` (told by the relay) keep both the registration and the NAT mapping alive.
+All waits are bounded and all timing comes from the running loop (simulator compatible).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Final
+
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
+
+from punchthrough.identity import (
+    RELAY_REGISTER_CONTEXT,
+    Identity,
+    IdentityError,
+    PeerId,
+    apply_identity,
+    channel_binding,
+    peer_certificate_chain,
+    peer_id_from_certificate,
+    sign_exporter,
+    verify_quic_peer,
+)
+from punchthrough.netio import Address
+from punchthrough.relay.errors import (
+    RelayClosed,
+    RelayError,
+    RelayRegistrationError,
+    RelayTimeout,
+)
+from punchthrough.relay.frames import (
+    DATA_HEADER_LENGTH,
+    FRAME_DATA,
+    FRAME_NOTICE,
+    MAX_DATA_FRAME,
+    NOTICE_LENGTH,
+    RELAY_ALPN,
+    encode_data,
+)
+from punchthrough.signal import RelayError as RelayErrorMsg
+from punchthrough.signal import (
+    RelayRegister,
+    RelayRegistered,
+    SignalError,
+    read_message,
+    write_message,
+)
+from punchthrough.transport.demux import DatagramMux
+from punchthrough.transport.quic import QuicDriver
+
+log = logging.getLogger(__name__)
+
+#: Client side of the QUIC idle timeout; the effective one is the smaller of ours and the
+#: relay's (RFC 9000 section 10.1). We PING at the relay's keepalive_ms or a third of this.
+DEFAULT_IDLE_TIMEOUT: Final = 30.0
+#: Peer ids seen in received frames, cached to avoid building one object per frame.
+_PEER_CACHE_SIZE: Final = 1024
+
+DataReceiver = Callable[[PeerId, bytes], None]
+NoticeHandler = Callable[[int, PeerId], None]
+
+
+class RelayClient:
+    """A registration with one relay. Build with :meth:`connect`; end with :meth:`close`."""
+
+    def __init__(
+        self, mux: DatagramMux, relay_addr: Address, identity: Identity, idle_timeout: float
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._mux = mux
+        self._sock = mux.sock
+        self.relay_address: Address = relay_addr
+        self._identity = identity
+        self._idle_timeout = idle_timeout
+        self._driver: QuicDriver | None = None
+        self._handshake: asyncio.Future[None] = self._loop.create_future()
+        self._closed_fut: asyncio.Future[None] = self._loop.create_future()
+        self._closing = False
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._keepalive_interval = idle_timeout / 3
+        self._ping_uid = 0
+        self._receiver: DataReceiver | None = None
+        self._notice_handler: NoticeHandler | None = None
+        self._peers: dict[bytes, PeerId] = {}
+        self._observed: Address | None = None
+        #: Why the relay connection ended (None while it is up or if we closed it).
+        self.close_reason: str | None = None
+        #: The relay's identity (from its certificate), known after the handshake.
+        self.relay_peer_id: PeerId | None = None
+        self._stats: Counter[str] = Counter(
+            dict.fromkeys(
+                (
+                    "frames_sent",
+                    "bytes_sent",
+                    "frames_received",
+                    "bytes_received",
+                    "notices_received",
+                    "malformed",
+                    "dropped_closed",
+                    "dropped_no_receiver",
+                    "send_errors",
+                    "keepalives",
+                ),
+                0,
+            )
+        )
+
+    @classmethod
+    async def connect(
+        cls,
+        mux: DatagramMux,
+        relay_addr: Address,
+        identity: Identity,
+        *,
+        timeout: float = 5.0,
+        relay_peer_id: PeerId | None = None,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    ) -> RelayClient:
+        """Open the control connection through ``mux``, register, return when registered.
+
+        ``relay_peer_id`` pins the relay's identity (optional: relays are usually known by
+        address only; the data plane is end-to-end encrypted either way). Raises
+        :class:`RelayTimeout`, :class:`RelayRegistrationError` (the relay said no) or
+        :class:`RelayError`/:class:`RelayClosed`.
+        """
+        self = cls(mux, relay_addr, identity, idle_timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._register(relay_peer_id)
+        except TimeoutError:
+            self._teardown("registration timed out")
+            raise RelayTimeout(
+                f"relay {relay_addr[0]}:{relay_addr[1]} did not register us within {timeout} s"
+            ) from None
+        except BaseException:
+            self._teardown("registration failed")
+            raise
+        return self
+
+    async def _register(self, relay_peer_id: PeerId | None) -> None:
+        cfg = QuicConfiguration(
+            is_client=True, alpn_protocols=[RELAY_ALPN], idle_timeout=self._idle_timeout
+        )
+        apply_identity(cfg, self._identity)
+        self._mux.add_relay_source(self.relay_address, self._on_datagram)
+        self._driver = QuicDriver.client(
+            cfg, self._sock.sendto, self.relay_address, on_event=self._on_event, mux=self._mux
+        )
+        await asyncio.shield(self._handshake)
+        conn = self._driver.connection
+        try:
+            if relay_peer_id is not None:
+                verify_quic_peer(conn, relay_peer_id)
+            chain = peer_certificate_chain(conn)
+            self.relay_peer_id = peer_id_from_certificate(chain[0]) if chain else None
+        except IdentityError as exc:
+            raise RelayError(f"relay identity: {exc}") from None
+        reader, writer = self._driver.open_stream()
+        signature = sign_exporter(
+            self._identity, channel_binding(conn), context=RELAY_REGISTER_CONTEXT
+        )
+        msg = RelayRegister(
+            peer_id=self._identity.peer_id,
+            timestamp_ms=max(0, int(self._loop.time() * 1000)),
+            signature=signature,
+        )
+        try:
+            await write_message(writer, msg, timeout=None)
+            reply = await read_message(reader)
+        except ConnectionError as exc:
+            raise RelayClosed(f"relay control connection closed: {exc}") from None
+        except SignalError as exc:
+            raise RelayError(f"bad reply from relay: {exc}") from None
+        if reply is None:
+            raise RelayClosed(f"relay closed the control stream ({self.close_reason or 'eof'})")
+        if isinstance(reply, RelayErrorMsg):
+            raise RelayRegistrationError(reply.code, reply.reason)
+        if not isinstance(reply, RelayRegistered) or reply.peer_id != self._identity.peer_id:
+            raise RelayError(f"unexpected reply to registration: {type(reply).__name__}")
+        self._observed = (reply.observed_ip, reply.observed_port)
+        self._keepalive_interval = min(reply.keepalive_ms / 1000, self._idle_timeout / 3)
+        self._arm_keepalive()
+
+    # -- QUIC events, keepalive ----------------------------------------------------------------
+    def _on_event(self, event: QuicEvent) -> None:
+        if isinstance(event, HandshakeCompleted):
+            if not self._handshake.done():
+                self._handshake.set_result(None)
+        elif isinstance(event, ConnectionTerminated):
+            reason = event.reason_phrase or f"error 0x{event.error_code:x}"
+            if not self._handshake.done():
+                self._handshake.set_exception(RelayClosed(f"relay refused connection: {reason}"))
+            if not self._closing:
+                self.close_reason = reason
+                log.info("relay %s:%d connection ended: %s", *self.relay_address, reason)
+            self._teardown(reason, from_driver=True)
+
+    def _arm_keepalive(self) -> None:
+        if not self.closed:
+            self._keepalive = self._loop.call_later(self._keepalive_interval, self._send_keepalive)
+
+    def _send_keepalive(self) -> None:
+        self._keepalive = None
+        driver = self._driver
+        if driver is None or self.closed:
+            return
+        self._ping_uid += 1
+        driver.connection.send_ping(self._ping_uid)
+        driver.transmit()
+        self._stats["keepalives"] += 1
+        self._arm_keepalive()
+
+    # -- data plane ------------------------------------------------------------------------------
+    def send(self, dest: PeerId, payload: bytes) -> None:
+        """Send one packet to ``dest`` via the relay (dropped and counted once closed).
+
+        Raises :class:`~punchthrough.relay.errors.RelayFrameError` for an empty payload or one
+        over ``MAX_RELAY_PAYLOAD`` (a caller bug, not a network condition).
+        """
+        if self.closed:
+            self._stats["dropped_closed"] += 1
+            return
+        frame = encode_data(dest, payload)
+        try:
+            self._sock.sendto(frame, self.relay_address)
+        except OSError:
+            self._stats["send_errors"] += 1
+            return
+        self._stats["frames_sent"] += 1
+        self._stats["bytes_sent"] += len(payload)
+
+    def set_receiver(self, cb: DataReceiver | None) -> None:
+        self._receiver = cb
+
+    def set_notice_handler(self, cb: NoticeHandler | None) -> None:
+        self._notice_handler = cb
+
+    def _peer(self, raw: bytes) -> PeerId:
+        peer = self._peers.get(raw)
+        if peer is None:
+            if len(self._peers) >= _PEER_CACHE_SIZE:
+                self._peers.clear()
+            peer = self._peers[raw] = PeerId(raw)
+        return peer
+
+    def _on_datagram(self, data: bytes, addr: Address) -> None:
+        n = len(data)
+        kind = data[0]
+        if kind == FRAME_DATA and DATA_HEADER_LENGTH < n <= MAX_DATA_FRAME:
+            self._stats["frames_received"] += 1
+            self._stats["bytes_received"] += n - DATA_HEADER_LENGTH
+            receiver = self._receiver
+            if receiver is None:
+                self._stats["dropped_no_receiver"] += 1
+                return
+            receiver(self._peer(data[1:DATA_HEADER_LENGTH]), data[DATA_HEADER_LENGTH:])
+        elif kind == FRAME_NOTICE and n == NOTICE_LENGTH:
+            self._stats["notices_received"] += 1
+            handler = self._notice_handler
+            if handler is not None:
+                handler(data[1], self._peer(data[2:NOTICE_LENGTH]))
+        else:
+            self._stats["malformed"] += 1
+
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def observed_address(self) -> Address:
+        """Our address as the relay sees it (the NAT mapping of the shared socket)."""
+        if self._observed is None:
+            raise RelayError("not registered")
+        return self._observed
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self._identity.peer_id
+
+    @property
+    def keepalive_interval(self) -> float:
+        return self._keepalive_interval
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return dict(self._stats)
+
+    @property
+    def closed(self) -> bool:
+        return self._closing or self._closed_fut.done()
+
+    async def wait_closed(self) -> None:
+        """Return when the relay connection is gone (closed by us, the relay, or idle)."""
+        await asyncio.shield(self._closed_fut)
+
+    async def close(self) -> None:
+        """Send CONNECTION_CLOSE, drop our mux registrations. Idempotent, never blocks long."""
+        self._teardown(None)
+        await asyncio.sleep(0)
+
+    def _teardown(self, reason: str | None, *, from_driver: bool = False) -> None:
+        if self._closed_fut.done():
+            return
+        self._closing = True
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        self._mux.remove_relay_source(self.relay_address)
+        driver = self._driver
+        if driver is not None and not from_driver:
+            # CONNECTION_CLOSE goes out now; aborting then releases the CIDs without waiting
+            # out the closing period (the relay forgets us at once, or at its idle timeout if
+            # the close is lost).
+            driver.close(0, reason or "client closing")
+            driver.abort()
+        self._closed_fut.set_result(None)
+        if not self._handshake.done():
+            self._handshake.set_exception(RelayClosed(reason or "closed"))
+            self._handshake.exception()  # retrieved: no "never retrieved" warning
