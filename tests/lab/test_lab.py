@@ -61,9 +61,13 @@ except OSError as exc:
 
 def _tcp_connects(ns: str, addr: tuple[str, int]) -> str:
     """'ok' / 'refused' (a RST came back: the address is reachable) / the error's name."""
-    out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _TCP_SCRIPT,
-                          addr[0], str(addr[1])], capture_output=True, text=True, timeout=20,
-                         check=True)
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", _TCP_SCRIPT, addr[0], str(addr[1])],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
     return out.stdout.strip()
 
 
@@ -121,8 +125,14 @@ def test_crashed_lab_is_cleaned_by_cli_down() -> None:
                           "pids": [p.pid] + [x.pid for x in lab.processes]}), flush=True)
         os._exit(1)  # crash: no cleanup at all
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env=child_env(), timeout=60, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=60,
+        check=False,
+    )
     info = json.loads(out.stdout.strip().splitlines()[-1])
     prefix, pids = info["prefix"], info["pids"]
     try:
@@ -139,8 +149,21 @@ def test_crashed_lab_is_cleaned_by_cli_down() -> None:
 def test_cli_up_status_exec_down() -> None:
     runner = CliRunner()
     prefix = "ptcli" + os.urandom(2).hex()
-    up = runner.invoke(lab_app, ["up", "--prefix", prefix, "--profile", "eim-adf",
-                                 "--no-stun-server", "--no-coturn", "--timeout", "5", "--json"])
+    up = runner.invoke(
+        lab_app,
+        [
+            "up",
+            "--prefix",
+            prefix,
+            "--profile",
+            "eim-adf",
+            "--no-stun-server",
+            "--no-coturn",
+            "--timeout",
+            "5",
+            "--json",
+        ],
+    )
     try:
         assert up.exit_code == 0, up.output
         state = json.loads(up.output)
@@ -149,8 +172,19 @@ def test_cli_up_status_exec_down() -> None:
         st = runner.invoke(lab_app, ["status", "--prefix", prefix, "--json"])
         assert st.exit_code == 0, st.output
         assert json.loads(st.output)[0]["namespaces_alive"] == state["namespaces"]
-        ex = runner.invoke(lab_app, ["exec", "--prefix", prefix, "eim-adf", "--",
-                                     "sh", "-c", "ip -4 -o addr show eth0 | grep -q 10.0.1.2"])
+        ex = runner.invoke(
+            lab_app,
+            [
+                "exec",
+                "--prefix",
+                prefix,
+                "eim-adf",
+                "--",
+                "sh",
+                "-c",
+                "ip -4 -o addr show eth0 | grep -q 10.0.1.2",
+            ],
+        )
         assert ex.exit_code == 0, ex.output
         ex = runner.invoke(lab_app, ["exec", "--prefix", prefix, "h1", "--", "sh", "-c", "exit 3"])
         assert ex.exit_code == 3
@@ -232,17 +266,20 @@ def test_port_allocation_per_profile(nat_lab: Lab) -> None:
     assert len(set(rnd)) == 3
 
 
-
 # --------------------------------------------------------------------- router options
 @pytest.fixture(scope="module")
 def options_lab() -> Any:
     """A second lab (its own prefix, alongside nat_lab) exercising per-router options."""
-    with Lab([
-        HostSpec("eim-apdf", RouterOptions(miniupnpd=True)),
-        HostSpec("eim-eif", RouterOptions(udp_timeout=2)),
-        HostSpec("eim-apdf", RouterOptions(loss_percent=50)),
-        HostSpec("apdm-sequential", RouterOptions(seq_base=50000, seq_count=10, seq_delta=7)),
-    ], stun_server=False, coturn=True) as lab:
+    with Lab(
+        [
+            HostSpec("eim-apdf", RouterOptions(miniupnpd=True)),
+            HostSpec("eim-eif", RouterOptions(udp_timeout=2)),
+            HostSpec("eim-apdf", RouterOptions(loss_percent=50)),
+            HostSpec("apdm-sequential", RouterOptions(seq_base=50000, seq_count=10, seq_delta=7)),
+        ],
+        stun_server=False,
+        coturn=True,
+    ) as lab:
         yield lab
 
 
@@ -258,8 +295,12 @@ def test_miniupnpd_answers_natpmp(options_lab: Lab) -> None:
 
 def _conntrack_sports(host: Any) -> set[int]:
     out = host.router_run(["conntrack", "-L", "-p", "udp"], check=False).stdout
-    return {int(tok.split("=")[1]) for line in out.splitlines()
-            for tok in line.split()[:8] if tok.startswith("sport=")}
+    return {
+        int(tok.split("=")[1])
+        for line in out.splitlines()
+        for tok in line.split()[:8]
+        if tok.startswith("sport=")
+    }
 
 
 def test_udp_timeout_expires_binding(options_lab: Lab) -> None:

@@ -9,8 +9,12 @@ from punchthrough.lab.rules import miniupnpd_conf, sequential_ports
 
 
 def _rules(profile: str, **opts: object) -> str:
-    return nat_ruleset(PROFILES[profile], public_ip="203.0.113.1", lan_subnet="10.0.1.0/24",
-                       opts=RouterOptions(**opts))  # type: ignore[arg-type]
+    return nat_ruleset(
+        PROFILES[profile],
+        public_ip="203.0.113.1",
+        lan_subnet="10.0.1.0/24",
+        opts=RouterOptions(**opts),
+    )  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -47,15 +51,20 @@ def test_timeouts_follow_udp_timeout_and_loss_threshold() -> None:
 
 
 def test_miniupnpd_chains_and_conf() -> None:
-    text = nat_ruleset(PROFILES["eim-apdf"], public_ip="203.0.113.1", lan_subnet="10.0.1.0/24",
-                       opts=RouterOptions(miniupnpd=True),
-                       stun_allow=[("198.51.100.11", 3479), ("198.51.100.10", 3478)])
+    text = nat_ruleset(
+        PROFILES["eim-apdf"],
+        public_ip="203.0.113.1",
+        lan_subnet="10.0.1.0/24",
+        opts=RouterOptions(miniupnpd=True),
+        stun_allow=[("198.51.100.11", 3479), ("198.51.100.10", 3478)],
+    )
     for chain in ("miniupnpd", "prerouting_miniupnpd", "postrouting_miniupnpd"):
         assert f"chain {chain} {{" in text
     # the STUN self-test replies are accepted BEFORE the new-connection drop
-    allow = text.index('ip saddr 198.51.100.11 udp sport 3479 accept')
+    allow = text.index("ip saddr 198.51.100.11 udp sport 3479 accept")
     assert allow < text.index("ct state new drop")
-    conf = miniupnpd_conf(lan_subnet="10.0.1.0/24", lease_file="/tmp/x", uuid="u",
-                          stun=("198.51.100.10", 3478))
+    conf = miniupnpd_conf(
+        lan_subnet="10.0.1.0/24", lease_file="/tmp/x", uuid="u", stun=("198.51.100.10", 3478)
+    )
     assert "allow 1024-65535 10.0.1.0/24 1024-65535" in conf
     assert "ext_stun_host=198.51.100.10" in conf and "lease_file=/tmp/x" in conf

@@ -40,8 +40,13 @@ def test_timeout_wait_for_call_later_call_at() -> None:
         seen.append(("done", loop.time()))
         return seen
 
-    assert run(main()) == [("at", 1.0), ("later", 2.0), ("timeout", 5.0), ("wait_for", 6.5),
-                           ("done", 7.0)]
+    assert run(main()) == [
+        ("at", 1.0),
+        ("later", 2.0),
+        ("timeout", 5.0),
+        ("wait_for", 6.5),
+        ("done", 7.0),
+    ]
 
 
 def test_concurrent_tasks_interleave_by_virtual_time() -> None:
@@ -56,8 +61,7 @@ def test_concurrent_tasks_interleave_by_virtual_time() -> None:
         await asyncio.gather(ticker("a", 1.0, out), ticker("b", 1.5, out))
         return out
 
-    assert run(main()) == [(1.0, "a"), (1.5, "b"), (2.0, "a"), (3.0, "b"), (3.0, "a"),
-                           (4.5, "b")]
+    assert run(main()) == [(1.0, "a"), (1.5, "b"), (2.0, "a"), (3.0, "b"), (3.0, "a"), (4.5, "b")]
 
 
 def test_deadlock_is_reported_not_hung() -> None:

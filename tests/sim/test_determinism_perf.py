@@ -61,8 +61,13 @@ def test_same_seed_same_trace_bit_for_bit() -> None:
 
 def test_netcheck_trace_is_deterministic() -> None:
     def trace(seed: int) -> str:
-        res = run_sim_netcheck("apdm-sequential", seed=seed, trace=True, churn=20.0,
-                               link=Link(0.01, jitter=0.005, loss=0.05))
+        res = run_sim_netcheck(
+            "apdm-sequential",
+            seed=seed,
+            trace=True,
+            churn=20.0,
+            link=Link(0.01, jitter=0.005, loss=0.05),
+        )
         return res.world.format_trace()
 
     assert trace(3) == trace(3)
@@ -78,8 +83,15 @@ def test_trace_does_not_depend_on_python_hash_seed() -> None:
     )
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONHASHSEED="12345", PYTHONPATH=str(root / "src"))
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, check=True,
-                         capture_output=True, text=True, timeout=60).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
     assert out == hashlib.sha256(_traced_run(5)[0].encode()).hexdigest()
 
 

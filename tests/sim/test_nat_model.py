@@ -119,8 +119,11 @@ def test_expired_binding_drops_inbound(lifetime: float, slack: float) -> None:
 def test_outbound_refreshes_and_inbound_refresh_is_configurable() -> None:
     remote = ("198.51.100.1", 3478)
     for inbound_refreshes in (True, False):
-        t = table(NatConfig(unreplied_lifetime=10, binding_lifetime=10,
-                            inbound_refreshes=inbound_refreshes))
+        t = table(
+            NatConfig(
+                unreplied_lifetime=10, binding_lifetime=10, inbound_refreshes=inbound_refreshes
+            )
+        )
         ext = out(t, 0.0, ALICE, remote)
         for now in (5.0, 9.0):  # inbound only: keeps it alive only if inbound refreshes
             assert isinstance(t.inbound(now, remote, ext), Admitted)
@@ -146,8 +149,7 @@ def test_replied_binding_lives_longer_than_unreplied() -> None:
 
 @given(st.integers(-50, 50).filter(lambda d: d != 0), st.integers(0, 2**32))
 def test_sequential_any_signed_delta_without_churn(delta: int, seed: int) -> None:
-    t = table(NatConfig("apdm", "apdf", "sequential", delta=delta, port_range=(40000, 40999)),
-              seed)
+    t = table(NatConfig("apdm", "apdf", "sequential", delta=delta, port_range=(40000, 40999)), seed)
     got = [out(t, 0.0, ALICE, ("198.51.100.1", 1000 + i)) for i in range(8)]
     assert all(40000 <= p <= 40999 for p in got)
     assert [(b - a) % 1000 for a, b in itertools.pairwise(got)] == [delta % 1000] * 7
@@ -254,10 +256,18 @@ def test_port_mapping_expires_and_checks_nonce() -> None:
     assert isinstance(t.inbound(61.0, ("192.0.2.10", 1), b.external_port), Dropped)
 
 
-@pytest.mark.parametrize("bad", [
-    {"delta": 0}, {"port_range": (0, 10)}, {"port_range": (5, 4)}, {"churn": -1.0},
-    {"session_limit": 0}, {"binding_lifetime": 0.0}, {"mapping": "cone"},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"delta": 0},
+        {"port_range": (0, 10)},
+        {"port_range": (5, 4)},
+        {"churn": -1.0},
+        {"session_limit": 0},
+        {"binding_lifetime": 0.0},
+        {"mapping": "cone"},
+    ],
+)
 def test_config_validation(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         NatConfig(**bad)  # type: ignore[arg-type]

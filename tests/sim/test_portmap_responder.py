@@ -72,15 +72,18 @@ def box_run(fn: Callable[[Box], Awaitable[T]], config: NatConfig = BOTH) -> T:
 
 def test_natpmp_external_address_and_map_admit_inbound() -> None:
     async def go(b: Box) -> None:
-        addr = pmp.decode_response(await b.ask(pmp.encode_request(
-            pmp.ExternalAddressRequest())))
+        addr = pmp.decode_response(await b.ask(pmp.encode_request(pmp.ExternalAddressRequest())))
         assert addr == pmp.ExternalAddressResponse(0, 0, "203.0.113.1")
         assert not await b.knock(6000)
         raw = await b.ask(pmp.encode_request(pmp.MapRequest(pmp.OP_MAP_UDP, 5000, 6000, 3600)))
         resp = pmp.decode_response(raw)
         assert isinstance(resp, pmp.MapResponse)
         assert (resp.result, resp.internal_port, resp.external_port, resp.lifetime) == (
-            0, 5000, 6000, 3600)
+            0,
+            5000,
+            6000,
+            3600,
+        )
         assert await b.knock(6000)
         assert b.app[-1][0] == b"knock"
         # delete: lifetime 0
@@ -94,7 +97,8 @@ def test_natpmp_external_address_and_map_admit_inbound() -> None:
 def test_natpmp_errors() -> None:
     async def go(b: Box) -> None:
         assert pmp.decode_response(await b.ask(b"\x00\x09")) == pmp.ErrorResponse(
-            9, pmp.RESULT_UNSUPPORTED_OPCODE, 0)
+            9, pmp.RESULT_UNSUPPORTED_OPCODE, 0
+        )
         tcp = await b.ask(pmp.encode_request(pmp.MapRequest(pmp.OP_MAP_TCP, 80, 80, 60)))
         assert pmp.decode_response(tcp).result == pmp.RESULT_UNSUPPORTED_OPCODE
         assert await b.ask_maybe(b"\x00\x01\x00") is None  # truncated: silently dropped
@@ -102,9 +106,14 @@ def test_natpmp_errors() -> None:
     box_run(go)
 
 
-def _pcp_map(lifetime: int, client: str = "10.0.1.2", port: int = 7000,
-             nonce: bytes = NONCE, options: tuple[pcp.PcpOption, ...] = (),
-             internal: int = 5000) -> bytes:
+def _pcp_map(
+    lifetime: int,
+    client: str = "10.0.1.2",
+    port: int = 7000,
+    nonce: bytes = NONCE,
+    options: tuple[pcp.PcpOption, ...] = (),
+    internal: int = 5000,
+) -> bytes:
     m = pcp.MapData(nonce, pcp.PROTO_UDP, internal, port, "0.0.0.0")
     return pcp.encode_request(pcp.PcpRequest(pcp.OP_MAP, lifetime, client, m, None, options))
 
@@ -189,7 +198,8 @@ def test_responder_survives_garbage(datagrams: list[bytes]) -> None:
         # still answers properly afterwards
         raw = await b.ask(pmp.encode_request(pmp.ExternalAddressRequest()))
         assert raw is not None and pmp.decode_response(raw) == pmp.ExternalAddressResponse(
-            0, 1, "203.0.113.1")
+            0, 1, "203.0.113.1"
+        )
 
     box_run(go)
 

@@ -78,13 +78,20 @@ def test_pcp_map_request_layout_rfc6887() -> None:
 
 
 nonces = st.binary(min_size=12, max_size=12)
-options = st.lists(st.builds(pcp.PcpOption, st.integers(0, 255), st.binary(max_size=20)),
-                   max_size=3).map(tuple)
+options = st.lists(
+    st.builds(pcp.PcpOption, st.integers(0, 255), st.binary(max_size=20)), max_size=3
+).map(tuple)
 
 
 @given(nonces, st.integers(0, 255), u16, u16, ipv4, u32, ipv4, options)
 def test_pcp_roundtrip(
-    nonce: bytes, proto: int, internal: int, external: int, ext_ip: str, life: int, client: str,
+    nonce: bytes,
+    proto: int,
+    internal: int,
+    external: int,
+    ext_ip: str,
+    life: int,
+    client: str,
     opts: tuple[pcp.PcpOption, ...],
 ) -> None:
     m = pcp.MapData(nonce, proto, internal, external, ext_ip)

@@ -14,10 +14,16 @@ from punchthrough.sim import PROFILES, World, run
 from punchthrough.sim.netcheck import build_netcheck_topology, netcheck_world, run_sim_netcheck
 from punchthrough.stun import StunClient, StunTimeout
 
-EI, AD, APD = (Behavior.ENDPOINT_INDEPENDENT, Behavior.ADDRESS_DEPENDENT,
-               Behavior.ADDRESS_AND_PORT_DEPENDENT)
-PRESERVING, SEQUENTIAL, RANDOM = (PortAllocation.PORT_PRESERVING, PortAllocation.SEQUENTIAL,
-                                  PortAllocation.RANDOM)
+EI, AD, APD = (
+    Behavior.ENDPOINT_INDEPENDENT,
+    Behavior.ADDRESS_DEPENDENT,
+    Behavior.ADDRESS_AND_PORT_DEPENDENT,
+)
+PRESERVING, SEQUENTIAL, RANDOM = (
+    PortAllocation.PORT_PRESERVING,
+    PortAllocation.SEQUENTIAL,
+    PortAllocation.RANDOM,
+)
 
 
 async def _bindings(nat: str) -> list[Address]:
@@ -104,8 +110,20 @@ def test_netcheck_with_hairpinning_nat() -> None:
 
 def test_cli_sim_netcheck_json_and_trace() -> None:
     runner = CliRunner()
-    res = runner.invoke(sim_app, ["netcheck", "--nat", "apdm-sequential", "--delta", "-2",
-                                  "--seed", "3", "--json", "--trace"])
+    res = runner.invoke(
+        sim_app,
+        [
+            "netcheck",
+            "--nat",
+            "apdm-sequential",
+            "--delta",
+            "-2",
+            "--seed",
+            "3",
+            "--json",
+            "--trace",
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = res.stdout
     report = json.loads(out)

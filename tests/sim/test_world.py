@@ -132,10 +132,10 @@ def test_every_packet_arrives_exactly_when_its_links_say() -> None:
         sent: dict[bytes, float] = {}
         delays: list[float] = []
         sink = await w.add_host("sink", SERVER[0], link=Link(0.003, jitter=0.002)).bind(
-            SERVER[0], SERVER[1])
+            SERVER[0], SERVER[1]
+        )
         sink.set_receiver(lambda d, a: delays.append(loop.time() - sent[d]))
-        nat = w.add_nat("n", nat_config("eim-apdf"), "203.0.113.1",
-                        link=Link(0.007, jitter=0.004))
+        nat = w.add_nat("n", nat_config("eim-apdf"), "203.0.113.1", link=Link(0.007, jitter=0.004))
 
         async def flow(i: int, period: float) -> None:
             sock = await nat.add_host(f"h{i}", f"10.0.1.{i + 2}", link=Link(0.001)).bind()
@@ -188,8 +188,7 @@ def test_chained_nat_home_router_behind_cgnat() -> None:
             server.sendto(data, addr)
 
         server.set_receiver(record_and_echo)
-        cgnat = w.add_nat("cgnat", nat_config("apdm-random"), "203.0.113.9",
-                          inside_ip="10.64.0.1")
+        cgnat = w.add_nat("cgnat", nat_config("apdm-random"), "203.0.113.9", inside_ip="10.64.0.1")
         home = cgnat.add_nat("home", nat_config("eim-apdf"), "10.64.0.2")
         sock = await home.add_host("a", "10.0.1.2").bind("0.0.0.0", 5000)
         inbox = Inbox(sock)
@@ -222,12 +221,14 @@ def test_trace_explains_drops_and_is_printable() -> None:
         return w.format_trace()
 
     text = sim(go, trace=True)
-    assert "nat-out  home       10.0.1.2:5000 -> 198.51.100.1:3478 2B  => src 203.0.113.1:5000" \
-        in text
+    assert (
+        "nat-out  home       10.0.1.2:5000 -> 198.51.100.1:3478 2B  => src 203.0.113.1:5000" in text
+    )
     assert "filtered (apdf): 198.51.100.50:9 not contacted from port 5000" in text
     assert "no route to 192.0.2.1 in internet" in text
-    assert "nat-in   home       198.51.100.1:3478 -> 203.0.113.1:5000 2B  => dst 10.0.1.2:5000" \
-        in text
+    assert (
+        "nat-in   home       198.51.100.1:3478 -> 203.0.113.1:5000 2B  => dst 10.0.1.2:5000" in text
+    )
     times = [float(line.split()[0]) for line in text.splitlines()]
     assert times == sorted(times)
 

@@ -12,6 +12,8 @@ from punchthrough.cli.demo_cmd import demo
 from punchthrough.cli.identity_cmd import identity_app
 from punchthrough.cli.lab_cmd import lab_app
 from punchthrough.cli.netcheck_cmd import netcheck
+from punchthrough.cli.peer_cmd import connect, listen
+from punchthrough.cli.relay_cmd import relay
 from punchthrough.cli.sim_cmd import sim_app
 from punchthrough.cli.stun_cmd import stun_server
 
@@ -24,6 +26,9 @@ app = typer.Typer(
 app.command("netcheck")(netcheck)
 app.command("stun-server")(stun_server)
 app.command("demo")(demo)
+app.command("relay")(relay)
+app.command("listen")(listen)
+app.command("connect")(connect)
 app.add_typer(lab_app, name="lab")
 app.add_typer(identity_app, name="identity")
 app.add_typer(sim_app, name="sim")

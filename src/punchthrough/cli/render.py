@@ -38,6 +38,29 @@ def _opt(value: object) -> str:
     return str(value)
 
 
+#: Display names of the port-mapping protocols, in the JSON's key order.
+PORTMAP_NAMES = {"nat_pmp": "NAT-PMP", "pcp": "PCP", "upnp": "UPnP"}
+
+
+def _portmap_text(report: Mapping[str, object]) -> str:
+    gateway = report.get("port_mapping_gateway")
+    if gateway is None:
+        return "- (no gateway given)"
+    pm = report.get("port_mapping")
+    flags: Mapping[str, object] = pm if isinstance(pm, Mapping) else {}
+    names = [name for key, name in PORTMAP_NAMES.items() if flags.get(key) is True]
+    return f"{', '.join(names) if names else 'none'} (gateway {gateway})"
+
+
+def _mapped_text(report: Mapping[str, object]) -> str:
+    external = report.get("port_mapping_external")
+    if external is None:
+        return "-"
+    if report.get("double_nat") is True:
+        return f"{external} (double NAT: not usable by peers)"
+    return str(external)
+
+
 def netcheck_table(report: Mapping[str, object], title: str = "netcheck") -> Table:
     """One report as a two-column table."""
     table = Table(title=title, show_header=False)
@@ -57,6 +80,8 @@ def netcheck_table(report: Mapping[str, object], title: str = "netcheck") -> Tab
         ("preserves local port", _opt(report.get("preserves_port"))),
         ("hairpinning", _opt(report.get("hairpinning"))),
         ("RFC 5780 server", _opt(report.get("rfc5780_server"))),
+        ("port mapping", _portmap_text(report)),
+        ("mapped endpoint", _mapped_text(report)),
         ("duration", f"{report.get('duration_ms')} ms"),
     ]
     for name, value in rows:

@@ -36,6 +36,10 @@ MAX_DATAGRAM_PAYLOAD: Final = QUIC_MAX_DATAGRAM_SIZE - _DATAGRAM_OVERHEAD
 MAX_DATAGRAM_FRAME_SIZE: Final = QUIC_MAX_DATAGRAM_SIZE
 
 
+#: Default bound on one relay registration (QUIC handshake + RelayRegister round trip).
+DEFAULT_RELAY_TIMEOUT: Final = 5.0
+
+
 @dataclass(frozen=True, slots=True)
 class EndpointConfig:
     """Timeouts and queue sizes of an :class:`~punchthrough.endpoint.Endpoint`."""
@@ -53,7 +57,7 @@ class EndpointConfig:
     #: How long an acceptor waits for the dialer's ``PeerAuth`` after the TLS handshake.
     auth_timeout: float = 10.0
     #: Registration timeout per relay when binding.
-    relay_timeout: float = 5.0
+    relay_timeout: float = DEFAULT_RELAY_TIMEOUT
     #: Datagrams queued for sending inside QUIC (congestion-limited); beyond it the oldest
     #: queued one is dropped: for media a fresh frame beats a stale one.
     datagram_send_queue: int = 64

@@ -1,7 +1,7 @@
 """Kernel NAT lab: network namespaces, nftables NAT routers, coturn, miniupnpd (needs root).
 
-    with Lab(["eim-apdf", "apdm-random"]) as lab:
-        lab.host("eim-apdf").run(["python", "-m", "punchthrough", "netcheck", ...])
+with Lab(["eim-apdf", "apdm-random"]) as lab:
+    lab.host("eim-apdf").run(["python", "-m", "punchthrough", "netcheck", ...])
 """
 
 from punchthrough.lab.addresses import Address

@@ -66,29 +66,36 @@ def parse_natdiscovery(output: str) -> NatDiscoveryResult:
     elif mapping != UNKNOWN:
         nat = True
     reflexive = tuple((ip, int(port)) for ip, port in _REFLEXIVE.findall(output))
-    return NatDiscoveryResult(mapping, _verdict(filtering_text, "Filtering"), nat,
-                              reflexive, output)
+    return NatDiscoveryResult(
+        mapping, _verdict(filtering_text, "Filtering"), nat, reflexive, output
+    )
 
 
-def natdiscovery_argv(server: str, port: int = STUN_PORT,
-                      local_ip: str | None = None) -> list[str]:
+def natdiscovery_argv(server: str, port: int = STUN_PORT, local_ip: str | None = None) -> list[str]:
     """`-L local_ip` binds the host's own address: without it natdiscovery compares the mapped
     address with 0.0.0.0 and cannot say "No NAT!" for a host with a public address."""
     local = ["-L", local_ip] if local_ip else []
     return [NATDISCOVERY, "-m", "-f", "-p", str(port), *local, server]
 
 
-def run_natdiscovery(ns: str, server: str, port: int = STUN_PORT,
-                     timeout: float = DEFAULT_TIMEOUT,
-                     local_ip: str | None = None) -> NatDiscoveryResult:
+def run_natdiscovery(
+    ns: str,
+    server: str,
+    port: int = STUN_PORT,
+    timeout: float = DEFAULT_TIMEOUT,
+    local_ip: str | None = None,
+) -> NatDiscoveryResult:
     """Classify the NAT in front of namespace `ns` against an RFC 5780 server (e.g. coturn)."""
     return run_natdiscovery_many([ns], server, port, timeout, [local_ip])[0]
 
 
-def run_natdiscovery_many(namespaces: Sequence[str], server: str, port: int = STUN_PORT,
-                          timeout: float = DEFAULT_TIMEOUT,
-                          local_ips: Sequence[str | None] | None = None,
-                          ) -> list[NatDiscoveryResult]:
+def run_natdiscovery_many(
+    namespaces: Sequence[str],
+    server: str,
+    port: int = STUN_PORT,
+    timeout: float = DEFAULT_TIMEOUT,
+    local_ips: Sequence[str | None] | None = None,
+) -> list[NatDiscoveryResult]:
     """Run natdiscovery in several namespaces at once (each run waits out its own timeouts)."""
     procs: list[subprocess.Popen[str]] = []
     locals_ = list(local_ips) if local_ips is not None else [None] * len(namespaces)
@@ -96,9 +103,16 @@ def run_natdiscovery_many(namespaces: Sequence[str], server: str, port: int = ST
         raise ValueError("local_ips must match namespaces")
     try:
         for ns, local_ip in zip(namespaces, locals_, strict=True):
-            procs.append(subprocess.Popen(
-                ns_argv(ns, natdiscovery_argv(server, port, local_ip)), stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, env=child_env()))
+            procs.append(
+                subprocess.Popen(
+                    ns_argv(ns, natdiscovery_argv(server, port, local_ip)),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    text=True,
+                    env=child_env(),
+                )
+            )
         results = []
         for ns, proc in zip(namespaces, procs, strict=True):
             try:

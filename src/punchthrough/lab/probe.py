@@ -68,9 +68,12 @@ def parse_binding_response(data: bytes) -> tuple[bytes, dict[str, tuple[str, int
         value = data[pos + 4 : pos + 4 + alen]
         if len(value) < alen:
             return None
-        key = {ATTR_XOR_MAPPED_ADDRESS: "xor", ATTR_MAPPED_ADDRESS: "mapped",
-               ATTR_RESPONSE_ORIGIN: "response_origin",
-               ATTR_OTHER_ADDRESS: "other_address"}.get(atype)
+        key = {
+            ATTR_XOR_MAPPED_ADDRESS: "xor",
+            ATTR_MAPPED_ADDRESS: "mapped",
+            ATTR_RESPONSE_ORIGIN: "response_origin",
+            ATTR_OTHER_ADDRESS: "other_address",
+        }.get(atype)
         if key is not None:
             addr = _address(value, xor=key == "xor")
             if addr is not None:
@@ -81,16 +84,23 @@ def parse_binding_response(data: bytes) -> tuple[bytes, dict[str, tuple[str, int
     return data[8:20], attrs
 
 
-def stun(server: tuple[str, int], count: int, interval: float, timeout: float,
-         bind: tuple[str, int]) -> dict[str, Any]:
+def stun(
+    server: tuple[str, int], count: int, interval: float, timeout: float, bind: tuple[str, int]
+) -> dict[str, Any]:
     """Send `count` Binding requests (distinct transactions) and count the answers."""
     count = max(1, min(count, MAX_COUNT))
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.bind(bind)
         pending: dict[bytes, float] = {}
-        result: dict[str, Any] = {"local": list(sock.getsockname()), "sent": 0, "received": 0,
-                                  "ignored": 0, "rtt_ms": [], "send_errors": 0}
+        result: dict[str, Any] = {
+            "local": list(sock.getsockname()),
+            "sent": 0,
+            "received": 0,
+            "ignored": 0,
+            "rtt_ms": [],
+            "send_errors": 0,
+        }
         next_send = time.monotonic()
         deadline: float | None = None
         while True:
@@ -137,8 +147,10 @@ def natpmp(gateway: str, timeout: float) -> dict[str, Any]:
         rto = NATPMP_FIRST_RTO
         sent = 0
         while time.monotonic() < deadline:
-            sock.sendto(struct.pack("!BB", NATPMP_VERSION, NATPMP_OP_EXTERNAL_ADDRESS),
-                        (gateway, NATPMP_PORT))
+            sock.sendto(
+                struct.pack("!BB", NATPMP_VERSION, NATPMP_OP_EXTERNAL_ADDRESS),
+                (gateway, NATPMP_PORT),
+            )
             sent += 1
             wait_until = min(deadline, time.monotonic() + rto)
             while (left := wait_until - time.monotonic()) > 0:
@@ -149,8 +161,13 @@ def natpmp(gateway: str, timeout: float) -> dict[str, Any]:
                 if len(data) < 12 or data[1] != NATPMP_RESPONSE_BIT + NATPMP_OP_EXTERNAL_ADDRESS:
                     continue
                 _, _, code, epoch = struct.unpack("!BBHI", data[:8])
-                return {"result": code, "epoch": epoch, "source": list(src), "sent": sent,
-                        "external_ip": str(ipaddress.IPv4Address(data[8:12]))}
+                return {
+                    "result": code,
+                    "epoch": epoch,
+                    "source": list(src),
+                    "sent": sent,
+                    "external_ip": str(ipaddress.IPv4Address(data[8:12])),
+                }
             rto *= 2
         return {"result": None, "sent": sent}
     finally:

@@ -192,8 +192,9 @@ def wait_until(
             return
         if time.monotonic() >= deadline:
             extra = diagnose() if diagnose else ""
-            raise LabError(f"timed out after {timeout}s waiting for {what}" +
-                           (f"\n{extra}" if extra else ""))
+            raise LabError(
+                f"timed out after {timeout}s waiting for {what}" + (f"\n{extra}" if extra else "")
+            )
         time.sleep(interval)
 
 
@@ -232,5 +233,10 @@ class LabProcess:
         stop_pid(self.pid, popen_obj=self.popen, timeout=timeout)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "ns": self.ns, "argv": self.argv, "pid": self.pid,
-                "log": str(self.log) if self.log else None}
+        return {
+            "name": self.name,
+            "ns": self.ns,
+            "argv": self.argv,
+            "pid": self.pid,
+            "log": str(self.log) if self.log else None,
+        }

@@ -79,76 +79,107 @@ def nat_ruleset(
     """
     opts.validate()
     timeout = opts.udp_timeout or DEFAULT_BINDING_TIMEOUT
-    lan = f"ip saddr {lan_subnet} oifname \"{WAN_IF}\""
-    record = f"oifname \"{WAN_IF}\" meta l4proto udp ct original ip saddr {lan_subnet}"
-    wan = f"iifname \"{WAN_IF}\""
+    lan = f'ip saddr {lan_subnet} oifname "{WAN_IF}"'
+    record = f'oifname "{WAN_IF}" meta l4proto udp ct original ip saddr {lan_subnet}'
+    wan = f'iifname "{WAN_IF}"'
     out: list[str] = ["flush ruleset"]
     nat: list[str] = []
     name = profile.name
     if name in ("eim-apdf", "udp-blocked"):
-        nat += _chain("postrouting", "type nat hook postrouting priority srcnat; policy accept;",
-                      [f"{lan} masquerade"])
+        nat += _chain(
+            "postrouting",
+            "type nat hook postrouting priority srcnat; policy accept;",
+            [f"{lan} masquerade"],
+        )
     elif name == "apdm-random":
-        nat += _chain("postrouting", "type nat hook postrouting priority srcnat; policy accept;",
-                      [f"{lan} masquerade fully-random"])
+        nat += _chain(
+            "postrouting",
+            "type nat hook postrouting priority srcnat; policy accept;",
+            [f"{lan} masquerade fully-random"],
+        )
     elif name in ("eim-eif", "eim-adf"):
         # mapped (public) udp port -> internal ip . port, refreshed by outbound traffic
-        nat.append(f"  map fullcone {{ type inet_service : ipv4_addr . inet_service; "
-                   f"flags dynamic,timeout; timeout {timeout}s; }}")
-        rec = [f"{record} update @fullcone "
-               "{ udp sport : ct original ip saddr . ct original proto-src }"]
+        nat.append(
+            f"  map fullcone {{ type inet_service : ipv4_addr . inet_service; "
+            f"flags dynamic,timeout; timeout {timeout}s; }}"
+        )
+        rec = [
+            f"{record} update @fullcone "
+            "{ udp sport : ct original ip saddr . ct original proto-src }"
+        ]
         if name == "eim-adf":
             # mapped port . remote IP: inbound only from addresses this mapping has sent to
-            nat.append(f"  set allowed {{ type inet_service . ipv4_addr; "
-                       f"flags dynamic,timeout; timeout {timeout}s; }}")
-            pre = f"{wan} meta l4proto udp udp dport . ip saddr @allowed " \
-                  "dnat ip to udp dport map @fullcone"
+            nat.append(
+                f"  set allowed {{ type inet_service . ipv4_addr; "
+                f"flags dynamic,timeout; timeout {timeout}s; }}"
+            )
+            pre = (
+                f"{wan} meta l4proto udp udp dport . ip saddr @allowed "
+                "dnat ip to udp dport map @fullcone"
+            )
             rec.append(f"{record} update @allowed {{ udp sport . ip daddr }}")
         else:
             pre = f"{wan} meta l4proto udp dnat ip to udp dport map @fullcone"
-        nat += _chain("prerouting", "type nat hook prerouting priority dstnat; policy accept;",
-                      [pre])
-        nat += _chain("postrouting", "type nat hook postrouting priority srcnat; policy accept;",
-                      [f"{lan} masquerade"])
+        nat += _chain(
+            "prerouting", "type nat hook prerouting priority dstnat; policy accept;", [pre]
+        )
+        nat += _chain(
+            "postrouting",
+            "type nat hook postrouting priority srcnat; policy accept;",
+            [f"{lan} masquerade"],
+        )
         # runs after SNAT (priority > srcnat): udp sport is the mapped port
-        nat += _chain("record", "type filter hook postrouting priority srcnat + 10; "
-                      "policy accept;", rec)
+        nat += _chain(
+            "record", "type filter hook postrouting priority srcnat + 10; policy accept;", rec
+        )
     elif name == "adm":
         entries = _map([(i, opts.adm_base + i) for i in range(opts.adm_count)])
-        nat += _chain("postrouting", "type nat hook postrouting priority srcnat; policy accept;", [
-            f"{lan} meta l4proto udp snat to {public_ip} : jhash ip saddr . udp sport . ip daddr "
-            f"mod {opts.adm_count} seed 0x5eed map {{ {entries} }}",
-            f"{lan} masquerade",
-        ])
+        nat += _chain(
+            "postrouting",
+            "type nat hook postrouting priority srcnat; policy accept;",
+            [
+                f"{lan} meta l4proto udp snat to {public_ip} : "
+                "jhash ip saddr . udp sport . ip daddr "
+                f"mod {opts.adm_count} seed 0x5eed map {{ {entries} }}",
+                f"{lan} masquerade",
+            ],
+        )
     elif name == "apdm-sequential":
         # numgen values mapped to ports: `numgen inc ... offset B` yields byte-swapped ports
         entries = _map(list(enumerate(sequential_ports(opts))))
-        nat += _chain("postrouting", "type nat hook postrouting priority srcnat; policy accept;", [
-            f"{lan} meta l4proto udp snat to {public_ip} : numgen inc mod {opts.seq_count} "
-            f"map {{ {entries} }}",
-            f"{lan} masquerade",
-        ])
+        nat += _chain(
+            "postrouting",
+            "type nat hook postrouting priority srcnat; policy accept;",
+            [
+                f"{lan} meta l4proto udp snat to {public_ip} : numgen inc mod {opts.seq_count} "
+                f"map {{ {entries} }}",
+                f"{lan} masquerade",
+            ],
+        )
     elif name != "open":
         raise ValueError(f"no ruleset for profile {name!r}")
     if nat:
         out += ["table ip nat {", *nat, "}"]
 
     flt: list[str] = []
-    inp = [
-        f"{wan} ip saddr {ip} udp sport {port} accept"
-        for ip, port in sorted(set(stun_allow))
-    ]
+    inp = [f"{wan} ip saddr {ip} udp sport {port} accept" for ip, port in sorted(set(stun_allow))]
     # Unsolicited packets to the router: drop before conntrack confirms them, or a peer's early
     # punch clashes with our own outbound flow and gets it a new port (natlab README).
     inp.append(f"{wan} ct state new drop")
     flt += _chain("input", "type filter hook input priority filter; policy accept;", inp)
     if not profile.udp:
-        flt += _chain("forward", "type filter hook forward priority filter; policy accept;",
-                      ["meta l4proto udp counter drop"])
+        flt += _chain(
+            "forward",
+            "type filter hook forward priority filter; policy accept;",
+            ["meta l4proto udp counter drop"],
+        )
     if opts.loss_percent > 0:
         threshold = round(opts.loss_percent * LOSS_SCALE / 100)
-        flt += _chain("impair", "type filter hook forward priority -50; policy accept;",
-                      [f"numgen random mod {LOSS_SCALE} < {threshold} counter drop"])
+        flt += _chain(
+            "impair",
+            "type filter hook forward priority -50; policy accept;",
+            [f"numgen random mod {LOSS_SCALE} < {threshold} counter drop"],
+        )
     out += ["table ip filter {", *flt, "}"]
 
     if opts.miniupnpd:
@@ -164,14 +195,23 @@ def miniupnpd_chains() -> list[str]:
     drop rule, not from the forward chain.
     """
     return [
-        *_chain("forward", "type filter hook forward priority filter - 5; policy accept;",
-                ["jump miniupnpd"]),
+        *_chain(
+            "forward",
+            "type filter hook forward priority filter - 5; policy accept;",
+            ["jump miniupnpd"],
+        ),
         "  chain miniupnpd {",
         "  }",
-        *_chain("prerouting", "type nat hook prerouting priority dstnat - 5; policy accept;",
-                ["jump prerouting_miniupnpd"]),
-        *_chain("postrouting", "type nat hook postrouting priority srcnat - 5; policy accept;",
-                ["jump postrouting_miniupnpd"]),
+        *_chain(
+            "prerouting",
+            "type nat hook prerouting priority dstnat - 5; policy accept;",
+            ["jump prerouting_miniupnpd"],
+        ),
+        *_chain(
+            "postrouting",
+            "type nat hook postrouting priority srcnat - 5; policy accept;",
+            ["jump postrouting_miniupnpd"],
+        ),
         "  chain prerouting_miniupnpd {",
         "  }",
         "  chain postrouting_miniupnpd {",
@@ -195,20 +235,22 @@ def miniupnpd_conf(
     miniupnpd refuses to map when its external address is in a reserved range (every
     documentation range is), unless a STUN self-test says the address is public: ext_perform_stun.
     """
-    return "\n".join([
-        f"ext_ifname={WAN_IF}",
-        f"listening_ip={LAN_IF}",
-        "http_port=0",
-        "enable_natpmp=yes",
-        "enable_upnp=yes",
-        "secure_mode=yes",
-        "system_uptime=yes",
-        f"lease_file={lease_file}",
-        f"uuid={uuid}",
-        f"allow 1024-65535 {lan_subnet} 1024-65535",
-        "deny 0-65535 0.0.0.0/0 0-65535",
-        "ext_perform_stun=yes",
-        f"ext_stun_host={stun[0]}",
-        f"ext_stun_port={stun[1]}",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"ext_ifname={WAN_IF}",
+            f"listening_ip={LAN_IF}",
+            "http_port=0",
+            "enable_natpmp=yes",
+            "enable_upnp=yes",
+            "secure_mode=yes",
+            "system_uptime=yes",
+            f"lease_file={lease_file}",
+            f"uuid={uuid}",
+            f"allow 1024-65535 {lan_subnet} 1024-65535",
+            "deny 0-65535 0.0.0.0/0 0-65535",
+            "ext_perform_stun=yes",
+            f"ext_stun_host={stun[0]}",
+            f"ext_stun_port={stun[1]}",
+            "",
+        ]
+    )

@@ -134,11 +134,18 @@ class Host:
         input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run a command inside the host namespace; text output captured."""
-        return run(argv, ns=self.ns, check=check, timeout=timeout, input=input,
-                   what=f"{self.name} ({self.spec.profile})" if check else None)
+        return run(
+            argv,
+            ns=self.ns,
+            check=check,
+            timeout=timeout,
+            input=input,
+            what=f"{self.name} ({self.spec.profile})" if check else None,
+        )
 
-    def popen(self, argv: Sequence[str], *, name: str | None = None,
-              **kwargs: Any) -> subprocess.Popen[bytes]:
+    def popen(
+        self, argv: Sequence[str], *, name: str | None = None, **kwargs: Any
+    ) -> subprocess.Popen[bytes]:
         """Start a process in the host namespace. The caller owns it; the lab still kills it
         on close if it is running then. Output goes to `<workdir>/<name>.log` unless `stdout`
         is given."""
@@ -146,38 +153,69 @@ class Host:
         assert proc.popen is not None
         return proc.popen
 
-    def router_run(self, argv: Sequence[str], *, timeout: float = 30.0,
-                   check: bool = True) -> subprocess.CompletedProcess[str]:
+    def router_run(
+        self, argv: Sequence[str], *, timeout: float = 30.0, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """Run a command in this host's router namespace (nft, conntrack, ss)."""
-        return run(argv, ns=self.router_ns, check=check, timeout=timeout,
-                   what=f"router of {self.name}")
+        return run(
+            argv, ns=self.router_ns, check=check, timeout=timeout, what=f"router of {self.name}"
+        )
 
-    def stun(self, server: Address, *, count: int = 1, interval: float = 0.01,
-             timeout: float = 1.0, bind: Address | None = None) -> dict[str, Any]:
+    def stun(
+        self,
+        server: Address,
+        *,
+        count: int = 1,
+        interval: float = 0.01,
+        timeout: float = 1.0,
+        bind: Address | None = None,
+    ) -> dict[str, Any]:
         """Send Binding requests from this host with the stdlib probe; see probe.stun."""
-        return self.lab.stun_probe(self.ns, server, count=count, interval=interval,
-                                   timeout=timeout, bind=bind)
+        return self.lab.stun_probe(
+            self.ns, server, count=count, interval=interval, timeout=timeout, bind=bind
+        )
 
     def natpmp(self, timeout: float = 3.0) -> dict[str, Any]:
         """NAT-PMP external-address request to this host's router (miniupnpd)."""
-        argv = [sys.executable, "-m", PROBE_MODULE, "natpmp", self.gateway,
-                "--timeout", str(timeout)]
+        argv = [
+            sys.executable,
+            "-m",
+            PROBE_MODULE,
+            "natpmp",
+            self.gateway,
+            "--timeout",
+            str(timeout),
+        ]
         return _json_out(self.run(argv, timeout=timeout + 10, check=True))
 
-    def natdiscovery(self, server: str = A.COTURN_PRIMARY, port: int = A.STUN_PORT,
-                     timeout: float = NATDISCOVERY_TIMEOUT) -> NatDiscoveryResult:
+    def natdiscovery(
+        self,
+        server: str = A.COTURN_PRIMARY,
+        port: int = A.STUN_PORT,
+        timeout: float = NATDISCOVERY_TIMEOUT,
+    ) -> NatDiscoveryResult:
         """Classify this host's NAT with coturn's turnutils_natdiscovery."""
         return run_natdiscovery(self.ns, server, port, timeout, local_ip=self.ip)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "index": self.index, "name": self.name, "profile": self.spec.profile,
-            "ns": self.ns, "router_ns": self.router_ns, "ip": self.ip, "gateway": self.gateway,
-            "subnet": self.subnet, "router_wan_ip": self.router_wan_ip,
-            "public_ip": self.public_ip, "options": asdict(self.spec.options),
-            "expected": {"mapping": self.profile.mapping, "filtering": self.profile.filtering,
-                         "allocation": self.profile.allocation,
-                         "preserves_port": self.profile.preserves_port},
+            "index": self.index,
+            "name": self.name,
+            "profile": self.spec.profile,
+            "ns": self.ns,
+            "router_ns": self.router_ns,
+            "ip": self.ip,
+            "gateway": self.gateway,
+            "subnet": self.subnet,
+            "router_wan_ip": self.router_wan_ip,
+            "public_ip": self.public_ip,
+            "options": asdict(self.spec.options),
+            "expected": {
+                "mapping": self.profile.mapping,
+                "filtering": self.profile.filtering,
+                "allocation": self.profile.allocation,
+                "preserves_port": self.profile.preserves_port,
+            },
         }
 
 
@@ -230,8 +268,10 @@ class Lab:
         self.prefix = prefix or _default_prefix()
         if not PREFIX_RE.match(self.prefix):
             raise ValueError(f"lab prefix {self.prefix!r} must match {PREFIX_RE.pattern}")
-        specs = [h if isinstance(h, HostSpec) else HostSpec(h)
-                 for h in (hosts if hosts is not None else PROFILE_NAMES)]
+        specs = [
+            h if isinstance(h, HostSpec) else HostSpec(h)
+            for h in (hosts if hosts is not None else PROFILE_NAMES)
+        ]
         if not 1 <= len(specs) <= A.MAX_HOSTS:
             raise ValueError(f"a lab has 1..{A.MAX_HOSTS} hosts, got {len(specs)}")
         if any(s.options.miniupnpd for s in specs) and not coturn:
@@ -270,8 +310,10 @@ class Lab:
                 return h
         if key.isdigit():
             return self.host(int(key))
-        raise KeyError(f"no host with profile or name {key!r}; hosts: "
-                       f"{', '.join(f'{h.name}={h.spec.profile}' for h in self.hosts)}")
+        raise KeyError(
+            f"no host with profile or name {key!r}; hosts: "
+            f"{', '.join(f'{h.name}={h.spec.profile}' for h in self.hosts)}"
+        )
 
     # ------------------------------------------------------------- lifecycle
     def __enter__(self) -> Lab:
@@ -282,8 +324,12 @@ class Lab:
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def up(self) -> Lab:
@@ -310,8 +356,10 @@ class Lab:
         taken = _lab_namespaces(self.prefix, _existing_namespaces())
         if taken or _state_path(self.state_dir, self.prefix).exists():
             what = ", ".join(taken) or "state file"
-            raise LabError(f"lab prefix {self.prefix!r} is in use ({what}); clean it with "
-                           f"`punchthrough lab down --prefix {self.prefix}`")
+            raise LabError(
+                f"lab prefix {self.prefix!r} is in use ({what}); clean it with "
+                f"`punchthrough lab down --prefix {self.prefix}`"
+            )
 
     def _build(self) -> None:
         for ns in self.namespaces:
@@ -321,16 +369,22 @@ class Lab:
         # veth pairs created directly inside their namespaces (never in the root namespace)
         root_batch = []
         for h in self.hosts:
-            root_batch.append(f"link add {A.WAN_IF} netns {h.router_ns} type veth "
-                              f"peer name p{h.n} netns {self.pub_ns}")
-            root_batch.append(f"link add {A.LAN_IF} netns {h.router_ns} type veth "
-                              f"peer name {A.HOST_IF} netns {h.ns}")
+            root_batch.append(
+                f"link add {A.WAN_IF} netns {h.router_ns} type veth "
+                f"peer name p{h.n} netns {self.pub_ns}"
+            )
+            root_batch.append(
+                f"link add {A.LAN_IF} netns {h.router_ns} type veth "
+                f"peer name {A.HOST_IF} netns {h.ns}"
+            )
         self._ip_batch(None, root_batch)
-        pub = ["link set lo up",
-               f"link add {A.BRIDGE_IF} type bridge",
-               f"addr add {A.PUB_BRIDGE_IP}/{A.PUB_PREFIX_LEN} dev {A.BRIDGE_IF}",
-               f"link set {A.BRIDGE_IF} up",
-               *(f"addr add {ip}/32 dev lo" for ip in A.SERVER_IPS)]
+        pub = [
+            "link set lo up",
+            f"link add {A.BRIDGE_IF} type bridge",
+            f"addr add {A.PUB_BRIDGE_IP}/{A.PUB_PREFIX_LEN} dev {A.BRIDGE_IF}",
+            f"link set {A.BRIDGE_IF} up",
+            *(f"addr add {ip}/32 dev lo" for ip in A.SERVER_IPS),
+        ]
         for h in self.hosts:
             pub.append(f"link set p{h.n} master {A.BRIDGE_IF} up")
             if not h.profile.nat:
@@ -338,37 +392,57 @@ class Lab:
         self._ip_batch(self.pub_ns, pub)
         for h in self.hosts:
             plen = h.subnet.split("/")[1]
-            self._ip_batch(h.router_ns, [
-                "link set lo up",
-                f"addr add {h.router_wan_ip}/{A.PUB_PREFIX_LEN} dev {A.WAN_IF}",
-                f"link set {A.WAN_IF} up",
-                f"route add default via {A.PUB_BRIDGE_IP}",
-                f"addr add {h.gateway}/{plen} dev {A.LAN_IF}",
-                f"link set {A.LAN_IF} up",
-            ])
-            self._ip_batch(h.ns, [
-                "link set lo up",
-                f"addr add {h.ip}/{plen} dev {A.HOST_IF}",
-                f"link set {A.HOST_IF} up",
-                f"route add default via {h.gateway}",
-            ])
+            self._ip_batch(
+                h.router_ns,
+                [
+                    "link set lo up",
+                    f"addr add {h.router_wan_ip}/{A.PUB_PREFIX_LEN} dev {A.WAN_IF}",
+                    f"link set {A.WAN_IF} up",
+                    f"route add default via {A.PUB_BRIDGE_IP}",
+                    f"addr add {h.gateway}/{plen} dev {A.LAN_IF}",
+                    f"link set {A.LAN_IF} up",
+                ],
+            )
+            self._ip_batch(
+                h.ns,
+                [
+                    "link set lo up",
+                    f"addr add {h.ip}/{plen} dev {A.HOST_IF}",
+                    f"link set {A.HOST_IF} up",
+                    f"route add default via {h.gateway}",
+                ],
+            )
             self._configure_router(h)
 
     def _configure_router(self, h: Host) -> None:
         opts = h.spec.options
         stun_allow: list[Address] = []
         if opts.miniupnpd:
-            stun_allow = [(ip, port) for ip in (A.COTURN_PRIMARY, A.COTURN_ALT)
-                          for port in (A.STUN_PORT, A.STUN_ALT_PORT)]
-        ruleset = nat_ruleset(h.profile, public_ip=h.router_wan_ip, lan_subnet=h.subnet,
-                              opts=opts, stun_allow=stun_allow)
-        run(["nft", "-f", "-"], ns=h.router_ns, input=ruleset,
-            what=f"load {h.spec.profile} ruleset for {h.name}")
+            stun_allow = [
+                (ip, port)
+                for ip in (A.COTURN_PRIMARY, A.COTURN_ALT)
+                for port in (A.STUN_PORT, A.STUN_ALT_PORT)
+            ]
+        ruleset = nat_ruleset(
+            h.profile,
+            public_ip=h.router_wan_ip,
+            lan_subnet=h.subnet,
+            opts=opts,
+            stun_allow=stun_allow,
+        )
+        run(
+            ["nft", "-f", "-"],
+            ns=h.router_ns,
+            input=ruleset,
+            what=f"load {h.spec.profile} ruleset for {h.name}",
+        )
         sysctls = ["net.ipv4.ip_forward=1"]
         if opts.udp_timeout is not None:
             # per-namespace conntrack timeouts: only this router changes
-            sysctls += [f"net.netfilter.nf_conntrack_udp_timeout={opts.udp_timeout}",
-                        f"net.netfilter.nf_conntrack_udp_timeout_stream={opts.udp_timeout}"]
+            sysctls += [
+                f"net.netfilter.nf_conntrack_udp_timeout={opts.udp_timeout}",
+                f"net.netfilter.nf_conntrack_udp_timeout_stream={opts.udp_timeout}",
+            ]
         run(["sysctl", "-qw", *sysctls], ns=h.router_ns, what=f"sysctl for router of {h.name}")
 
     def _ip_batch(self, ns: str | None, cmds: Sequence[str]) -> None:
@@ -381,8 +455,9 @@ class Lab:
         if self._closed:
             return
         self._closed = True
-        problems = _teardown(self.prefix, self._created or [],
-                             [(p.pid, p.popen) for p in self.processes])
+        problems = _teardown(
+            self.prefix, self._created or [], [(p.pid, p.popen) for p in self.processes]
+        )
         self.processes.clear()
         with contextlib.suppress(FileNotFoundError):
             _state_path(self.state_dir, self.prefix).unlink()
@@ -437,8 +512,9 @@ class Lab:
         return data
 
     # -------------------------------------------------------------- processes
-    def spawn(self, ns: str, argv: Sequence[str], *, name: str,
-              log: bool = True, **kwargs: Any) -> LabProcess:
+    def spawn(
+        self, ns: str, argv: Sequence[str], *, name: str, log: bool = True, **kwargs: Any
+    ) -> LabProcess:
         """Start a tracked process in namespace `ns`, output to `<workdir>/<name>.log`."""
         if self.workdir is None or self._closed:
             raise LabError("lab is not up")
@@ -456,9 +532,16 @@ class Lab:
             self.processes.remove(proc)
         self._save_state()
 
-    def _spawn_server(self, name: str, argv: Sequence[str], ns: str,
-                      endpoints: Sequence[Address], *, rfc5780: Address | None,
-                      timeout: float = SERVER_READY_TIMEOUT) -> LabProcess:
+    def _spawn_server(
+        self,
+        name: str,
+        argv: Sequence[str],
+        ns: str,
+        endpoints: Sequence[Address],
+        *,
+        rfc5780: Address | None,
+        timeout: float = SERVER_READY_TIMEOUT,
+    ) -> LabProcess:
         proc = self.spawn(ns, argv, name=name)
 
         def diagnose() -> str:
@@ -471,13 +554,16 @@ class Lab:
             return all(udp_listening(self.pub_ns, ip, port) for ip, port in endpoints)
 
         try:
-            wait_until(ready, timeout=timeout, what=f"{name} to listen on {endpoints}",
-                       diagnose=diagnose)
+            wait_until(
+                ready, timeout=timeout, what=f"{name} to listen on {endpoints}", diagnose=diagnose
+            )
             first = endpoints[0]
             res = self.wait_stun(self.pub_ns, first, timeout=timeout)
             if rfc5780 is not None and tuple(res.get("other_address", ())) != rfc5780:
-                raise LabError(f"{name} at {first} answered without OTHER-ADDRESS {rfc5780} "
-                               f"(got {res.get('other_address')})\n{diagnose()}")
+                raise LabError(
+                    f"{name} at {first} answered without OTHER-ADDRESS {rfc5780} "
+                    f"(got {res.get('other_address')})\n{diagnose()}"
+                )
         except BaseException:
             self.stop(proc)
             raise
@@ -494,33 +580,74 @@ class Lab:
             pairs.append((A.COTURN2_PRIMARY, A.COTURN2_ALT))
         for i, (ip1, ip2) in enumerate(pairs, start=1):
             base = self.workdir / f"coturn{i}"
-            argv = ["turnserver", "-n", "-S", "-L", ip1, "-L", ip2,
-                    "--listening-port", str(A.STUN_PORT),
-                    "--alt-listening-port", str(A.STUN_ALT_PORT),
-                    "--no-tls", "--no-dtls", "--no-cli", "--no-stdout-log", "--simple-log",
-                    "--log-file", f"{base}.turn.log", "--pidfile", f"{base}.pid",
-                    "--userdb", f"{base}.db"]
+            argv = [
+                "turnserver",
+                "-n",
+                "-S",
+                "-L",
+                ip1,
+                "-L",
+                ip2,
+                "--listening-port",
+                str(A.STUN_PORT),
+                "--alt-listening-port",
+                str(A.STUN_ALT_PORT),
+                "--no-tls",
+                "--no-dtls",
+                "--no-cli",
+                "--no-stdout-log",
+                "--simple-log",
+                "--log-file",
+                f"{base}.turn.log",
+                "--pidfile",
+                f"{base}.pid",
+                "--userdb",
+                f"{base}.db",
+            ]
             eps = [(ip, port) for ip in (ip1, ip2) for port in (A.STUN_PORT, A.STUN_ALT_PORT)]
-            started.append(self._spawn_server(f"coturn{i}", argv, self.pub_ns, eps,
-                                              rfc5780=(ip2, A.STUN_ALT_PORT)))
+            started.append(
+                self._spawn_server(
+                    f"coturn{i}", argv, self.pub_ns, eps, rfc5780=(ip2, A.STUN_ALT_PORT)
+                )
+            )
         self.coturn_running = True
         self._save_state()
         return started
 
     def start_stun_server(self) -> list[LabProcess]:
         """Our STUN server: RFC 5780 on {.1, .2} x {3478, 3479}, plus a plain one on .3/.4."""
-        main = [sys.executable, "-m", "punchthrough", "stun-server",
-                "--listen", f"{A.OUR_STUN_PRIMARY}:{A.STUN_PORT}", "--alt-ip", A.OUR_STUN_ALT]
-        eps = [(ip, port) for ip in (A.OUR_STUN_PRIMARY, A.OUR_STUN_ALT)
-               for port in (A.STUN_PORT, A.STUN_ALT_PORT)]
-        started = [self._spawn_server("stun", main, self.pub_ns, eps,
-                                      rfc5780=(A.OUR_STUN_ALT, A.STUN_ALT_PORT))]
+        main = [
+            sys.executable,
+            "-m",
+            "punchthrough",
+            "stun-server",
+            "--listen",
+            f"{A.OUR_STUN_PRIMARY}:{A.STUN_PORT}",
+            "--alt-ip",
+            A.OUR_STUN_ALT,
+        ]
+        eps = [
+            (ip, port)
+            for ip in (A.OUR_STUN_PRIMARY, A.OUR_STUN_ALT)
+            for port in (A.STUN_PORT, A.STUN_ALT_PORT)
+        ]
+        started = [
+            self._spawn_server(
+                "stun", main, self.pub_ns, eps, rfc5780=(A.OUR_STUN_ALT, A.STUN_ALT_PORT)
+            )
+        ]
         extra = [sys.executable, "-m", "punchthrough", "stun-server"]
         for ip in A.OUR_STUN_EXTRA:
             extra += ["--listen", f"{ip}:{A.STUN_PORT}"]
-        started.append(self._spawn_server(
-            "stun-extra", extra, self.pub_ns, [(ip, A.STUN_PORT) for ip in A.OUR_STUN_EXTRA],
-            rfc5780=None))
+        started.append(
+            self._spawn_server(
+                "stun-extra",
+                extra,
+                self.pub_ns,
+                [(ip, A.STUN_PORT) for ip in A.OUR_STUN_EXTRA],
+                rfc5780=None,
+            )
+        )
         self.stun_running = True
         self._save_state()
         return started
@@ -533,41 +660,74 @@ class Lab:
         lease = self.workdir / f"upnp-{h.n}.leases"
         lease.unlink(missing_ok=True)  # leases survive restarts otherwise
         conf = self.workdir / f"miniupnpd-{h.n}.conf"
-        conf.write_text(miniupnpd_conf(lan_subnet=h.subnet, lease_file=str(lease),
-                                       uuid=str(uuid.uuid4()),
-                                       stun=(A.COTURN_PRIMARY, A.STUN_PORT)))
+        conf.write_text(
+            miniupnpd_conf(
+                lan_subnet=h.subnet,
+                lease_file=str(lease),
+                uuid=str(uuid.uuid4()),
+                stun=(A.COTURN_PRIMARY, A.STUN_PORT),
+            )
+        )
         argv = ["miniupnpd", "-f", str(conf), "-d", "-P", str(self.workdir / f"upnp-{h.n}.pid")]
         proc = self.spawn(h.router_ns, argv, name=f"miniupnpd-{h.n}")
 
         def ready() -> bool:
             if not proc.alive():
-                raise LabError(f"miniupnpd for {h.name} exited\n"
-                               f"{log_tail(proc.log) if proc.log else ''}")
+                raise LabError(
+                    f"miniupnpd for {h.name} exited\n{log_tail(proc.log) if proc.log else ''}"
+                )
             return udp_listening(h.router_ns, h.gateway, A.NATPMP_PORT)
 
         try:
-            wait_until(ready, timeout=MINIUPNPD_READY_TIMEOUT,
-                       what=f"miniupnpd on {h.gateway}:{A.NATPMP_PORT}",
-                       diagnose=lambda: log_tail(proc.log) if proc.log else "")
+            wait_until(
+                ready,
+                timeout=MINIUPNPD_READY_TIMEOUT,
+                what=f"miniupnpd on {h.gateway}:{A.NATPMP_PORT}",
+                diagnose=lambda: log_tail(proc.log) if proc.log else "",
+            )
         except BaseException:
             self.stop(proc)
             raise
         return proc
 
     # ---------------------------------------------------------------- probing
-    def stun_probe(self, ns: str, server: Address, *, count: int = 1, interval: float = 0.01,
-                   timeout: float = 1.0, bind: Address | None = None) -> dict[str, Any]:
+    def stun_probe(
+        self,
+        ns: str,
+        server: Address,
+        *,
+        count: int = 1,
+        interval: float = 0.01,
+        timeout: float = 1.0,
+        bind: Address | None = None,
+    ) -> dict[str, Any]:
         """Send `count` STUN Binding requests from namespace `ns` with the stdlib probe.
         Returns {sent, received, mapped, other_address, response_origin, rtt_ms, local}."""
-        argv = [sys.executable, "-m", PROBE_MODULE, "stun", server[0], str(server[1]),
-                "--count", str(count), "--interval", str(interval), "--timeout", str(timeout)]
+        argv = [
+            sys.executable,
+            "-m",
+            PROBE_MODULE,
+            "stun",
+            server[0],
+            str(server[1]),
+            "--count",
+            str(count),
+            "--interval",
+            str(interval),
+            "--timeout",
+            str(timeout),
+        ]
         if bind is not None:
             argv += ["--bind", f"{bind[0]}:{bind[1]}"]
         budget = timeout + count * interval + 15
         return _json_out(run(argv, ns=ns, timeout=budget, what=f"stun probe in {ns}"))
 
-    def wait_stun(self, ns: str, server: Address, timeout: float = SERVER_READY_TIMEOUT,
-                  ) -> dict[str, Any]:
+    def wait_stun(
+        self,
+        ns: str,
+        server: Address,
+        timeout: float = SERVER_READY_TIMEOUT,
+    ) -> dict[str, Any]:
         """Wait until `server` answers a Binding request sent from inside `ns`."""
         result: dict[str, Any] = {}
 
@@ -576,24 +736,34 @@ class Lab:
             result = self.stun_probe(ns, server, timeout=0.5)
             return bool(result.get("received"))
 
-        wait_until(answered, timeout=timeout, what=f"STUN answer from {server} in {ns}",
-                   interval=0.0)
+        wait_until(
+            answered, timeout=timeout, what=f"STUN answer from {server} in {ns}", interval=0.0
+        )
         return result
 
-    def natdiscovery_all(self, server: str = A.COTURN_PRIMARY, port: int = A.STUN_PORT,
-                         timeout: float = NATDISCOVERY_TIMEOUT) -> dict[str, NatDiscoveryResult]:
+    def natdiscovery_all(
+        self,
+        server: str = A.COTURN_PRIMARY,
+        port: int = A.STUN_PORT,
+        timeout: float = NATDISCOVERY_TIMEOUT,
+    ) -> dict[str, NatDiscoveryResult]:
         """turnutils_natdiscovery from every host in parallel, keyed by host name."""
-        res = run_natdiscovery_many([h.ns for h in self.hosts], server, port, timeout,
-                                    [h.ip for h in self.hosts])
+        res = run_natdiscovery_many(
+            [h.ns for h in self.hosts], server, port, timeout, [h.ip for h in self.hosts]
+        )
         return {h.name: r for h, r in zip(self.hosts, res, strict=True)}
 
     # ----------------------------------------------------------- server lists
     def stun_servers(self) -> list[Address]:
         """Our STUN server's endpoints for netcheck's --stun: RFC 5780 primary first, then the
         other distinct IPs, then the alternate ports (6 endpoints, 4 IPs)."""
-        return [(A.OUR_STUN_PRIMARY, A.STUN_PORT), (A.OUR_STUN_ALT, A.STUN_PORT),
-                *((ip, A.STUN_PORT) for ip in A.OUR_STUN_EXTRA),
-                (A.OUR_STUN_PRIMARY, A.STUN_ALT_PORT), (A.OUR_STUN_ALT, A.STUN_ALT_PORT)]
+        return [
+            (A.OUR_STUN_PRIMARY, A.STUN_PORT),
+            (A.OUR_STUN_ALT, A.STUN_PORT),
+            *((ip, A.STUN_PORT) for ip in A.OUR_STUN_EXTRA),
+            (A.OUR_STUN_PRIMARY, A.STUN_ALT_PORT),
+            (A.OUR_STUN_ALT, A.STUN_ALT_PORT),
+        ]
 
     def coturn_servers(self) -> list[Address]:
         """coturn's endpoints, RFC 5780 instance (.10) first: 8 endpoints on 4 IPs."""
@@ -613,8 +783,7 @@ class Lab:
             "processes": [p.to_json() for p in self.processes],
             "servers": {
                 "stun": [list(a) for a in self.stun_servers()] if self.stun_running else [],
-                "coturn": [list(a) for a in self.coturn_servers()] if self.coturn_running
-                else [],
+                "coturn": [list(a) for a in self.coturn_servers()] if self.coturn_running else [],
             },
             "build_seconds": self.build_seconds,
         }
@@ -626,8 +795,11 @@ class Lab:
         tmp.replace(path)
 
 
-def _teardown(prefix: str, namespaces: Sequence[str],
-              known: Sequence[tuple[int, subprocess.Popen[bytes] | None]]) -> list[str]:
+def _teardown(
+    prefix: str,
+    namespaces: Sequence[str],
+    known: Sequence[tuple[int, subprocess.Popen[bytes] | None]],
+) -> list[str]:
     """Kill known pids and every pid inside the namespaces, then delete the namespaces.
 
     A namespace with a live process keeps running (and answering) after `ip netns del`, so the
@@ -638,7 +810,8 @@ def _teardown(prefix: str, namespaces: Sequence[str],
     present = [ns for ns in namespaces if ns in existing]
     in_ns = {pid for ns in present for pid in netns_pids(ns)}
     targets: list[tuple[int, subprocess.Popen[bytes] | None]] = [
-        (pid, p) for pid, p in known if p is None or p.poll() is None]
+        (pid, p) for pid, p in known if p is None or p.poll() is None
+    ]
     targets += [(pid, None) for pid in sorted(in_ns - {pid for pid, _ in targets})]
     survivors = stop_many(targets)
     if survivors:

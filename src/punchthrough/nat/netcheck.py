@@ -9,6 +9,10 @@ One run answers, from one main socket plus one fresh socket for filtering:
    mapping test (RFC 5780 section 4.3).
 3. Concurrently: the filtering tests (RFC 5780 section 4.4, CHANGE-REQUEST from a fresh socket so
    step 1-2's flows cannot open its filter) and the hairpin test (section 4.5).
+4. From the start, concurrently with all of the above when a gateway is given: port mapping
+   (PCP, NAT-PMP, optionally UPnP) of a spare socket's port, deleted again before returning. A
+   spare socket, not the main one, so that an explicit mapping cannot change what steps 1-3
+   observe. The probe is capped below the filtering wait, so a silent gateway costs nothing.
 
 Filtering tests succeed by an answer and fail by silence, so their wait is what a run costs: it is
 sized from the RTTs measured in step 1 (see ``_filter_wait``), not a fixed guess.
@@ -30,6 +34,8 @@ from punchthrough.nat.allocation import (
 from punchthrough.nat.behavior import Behavior, Sample, filtering_behavior, mapping_behavior
 from punchthrough.nat.probe import sample_mappings
 from punchthrough.netio import Address, DatagramSocket, Network
+from punchthrough.portmap import PortMapper
+from punchthrough.portmap.mapper import DEFAULT_PROBE_TIMEOUT
 from punchthrough.stun import BindingResult, StunClient, StunError
 
 log = logging.getLogger(__name__)
@@ -70,6 +76,13 @@ class NetcheckReport:
     rfc5780_server: str | None = None
     duration_ms: float = 0.0
     errors: list[str] = field(default_factory=list)
+    #: Port mapping: the gateway asked (None = not probed), who answered, what was mapped.
+    port_mapping_gateway: str | None = None
+    port_mapping: dict[str, bool] = field(
+        default_factory=lambda: {"nat_pmp": False, "pcp": False, "upnp": False}
+    )
+    port_mapping_external: str | None = None
+    double_nat: bool | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -86,6 +99,10 @@ class NetcheckReport:
             "rfc5780_server": self.rfc5780_server,
             "duration_ms": round(self.duration_ms, 1),
             "errors": list(self.errors),
+            "port_mapping_gateway": self.port_mapping_gateway,
+            "port_mapping": dict(self.port_mapping),
+            "port_mapping_external": self.port_mapping_external,
+            "double_nat": self.double_nat,
         }
 
     @property
@@ -125,6 +142,48 @@ async def _answered(client: StunClient, dest: Address, wait: float, **kw: bool) 
     return await _binding_or_none(client, dest, wait, **kw) is not None
 
 
+async def _port_mapping(
+    network: Network,
+    report: NetcheckReport,
+    gateway: str,
+    bind_host: str,
+    local_ip: str | None,
+    upnp: bool,
+    timeout: float,
+) -> None:
+    """Step 4: probe, map a spare socket's port, record, delete. Never raises (but cancels)."""
+    report.port_mapping_gateway = gateway
+    if local_ip is None and bind_host not in ("0.0.0.0", "::", ""):
+        local_ip = bind_host
+    spare: DatagramSocket | None = None
+    try:
+        spare = await network.bind(bind_host, 0)
+        mapper = PortMapper(
+            network,
+            gateway,
+            spare.local_address[1],
+            local_ip=local_ip,
+            upnp=upnp,
+            probe_timeout=min(DEFAULT_PROBE_TIMEOUT, timeout),
+        )
+        async with mapper:
+            report.port_mapping = mapper.report.to_json()
+            mapping = mapper.mapping
+            if mapping is not None:
+                report.port_mapping_external = mapping.external_text()
+            report.double_nat = mapper.double_nat if mapper.report.answered() else None
+            if mapping is not None and mapping.double_nat:
+                report.errors.append(
+                    f"port mapping gave {mapping.external_text()}, a private/CGNAT address: "
+                    "double NAT, the mapping is useless to peers"
+                )
+    except (OSError, ValueError) as exc:
+        report.errors.append(f"port mapping probe failed: {exc}")
+    finally:
+        if spare is not None:
+            spare.close()
+
+
 async def run_netcheck(
     network: Network,
     servers: Sequence[Address],
@@ -134,12 +193,22 @@ async def run_netcheck(
     rto: float = DEFAULT_RTO,
     bind_host: str = "0.0.0.0",
     port_range: tuple[int, int] = DEFAULT_PORT_RANGE,
+    gateway: str | None = None,
+    port_mapping: bool = True,
+    local_ip: str | None = None,
+    upnp: bool = False,
 ) -> NetcheckReport:
     """Probe the NAT in front of this host; see the module docstring for the plan.
 
     ``timeout`` bounds every single wait (each Binding transaction); the whole run takes at most
     about ``2 * timeout``. ``samples`` is the port-allocation sample count wished for; fewer are
     taken when the servers offer fewer distinct endpoints (and the report says so in ``errors``).
+
+    Port mapping is probed only when ``gateway`` is given (the library never reads the machine's
+    routing table itself: see :func:`punchthrough.portmap.default_gateway`) and
+    ``port_mapping`` is true. ``local_ip`` is our address on the gateway's LAN (PCP needs it;
+    default: ``bind_host`` when specific). ``upnp`` adds UPnP IGD, which uses kernel sockets:
+    only for the real network.
     """
     if not servers:
         raise NetcheckError("no STUN server given: pass at least one --stun IP:PORT")
@@ -150,6 +219,8 @@ async def run_netcheck(
     report = NetcheckReport()
     sockets: list[DatagramSocket] = []
     clients: list[StunClient] = []
+    portmap_task: asyncio.Task[None] | None = None
+    ok = False
     try:
         main_sock = await network.bind(bind_host, 0)
         sockets.append(main_sock)
@@ -157,6 +228,10 @@ async def run_netcheck(
         main = StunClient(main_sock, rto=rto)
         main.attach()
         clients.append(main)
+        if gateway is not None and port_mapping:
+            portmap_task = asyncio.ensure_future(
+                _port_mapping(network, report, gateway, bind_host, local_ip, upnp, timeout)
+            )
 
         # Step 1: every configured server, concurrently, in list order.
         unique_servers = list(dict.fromkeys(servers))
@@ -164,6 +239,7 @@ async def run_netcheck(
         answered = [(s, r) for s, r in zip(unique_servers, first, strict=True) if r is not None]
         if not answered:
             report.errors.append("no STUN server answered: UDP blocked or servers down")
+            ok = True
             return report
         report.udp = True
 
@@ -214,10 +290,20 @@ async def run_netcheck(
             report.filtering = filtering_behavior(both, port_only)
         else:
             report.hairpinning = await hairpin
+        ok = True
         return report
     finally:
         for c in clients:
             c.close()
         for s in sockets:
             s.close()
+        if portmap_task is not None:
+            if not ok:
+                portmap_task.cancel()  # its mapper still sends the delete on the way out
+            try:
+                await portmap_task
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # we are being cancelled ourselves: do not swallow it
         report.duration_ms = (loop.time() - started) * 1000.0

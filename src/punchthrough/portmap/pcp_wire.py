@@ -141,7 +141,11 @@ def _encode_map(m: MapData) -> bytes:
     if len(m.nonce) != _NONCE_SIZE:
         raise ValueError(f"mapping nonce must be {_NONCE_SIZE} bytes")
     return _MAP.pack(
-        m.nonce, m.protocol, b"\x00\x00\x00", m.internal_port, m.external_port,
+        m.nonce,
+        m.protocol,
+        b"\x00\x00\x00",
+        m.internal_port,
+        m.external_port,
         pack_address(m.external_ip),
     )
 
@@ -164,15 +168,23 @@ def _encode_body(
 def encode_request(req: PcpRequest) -> bytes:
     """Serialise a request. Raises ``ValueError``/``struct.error`` only for caller bugs."""
     body = _encode_body(req.map, req.peer, req.options)
-    hdr = _REQ_HDR.pack(PCP_VERSION, req.opcode & 0x7F, 0, req.lifetime,
-                        pack_address(req.client_ip))
+    hdr = _REQ_HDR.pack(
+        PCP_VERSION, req.opcode & 0x7F, 0, req.lifetime, pack_address(req.client_ip)
+    )
     return _check_size(hdr + body)
 
 
 def encode_response(resp: PcpResponse) -> bytes:
     body = _encode_body(resp.map, resp.peer, resp.options)
-    hdr = _RESP_HDR.pack(PCP_VERSION, _R_BIT | (resp.opcode & 0x7F), 0, resp.result,
-                         resp.lifetime, resp.epoch, b"\x00" * 12)
+    hdr = _RESP_HDR.pack(
+        PCP_VERSION,
+        _R_BIT | (resp.opcode & 0x7F),
+        0,
+        resp.result,
+        resp.lifetime,
+        resp.epoch,
+        b"\x00" * 12,
+    )
     return _check_size(hdr + body)
 
 
@@ -197,8 +209,9 @@ def _decode_body(
     if opcode in (OP_MAP, OP_PEER):
         need = _MAP.size + (_PEER_TAIL.size if opcode == OP_PEER else 0)
         if len(data) < offset + need:
-            raise PcpDecodeError(f"opcode {opcode} payload truncated", result_code=err,
-                                 opcode=opcode)
+            raise PcpDecodeError(
+                f"opcode {opcode} payload truncated", result_code=err, opcode=opcode
+            )
         map_data = _decode_map(data, offset)
         offset += _MAP.size
         if opcode == OP_PEER:
@@ -207,8 +220,11 @@ def _decode_body(
             peer = PeerData(map_data, rport, unpack_address(rip))
             map_data = None
     elif opcode != OP_ANNOUNCE:
-        raise PcpDecodeError(f"unsupported opcode {opcode}",
-                             result_code=UNSUPP_OPCODE if request else None, opcode=opcode)
+        raise PcpDecodeError(
+            f"unsupported opcode {opcode}",
+            result_code=UNSUPP_OPCODE if request else None,
+            opcode=opcode,
+        )
     options: list[PcpOption] = []
     opt_err = MALFORMED_OPTION if request else None
     while offset < len(data):
@@ -218,9 +234,10 @@ def _decode_body(
         offset += _OPT_HDR.size
         padded = length + (-length) % 4
         if offset + padded > len(data):
-            raise PcpDecodeError(f"option {code} overruns the message", result_code=opt_err,
-                                 opcode=opcode)
-        options.append(PcpOption(code, bytes(data[offset:offset + length])))
+            raise PcpDecodeError(
+                f"option {code} overruns the message", result_code=opt_err, opcode=opcode
+            )
+        options.append(PcpOption(code, bytes(data[offset : offset + length])))
         offset += padded
     return map_data, peer, tuple(options)
 
@@ -234,11 +251,13 @@ def decode_request(data: bytes) -> PcpRequest:
     if r_op & _R_BIT:
         raise PcpDecodeError("R bit set: a response, not a request")
     if version != PCP_VERSION:
-        raise PcpDecodeError(f"unsupported PCP version {version}", result_code=UNSUPP_VERSION,
-                             opcode=opcode)
+        raise PcpDecodeError(
+            f"unsupported PCP version {version}", result_code=UNSUPP_VERSION, opcode=opcode
+        )
     if len(data) < HEADER_SIZE or len(data) > MAX_MESSAGE_SIZE or len(data) % 4:
-        raise PcpDecodeError(f"bad request length {len(data)}", result_code=MALFORMED_REQUEST,
-                             opcode=opcode)
+        raise PcpDecodeError(
+            f"bad request length {len(data)}", result_code=MALFORMED_REQUEST, opcode=opcode
+        )
     _, _, _, lifetime, client = _REQ_HDR.unpack_from(data)
     map_data, peer, options = _decode_body(data, opcode, request=True)
     return PcpRequest(opcode, lifetime, unpack_address(client), map_data, peer, options)

@@ -49,6 +49,8 @@ from punchthrough.relay.frames import (
 )
 from punchthrough.signal import RelayError as RelayErrorMsg
 from punchthrough.signal import (
+    RelayLookup,
+    RelayLookupResult,
     RelayRegister,
     RelayRegistered,
     SignalError,
@@ -56,7 +58,7 @@ from punchthrough.signal import (
     write_message,
 )
 from punchthrough.transport.demux import DatagramMux
-from punchthrough.transport.quic import QuicDriver
+from punchthrough.transport.quic import QuicDriver, QuicStreamWriter
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,8 @@ class RelayClient:
         self._notice_handler: NoticeHandler | None = None
         self._peers: dict[bytes, PeerId] = {}
         self._observed: Address | None = None
+        self._control: tuple[asyncio.StreamReader, QuicStreamWriter] | None = None
+        self._control_lock = asyncio.Lock()
         #: Why the relay connection ended (None while it is up or if we closed it).
         self.close_reason: str | None = None
         #: The relay's identity (from its certificate), known after the handshake.
@@ -187,9 +191,35 @@ class RelayClient:
             raise RelayRegistrationError(reply.code, reply.reason)
         if not isinstance(reply, RelayRegistered) or reply.peer_id != self._identity.peer_id:
             raise RelayError(f"unexpected reply to registration: {type(reply).__name__}")
+        self._control = (reader, writer)
         self._observed = (reply.observed_ip, reply.observed_port)
         self._keepalive_interval = min(reply.keepalive_ms / 1000, self._idle_timeout / 3)
         self._arm_keepalive()
+
+    async def lookup(self, peer_id: PeerId, *, timeout: float = 5.0) -> tuple[Address, ...]:
+        """Relay addresses where ``peer_id`` is registered, as this relay knows (empty: none).
+
+        The seam for several relays: today a relay knows only its own clients.
+        """
+        if self._control is None or self.closed:
+            raise RelayClosed("not connected to the relay")
+        reader, writer = self._control
+        async with self._control_lock:
+            try:
+                async with asyncio.timeout(timeout):
+                    await write_message(writer, RelayLookup(peer_id=peer_id), timeout=None)
+                    reply = await read_message(reader)
+            except TimeoutError:
+                raise RelayTimeout(f"relay did not answer a lookup within {timeout} s") from None
+            except ConnectionError as exc:
+                raise RelayClosed(f"relay control connection closed: {exc}") from None
+            except SignalError as exc:
+                raise RelayError(f"bad reply from relay: {exc}") from None
+        if isinstance(reply, RelayErrorMsg):
+            raise RelayError(f"relay refused lookup: {reply.code} {reply.reason}")
+        if not isinstance(reply, RelayLookupResult) or reply.peer_id != peer_id:
+            raise RelayError(f"unexpected reply to lookup: {type(reply).__name__}")
+        return tuple((r.host, r.port) for r in reply.relays) if reply.found else ()
 
     # -- QUIC events, keepalive ----------------------------------------------------------------
     def _on_event(self, event: QuicEvent) -> None:
@@ -255,7 +285,7 @@ class RelayClient:
 
     def _on_datagram(self, data: bytes, addr: Address) -> None:
         n = len(data)
-        kind = data[0]
+        kind = data[0] if n else -1
         if kind == FRAME_DATA and DATA_HEADER_LENGTH < n <= MAX_DATA_FRAME:
             self._stats["frames_received"] += 1
             self._stats["bytes_received"] += n - DATA_HEADER_LENGTH

@@ -71,6 +71,9 @@ class RelayLimits:
     #: Most registered clients and most control connections (registered or not).
     max_clients: int = 10_000
     max_connections: int = 12_000
+    #: Control connections from one IP (keys are free, so one host could otherwise fill the
+    #: relay; generous because a carrier-grade NAT puts many users behind one IP).
+    max_connections_per_ip: int = 256
     #: New control connections (QUIC Initials creating state) per second, relay-wide.
     new_connections_per_second: float = 200.0
     new_connection_burst: float = 400.0
@@ -86,8 +89,8 @@ class RelayLimits:
                 raise ValueError(f"{name} must be > 0")
         if self.idle_timeout <= 0 or self.register_timeout <= 0:
             raise ValueError("timeouts must be positive")
-        if self.max_clients < 1 or self.max_connections < 1:
-            raise ValueError("max_clients and max_connections must be >= 1")
+        if min(self.max_clients, self.max_connections, self.max_connections_per_ip) < 1:
+            raise ValueError("max_clients and max_connections(_per_ip) must be >= 1")
 
     @property
     def keepalive_ms(self) -> int:

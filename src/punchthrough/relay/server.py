@@ -176,10 +176,20 @@ class _ControlDriver(QuicDriver):
 class _Control:
     """One control connection and its (at most one) registration."""
 
-    __slots__ = ("address", "driver", "local", "registration", "stream_seen", "task", "timer")
+    __slots__ = (
+        "address",
+        "driver",
+        "ip",
+        "local",
+        "registration",
+        "stream_seen",
+        "task",
+        "timer",
+    )
 
     def __init__(self, address: Address, local: Address) -> None:
         self.address = address
+        self.ip = address[0]  # the IP counted against max_connections_per_ip
         self.local = local
         self.driver: _ControlDriver | None = None
         self.registration: Registration | None = None
@@ -210,6 +220,7 @@ class RelayServer:
         self.registry = LocalRegistry()
         self._stats: Counter[str] = Counter(dict.fromkeys(GLOBAL_STAT_KEYS, 0))
         self._controls: set[_Control] = set()
+        self._per_ip: Counter[str] = Counter()
         self._new_conn_bucket = TokenBucket(
             limits.new_connections_per_second, limits.new_connection_burst, self._loop.time()
         )
@@ -421,31 +432,43 @@ class RelayServer:
             self._stats["connections_refused"] += 1
             return
         now = self._loop.time()
-        if len(self._controls) >= self.limits.max_connections or not self._new_conn_bucket.take(
-            now
+        if (
+            len(self._controls) >= self.limits.max_connections
+            or self._per_ip[addr[0]] >= self.limits.max_connections_per_ip
+            or not self._new_conn_bucket.take(now)
         ):
             self._stats["connections_refused"] += 1
             return
         ctl = _Control(addr, local)
-        self._controls.add(ctl)
+        self._add_control(ctl)
         sock = self._sockets[local]
+        sent = 0
+
+        def transmit(payload: bytes, dest: Address) -> None:
+            nonlocal sent
+            sent += 1
+            sock.sendto(payload, dest)
+
         try:
             driver = _ControlDriver.server(
                 self._quic_config(),
                 data,
-                sock.sendto,
+                transmit,
                 addr,
                 on_event=functools.partial(self._on_control_event, ctl),
                 mux=self._muxes[local],
             )
         except Exception:
             log.exception("cannot accept a control connection from %s:%d", *addr)
-            self._controls.discard(ctl)
+            self._discard_control(ctl)
             self._stats["connections_refused"] += 1
             return
         assert isinstance(driver, _ControlDriver)
-        if driver.closed:  # refused during the first Initial (e.g. wrong ALPN)
-            self._controls.discard(ctl)
+        if driver.closed or not sent:
+            # refused during the first Initial (e.g. wrong ALPN), or the "Initial" did not
+            # decrypt (garbage with a valid-looking header): hold no state for it
+            driver.abort()
+            self._discard_control(ctl)
             self._stats["connections_refused"] += 1
             return
         ctl.driver = driver
@@ -455,6 +478,17 @@ class RelayServer:
             self.limits.register_timeout, self._register_deadline, ctl
         )
         self._stats["connections_accepted"] += 1
+
+    def _add_control(self, ctl: _Control) -> None:
+        self._controls.add(ctl)
+        self._per_ip[ctl.ip] += 1
+
+    def _discard_control(self, ctl: _Control) -> None:
+        if ctl in self._controls:
+            self._controls.remove(ctl)
+            self._per_ip[ctl.ip] -= 1
+            if self._per_ip[ctl.ip] <= 0:
+                del self._per_ip[ctl.ip]
 
     def _on_control_event(self, ctl: _Control, event: QuicEvent) -> None:
         if isinstance(event, ConnectionTerminated):
@@ -476,7 +510,7 @@ class RelayServer:
 
     def _forget(self, ctl: _Control) -> None:
         """The control connection is gone: its registration ends; release everything."""
-        self._controls.discard(ctl)
+        self._discard_control(ctl)
         if ctl.timer is not None:
             ctl.timer.cancel()
             ctl.timer = None
@@ -521,6 +555,8 @@ class RelayServer:
                     break
                 if isinstance(msg, RelayRegister):
                     reply = self._register(ctl, msg)
+                elif isinstance(msg, RelayLookup) and ctl.registration is None:
+                    reply = RelayErrorMsg(code=RELAY_UNAUTHORIZED, reason="register first")
                 elif isinstance(msg, RelayLookup):
                     reply = RelayLookupResult(
                         peer_id=msg.peer_id,

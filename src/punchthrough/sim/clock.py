@@ -106,8 +106,11 @@ def _cancel_all(loop: VirtualTimeLoop) -> None:
     for task in pending:
         if not task.cancelled() and task.exception() is not None:
             loop.call_exception_handler(
-                {"message": "unhandled exception in simulated task during shutdown",
-                 "exception": task.exception(), "task": task}
+                {
+                    "message": "unhandled exception in simulated task during shutdown",
+                    "exception": task.exception(),
+                    "task": task,
+                }
             )
 
 

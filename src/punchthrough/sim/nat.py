@@ -322,8 +322,12 @@ class NatTable:
         binding.nonce = nonce if nonce is not None else binding.nonce
         self._static[internal] = binding
         self._extend(binding, binding.static_until)
-        self._event(now, "map", f"{_fmt(internal)} <-> {self.external_ip}:"
-                    f"{binding.external_port} for {lifetime}s (port mapping)")
+        self._event(
+            now,
+            "map",
+            f"{_fmt(internal)} <-> {self.external_ip}:"
+            f"{binding.external_port} for {lifetime}s (port mapping)",
+        )
         return binding
 
     def unmap_all(self, now: float, internal_ip: str) -> int:
@@ -360,8 +364,11 @@ class NatTable:
                 continue
             self._remove(binding)
             if not binding.background:
-                self._event(binding.expires, "expire",
-                            f"{_fmt(binding.internal)} <-> {self.external_ip}:{port}")
+                self._event(
+                    binding.expires,
+                    "expire",
+                    f"{_fmt(binding.internal)} <-> {self.external_ip}:{port}",
+                )
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -379,8 +386,10 @@ class NatTable:
 
     def _churn_flow(self, at: float) -> None:
         rng = self._churn_rng
-        internal = (f"10.255.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
-                    rng.randint(*LINUX_EPHEMERAL_RANGE))
+        internal = (
+            f"10.255.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
+            rng.randint(*LINUX_EPHEMERAL_RANGE),
+        )
         remote = (f"192.0.2.{rng.randint(1, 254)}", rng.randint(1024, 65535))
         made = self._create(at, internal, remote, background=True)
         if isinstance(made, Binding):
@@ -396,15 +405,22 @@ class NatTable:
         return (internal, remote)
 
     def _create(
-        self, now: float, internal: Address, remote: Address | None, *, background: bool,
+        self,
+        now: float,
+        internal: Address,
+        remote: Address | None,
+        *,
+        background: bool,
         port: int = 0,
     ) -> Binding | Dropped:
         cfg = self.config
         limit = cfg.session_limit
         if limit is not None and len(self._by_port) >= limit:
             return self._drop("session table full")
-        if not background and cfg.mapping_rate_limit is not None and not self._take_token(
-            internal[0], now
+        if (
+            not background
+            and cfg.mapping_rate_limit is not None
+            and not self._take_token(internal[0], now)
         ):
             return self._drop("new-mapping rate limit")
         allocated = not port

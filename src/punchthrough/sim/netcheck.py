@@ -75,8 +75,9 @@ async def build_netcheck_topology(
         client = topo_nat.add_host("client", CLIENT_IP, link=link)
     topo = NetcheckTopology(world, client, topo_nat, list(NETCHECK_SERVERS))
     try:
-        topo.stun_servers.append(await StunServer.start(
-            server_host, listen=[RFC5780_PRIMARY], alt_ip=RFC5780_ALT_IP))
+        topo.stun_servers.append(
+            await StunServer.start(server_host, listen=[RFC5780_PRIMARY], alt_ip=RFC5780_ALT_IP)
+        )
         topo.stun_servers.append(await StunServer.start(server_host, listen=list(EXTRA_SERVERS)))
     except BaseException:
         topo.close()
@@ -108,8 +109,7 @@ def run_sim_netcheck(
         world = World(seed, trace=trace)
         topo = await build_netcheck_topology(world, nat, link=link, **nat_params)
         try:
-            report = await run_netcheck(topo.client, topo.servers, timeout=timeout,
-                                        samples=samples)
+            report = await run_netcheck(topo.client, topo.servers, timeout=timeout, samples=samples)
         finally:
             topo.close()
         return SimNetcheck(report, world)

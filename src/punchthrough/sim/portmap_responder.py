@@ -30,16 +30,25 @@ def respond(table: NatTable, now: float, source: Address, data: bytes) -> bytes 
         # Any other version goes to PCP, whose decoder answers UNSUPP_VERSION for versions it
         # does not speak; that is also how a NAT-PMP client learns this is a PCP-only gateway.
         if data[0] == pmp.NATPMP_VERSION:
-            return pcp.encode_response(pcp.PcpResponse(
-                data[1] & 0x7F if len(data) > 1 else 0, pcp.UNSUPP_VERSION, ERROR_LIFETIME,
-                table.epoch(now)))
+            return pcp.encode_response(
+                pcp.PcpResponse(
+                    data[1] & 0x7F if len(data) > 1 else 0,
+                    pcp.UNSUPP_VERSION,
+                    ERROR_LIFETIME,
+                    table.epoch(now),
+                )
+            )
         return _pcp(table, now, source, data)
     if cfg.natpmp:
         # NAT-PMP only: RFC 6887 section 9 has PCP clients detect this by the NAT-PMP
         # "unsupported version" answer.
-        return pmp.encode_response(pmp.ErrorResponse(
-            data[1] & 0x7F if len(data) > 1 else 0, pmp.RESULT_UNSUPPORTED_VERSION,
-            table.epoch(now)))
+        return pmp.encode_response(
+            pmp.ErrorResponse(
+                data[1] & 0x7F if len(data) > 1 else 0,
+                pmp.RESULT_UNSUPPORTED_VERSION,
+                table.epoch(now),
+            )
+        )
     return None
 
 
@@ -53,21 +62,25 @@ def _natpmp(table: NatTable, now: float, source: Address, data: bytes) -> bytes 
         return pmp.encode_response(pmp.ErrorResponse(exc.opcode & 0x7F, exc.result_code, epoch))
     if isinstance(req, pmp.ExternalAddressRequest):
         return pmp.encode_response(
-            pmp.ExternalAddressResponse(pmp.RESULT_SUCCESS, epoch, table.external_ip))
+            pmp.ExternalAddressResponse(pmp.RESULT_SUCCESS, epoch, table.external_ip)
+        )
     if req.protocol != pmp.OP_MAP_UDP:
         # The simulator carries UDP only; a TCP mapping would be a promise it cannot keep.
         return pmp.encode_response(
-            pmp.ErrorResponse(req.protocol, pmp.RESULT_UNSUPPORTED_OPCODE, epoch))
+            pmp.ErrorResponse(req.protocol, pmp.RESULT_UNSUPPORTED_OPCODE, epoch)
+        )
 
     def reply(result: int, external: int = 0, lifetime: int = 0) -> bytes:
-        return pmp.encode_response(pmp.MapResponse(
-            req.protocol, result, epoch, req.internal_port, external, lifetime))
+        return pmp.encode_response(
+            pmp.MapResponse(req.protocol, result, epoch, req.internal_port, external, lifetime)
+        )
 
     if req.lifetime == 0 and req.internal_port == 0:
         table.unmap_all(now, source[0])
         return reply(pmp.RESULT_SUCCESS)
-    result = table.map_port(now, (source[0], req.internal_port), req.suggested_external_port,
-                            req.lifetime)
+    result = table.map_port(
+        now, (source[0], req.internal_port), req.suggested_external_port, req.lifetime
+    )
     if result is None:
         return reply(pmp.RESULT_SUCCESS)
     if isinstance(result, Dropped):
@@ -87,16 +100,22 @@ def _pcp(table: NatTable, now: float, source: Address, data: bytes) -> bytes | N
         if exc.result_code is None:
             return None
         return pcp.encode_response(
-            pcp.PcpResponse(exc.opcode or 0, exc.result_code, ERROR_LIFETIME, epoch))
+            pcp.PcpResponse(exc.opcode or 0, exc.result_code, ERROR_LIFETIME, epoch)
+        )
 
-    def reply(result: int, lifetime: int = ERROR_LIFETIME, binding: Binding | None = None,
-              ) -> bytes:
+    def reply(
+        result: int,
+        lifetime: int = ERROR_LIFETIME,
+        binding: Binding | None = None,
+    ) -> bytes:
         m = req.map
         if m is not None and binding is not None:
-            m = pcp.MapData(m.nonce, m.protocol, m.internal_port, binding.external_port,
-                            table.external_ip)
-        return pcp.encode_response(pcp.PcpResponse(
-            req.opcode, result, lifetime, epoch, m, req.peer, ()))
+            m = pcp.MapData(
+                m.nonce, m.protocol, m.internal_port, binding.external_port, table.external_ip
+            )
+        return pcp.encode_response(
+            pcp.PcpResponse(req.opcode, result, lifetime, epoch, m, req.peer, ())
+        )
 
     if req.client_ip != source[0]:
         # Section 8.3: the client's own idea of its address must match what we see.
@@ -128,7 +147,8 @@ def _pcp(table: NatTable, now: float, source: Address, data: bytes) -> bytes | N
     if result is None:
         return reply(pcp.SUCCESS, 0)
     if isinstance(result, Dropped):
-        code = pcp.NOT_AUTHORIZED if result.reason.startswith("not authorized") else (
-            pcp.NO_RESOURCES)
+        code = (
+            pcp.NOT_AUTHORIZED if result.reason.startswith("not authorized") else (pcp.NO_RESOURCES)
+        )
         return reply(code)
     return reply(pcp.SUCCESS, _granted(req.lifetime), result)

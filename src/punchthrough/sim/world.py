@@ -159,8 +159,9 @@ class SimSocket:
 class Host:
     """A simulated machine with one or more addresses in one realm; a :class:`Network`."""
 
-    def __init__(self, world: World, name: str, addresses: tuple[str, ...], realm: Realm,
-                 link: Link) -> None:
+    def __init__(
+        self, world: World, name: str, addresses: tuple[str, ...], realm: Realm, link: Link
+    ) -> None:
         self.world = world
         self.name = name
         self.addresses = addresses
@@ -224,8 +225,16 @@ class Host:
 class Nat:
     """A NAT box: WAN address in an outer realm, a gateway address in its own inner realm."""
 
-    def __init__(self, world: World, name: str, config: NatConfig, external_ip: str,
-                 outer: Realm, inside_ip: str, link: Link) -> None:
+    def __init__(
+        self,
+        world: World,
+        name: str,
+        config: NatConfig,
+        external_ip: str,
+        outer: Realm,
+        inside_ip: str,
+        link: Link,
+    ) -> None:
         self.world = world
         self.name = name
         self.config = config
@@ -235,8 +244,12 @@ class Nat:
         self.link = link
         self.inside = Realm(f"{name}-lan", gateway=self)
         self.table = NatTable(
-            config, external_ip, random.Random(f"{world.seed}/nat/{name}"),
-            now=world.now, name=name, observer=self._observe,
+            config,
+            external_ip,
+            random.Random(f"{world.seed}/nat/{name}"),
+            now=world.now,
+            name=name,
+            observer=self._observe,
         )
         self._wan = _NatWan(self)
         self._lan = _NatLan(self)
@@ -245,11 +258,19 @@ class Nat:
         """A host on this NAT's LAN."""
         return self.world.add_host(name, *addresses, realm=self.inside, link=link)
 
-    def add_nat(self, name: str, config: NatConfig, external_ip: str, *,
-                inside_ip: str = "10.0.1.1", link: Link | None = None) -> Nat:
+    def add_nat(
+        self,
+        name: str,
+        config: NatConfig,
+        external_ip: str,
+        *,
+        inside_ip: str = "10.0.1.1",
+        link: Link | None = None,
+    ) -> Nat:
         """A NAT whose WAN side is on this NAT's LAN (a home router behind a CGNAT)."""
-        return self.world.add_nat(name, config, external_ip, realm=self.inside,
-                                  inside_ip=inside_ip, link=link)
+        return self.world.add_nat(
+            name, config, external_ip, realm=self.inside, inside_ip=inside_ip, link=link
+        )
 
     def _observe(self, at: float, kind: str, detail: str) -> None:
         if self.world.tracing:
@@ -276,8 +297,14 @@ class World:
     """The simulated internet. Create it inside :func:`punchthrough.sim.run` (any running loop
     works; on a real loop it simply runs in real time)."""
 
-    def __init__(self, seed: int | None = None, *, trace: bool = False,
-                 default_link: Link | None = None, trace_limit: int | None = 1_000_000) -> None:
+    def __init__(
+        self,
+        seed: int | None = None,
+        *,
+        trace: bool = False,
+        default_link: Link | None = None,
+        trace_limit: int | None = 1_000_000,
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         if seed is None:
             seed = self.loop.seed if isinstance(self.loop, VirtualTimeLoop) else 0
@@ -303,28 +330,44 @@ class World:
 
     # -- building -----------------------------------------------------------------------------
 
-    def add_host(self, name: str, *addresses: str, realm: Realm | None = None,
-                 link: Link | None = None) -> Host:
+    def add_host(
+        self, name: str, *addresses: str, realm: Realm | None = None, link: Link | None = None
+    ) -> Host:
         if not addresses:
             raise ValueError("a host needs at least one address")
         if name in self.hosts or name in self.nats:
             raise ValueError(f"name {name!r} already used")
         realm = realm if realm is not None else self.public
-        host = Host(self, name, tuple(addresses), realm,
-                    link if link is not None else self.default_link)
+        host = Host(
+            self, name, tuple(addresses), realm, link if link is not None else self.default_link
+        )
         for ip in addresses:
             realm._attach(ip, host)
         self.hosts[name] = host
         return host
 
-    def add_nat(self, name: str, config: NatConfig, external_ip: str, *,
-                realm: Realm | None = None, inside_ip: str = "10.0.1.1",
-                link: Link | None = None) -> Nat:
+    def add_nat(
+        self,
+        name: str,
+        config: NatConfig,
+        external_ip: str,
+        *,
+        realm: Realm | None = None,
+        inside_ip: str = "10.0.1.1",
+        link: Link | None = None,
+    ) -> Nat:
         if name in self.hosts or name in self.nats:
             raise ValueError(f"name {name!r} already used")
         realm = realm if realm is not None else self.public
-        nat = Nat(self, name, config, external_ip, realm, inside_ip,
-                  link if link is not None else self.default_link)
+        nat = Nat(
+            self,
+            name,
+            config,
+            external_ip,
+            realm,
+            inside_ip,
+            link if link is not None else self.default_link,
+        )
         realm._attach(external_ip, nat._wan)
         nat.inside._attach(inside_ip, nat._lan)
         self.nats[name] = nat
@@ -393,8 +436,9 @@ class World:
             return
         self._route(host.realm, host.link, host.name, src, dst, data)
 
-    def _route(self, realm: Realm, link: Link, node: str, src: Address, dst: Address,
-               data: bytes) -> None:
+    def _route(
+        self, realm: Realm, link: Link, node: str, src: Address, dst: Address, data: bytes
+    ) -> None:
         """Move a packet from a node in ``realm`` (attached by ``link``) one hop on."""
         target = realm.nodes.get(dst[0])
         if target is None and realm.gateway is None:
@@ -443,8 +487,17 @@ class World:
         out = result.external
         if self.tracing:
             new = " (new mapping)" if result.new else ""
-            self._trace(TraceEvent(self.now, "nat-out", nat.name, src, dst, len(data),
-                                   f"=> src {out[0]}:{out[1]}{new}"))
+            self._trace(
+                TraceEvent(
+                    self.now,
+                    "nat-out",
+                    nat.name,
+                    src,
+                    dst,
+                    len(data),
+                    f"=> src {out[0]}:{out[1]}{new}",
+                )
+            )
         if dst[0] == nat.external_ip:
             if not nat.config.hairpinning:
                 self._drop(nat.name, out, dst, len(data), "hairpinning disabled")
@@ -465,8 +518,17 @@ class World:
             return
         inner = result.internal
         if self.tracing:
-            self._trace(TraceEvent(self.now, "nat-in", nat.name, src, dst, len(data),
-                                   f"=> dst {inner[0]}:{inner[1]}"))
+            self._trace(
+                TraceEvent(
+                    self.now,
+                    "nat-in",
+                    nat.name,
+                    src,
+                    dst,
+                    len(data),
+                    f"=> dst {inner[0]}:{inner[1]}",
+                )
+            )
         self._route(nat.inside, NO_DELAY, nat.name, src, inner, data)
 
     def _arrive_gateway(self, nat: Nat, src: Address, dst: Address, data: bytes) -> None:
@@ -476,8 +538,7 @@ class World:
             self._drop(nat.name, src, dst, len(data), f"port unreachable: gateway {dst[1]}")
             return
         if self.tracing:
-            self._trace(TraceEvent(self.now, "portmap", nat.name, src, dst, len(data),
-                                   "request"))
+            self._trace(TraceEvent(self.now, "portmap", nat.name, src, dst, len(data), "request"))
         reply = respond(nat.table, self.now, src, data)
         if reply is None:
             self._drop(nat.name, src, dst, len(data), "malformed port-mapping request")

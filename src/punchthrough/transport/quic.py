@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from aioquic._buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
@@ -29,11 +30,22 @@ from aioquic.quic.events import (
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
 from punchthrough.netio import Address
-from punchthrough.transport.demux import QUIC_CID_LENGTH, DatagramMux
+from punchthrough.transport.demux import QUIC_CID_LENGTH
 
 log = logging.getLogger(__name__)
 
 Transmit = Callable[[bytes, Address], None]
+
+
+class CidRegistry(Protocol):
+    """Where a connection's CIDs are announced so datagrams reach it (a ``DatagramMux``, or a
+    connection-level router that checks the relay-stamped peer id too)."""
+
+    def add_quic_cid(self, cid: bytes, handler: Callable[[bytes, Address], None]) -> None: ...
+
+    def remove_quic_cid(self, cid: bytes) -> None: ...
+
+
 EventHandler = Callable[[QuicEvent], None]
 
 #: RFC 9000 section 14.1: a client Initial must be padded to at least 1200 bytes; smaller
@@ -75,7 +87,7 @@ class QuicDriver:
         peer_address: Address,
         *,
         on_event: EventHandler | None = None,
-        mux: DatagramMux | None = None,
+        mux: CidRegistry | None = None,
         extra_cids: tuple[bytes, ...] = (),
     ) -> None:
         self.connection = connection
@@ -237,6 +249,9 @@ class QuicDriver:
 
     def open_stream(self) -> tuple[asyncio.StreamReader, QuicStreamWriter]:
         stream_id = self.connection.get_next_available_stream_id()
+        # aioquic allocates a stream id only when data is first sent on it: send nothing now, so
+        # a second open_stream() before any write gets the next id instead of this one again.
+        self.connection.send_stream_data(stream_id, b"", end_stream=False)
         return self._make_stream(stream_id)
 
     def _make_stream(self, stream_id: int) -> tuple[asyncio.StreamReader, QuicStreamWriter]:

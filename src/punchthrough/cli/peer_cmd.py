@@ -1,0 +1,237 @@
+"""``punchthrough listen`` and ``punchthrough connect``: a peer that accepts calls, and a caller
+that streams voice-sized datagram frames to it and reports what came back.
+
+Thin wrappers: the echo logic is :func:`punchthrough.endpoint.run_echo_session` /
+:func:`punchthrough.endpoint.serve_endpoint`, which the simulator runs on virtual time.
+Exit codes: 0 success, 1 connection failed (one-line reason on stderr), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from punchthrough.cli.addr import parse_addresses
+from punchthrough.endpoint import (
+    Connection,
+    Endpoint,
+    EndpointConfig,
+    EndpointError,
+    run_echo_session,
+    serve_endpoint,
+)
+from punchthrough.endpoint.config import DEFAULT_RELAY_TIMEOUT
+from punchthrough.identity import Identity, IdentityError, InvalidPeerId, PeerId
+from punchthrough.netio import Address, UdpNetwork
+
+EXIT_FAILED = 1
+EXIT_BAD_ARGS = 2
+
+_IDENTITY = typer.Option(
+    "--identity",
+    help="Identity key file (see `punchthrough identity generate`).",
+    show_default=False,
+)
+_RELAY = typer.Option("--relay", help="Relay IP:PORT (repeatable; at least one).")
+_STUN = typer.Option("--stun", help="STUN server IP:PORT (repeatable; for later netcheck).")
+_BIND = typer.Option("--bind", help="Local IP for the endpoint's socket.")
+_PORT = typer.Option("--port", min=0, max=65535, help="Local UDP port (0: any).")
+_JSON = typer.Option("--json", help="Machine-readable JSON output.")
+
+
+def _out(obj: dict[str, Any] | str, as_json: bool) -> None:
+    """One line on stdout, flushed (scripts and lab tests read it as it comes)."""
+    line = json.dumps(obj) if as_json and not isinstance(obj, str) else str(obj)
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _fail(reason: str, as_json: bool) -> typer.Exit:
+    if as_json:
+        _out({"error": reason}, True)
+    typer.echo(f"error: {reason}", err=True)
+    return typer.Exit(EXIT_FAILED)
+
+
+def _load(
+    identity: Path, relay: list[str] | None, stun: list[str] | None
+) -> tuple[Identity, list[Address], list[Address]]:
+    try:
+        ident = Identity.load(identity)
+    except IdentityError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--identity") from None
+    relays = parse_addresses(relay)
+    if not relays:
+        raise typer.BadParameter(
+            "give at least one relay with --relay IP:PORT", param_hint="--relay"
+        )
+    return ident, relays, parse_addresses(stun)
+
+
+def _addr(a: Address) -> str:
+    return f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
+
+
+def listen(
+    identity: Annotated[Path, _IDENTITY],
+    relay: Annotated[list[str] | None, _RELAY] = None,
+    stun: Annotated[list[str] | None, _STUN] = None,
+    echo: Annotated[bool, typer.Option("--echo", help="Echo datagrams and streams back.")] = False,
+    as_json: Annotated[bool, _JSON] = False,
+    bind: Annotated[str, _BIND] = "0.0.0.0",
+    port: Annotated[int, _PORT] = 0,
+) -> None:
+    """Accept calls through the relay(s) until SIGINT/SIGTERM; print each caller's peer id."""
+    ident, relays, stuns = _load(identity, relay, stun)
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            try:
+                ep = await Endpoint.bind(
+                    ident, relays=relays, stun=stuns, network=UdpNetwork(), host=bind, port=port
+                )
+            except (EndpointError, OSError) as exc:
+                raise _fail(f"cannot listen: {exc}", as_json) from None
+            try:
+                observed = {_addr(a): _addr(c.observed_address) for a, c in ep.relays.items()}
+                _out(
+                    {
+                        "event": "listening",
+                        "peer_id": str(ep.peer_id),
+                        "local": _addr(ep.local_address),
+                        "relays": [_addr(a) for a in ep.relay_addresses],
+                        "observed": observed,
+                        "echo": echo,
+                    }
+                    if as_json
+                    else f"listening as {ep.peer_id} on {_addr(ep.local_address)} via "
+                    + ", ".join(_addr(a) for a in ep.relay_addresses),
+                    as_json,
+                )
+
+                def accepted(conn: Connection) -> None:
+                    _out(
+                        {"event": "accepted", "peer_id": str(conn.peer_id), "path": conn.path}
+                        if as_json
+                        else f"accepted {conn.peer_id} ({conn.path})",
+                        as_json,
+                    )
+
+                def closed(conn: Connection) -> None:
+                    why = conn.close_reason.reason if conn.close_reason else ""
+                    _out(
+                        {
+                            "event": "closed",
+                            "peer_id": str(conn.peer_id),
+                            "reason": why,
+                            "stats": {
+                                k: v for k, v in conn.stats.items() if isinstance(v, int | float)
+                            },
+                        }
+                        if as_json
+                        else f"closed {conn.peer_id}: {why}",
+                        as_json,
+                    )
+
+                server = loop.create_task(
+                    serve_endpoint(ep, echo=echo, on_accept=accepted, on_close=closed)
+                )
+                stopper = loop.create_task(stop.wait())
+                await asyncio.wait({server, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                server.cancel()
+                await asyncio.gather(server, stopper, return_exceptions=True)
+            finally:
+                await ep.close("listener shutting down")
+            _out({"event": "stopped"} if as_json else "stopped", as_json)
+            return 0
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(ValueError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+
+    raise typer.Exit(asyncio.run(main()))
+
+
+def connect(
+    peer_id: Annotated[str, typer.Argument(help="Peer id to call (pt1...).", show_default=False)],
+    identity: Annotated[Path, _IDENTITY],
+    relay: Annotated[list[str] | None, _RELAY] = None,
+    stun: Annotated[list[str] | None, _STUN] = None,
+    duration: Annotated[
+        float, typer.Option(min=0.0, max=3600.0, help="Seconds of frames to send.")
+    ] = 10.0,
+    pps: Annotated[float, typer.Option(min=0.1, max=1000.0, help="Frames per second.")] = 50.0,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds to wait for a usable connection.")
+    ] = 10.0,
+    as_json: Annotated[bool, _JSON] = False,
+    bind: Annotated[str, _BIND] = "0.0.0.0",
+    port: Annotated[int, _PORT] = 0,
+) -> None:
+    """Call PEER_ID (which runs `listen --echo`), stream numbered 160-byte frames, report."""
+    try:
+        peer = PeerId.parse(peer_id)
+    except InvalidPeerId as exc:
+        raise typer.BadParameter(str(exc), param_hint="PEER_ID") from None
+    ident, relays, stuns = _load(identity, relay, stun)
+
+    async def main() -> dict[str, object]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        config = EndpointConfig(relay_timeout=min(timeout, DEFAULT_RELAY_TIMEOUT))
+        try:
+            ep = await Endpoint.bind(
+                ident,
+                relays=relays,
+                stun=stuns,
+                network=UdpNetwork(),
+                host=bind,
+                port=port,
+                config=config,
+            )
+        except (EndpointError, OSError) as exc:
+            raise _fail(f"connection failed: {exc}", as_json) from None
+        try:
+            return await run_echo_session(
+                ep, peer, duration, pps, connect_timeout=timeout, started_at=started
+            )
+        except EndpointError as exc:
+            raise _fail(f"connection failed: {exc}", as_json) from None
+        finally:
+            await ep.close("caller done")
+
+    result = asyncio.run(main())
+    if as_json:
+        _out(result, True)
+        return
+    _out(
+        f"connected to {result['peer_id']} in {result['connected_ms']} ms via {result['path']}\n"
+        f"frames sent {result['frames_sent']}, received {result['frames_received']}, "
+        f"lost {result['frames_lost']}; first echo {result['first_echo_ms']} ms; "
+        f"max gap {result['max_gap_ms']} ms; rtt {result['rtt_ms']}",
+        False,
+    )
+
+
+def standalone_app() -> typer.Typer:
+    """These two commands on their own (``python -m punchthrough.cli.peer_cmd``)."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
+    app.command("listen")(listen)
+    app.command("connect")(connect)
+    return app
+
+
+if __name__ == "__main__":
+    standalone_app()()

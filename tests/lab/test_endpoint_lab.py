@@ -1,0 +1,183 @@
+"""`listen --echo` / `connect --json` through our relay on real kernel NATs.
+
+One relay process in the lab's pub namespace; one `listen --echo` per host (each behind its own
+router with one NAT profile); then rounds of `connect --json --duration 10` run in parallel, in
+round k host i calling host i+k, so every profile is on both sides of a call in every round.
+udp-blocked is left out: its host can reach neither the relay nor anything else (see README).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from punchthrough.identity import Identity
+from punchthrough.lab import PROFILES, Host, Lab
+from punchthrough.lab import addresses as A
+from punchthrough.lab.proc import udp_listening, wait_until
+
+pytestmark = pytest.mark.lab
+
+#: Our relay, on the lab's relay address. A port of its own (not 3478) so this module never
+#: collides with the relay package's own lab tests if both leave a relay running.
+RELAY: tuple[str, int] = (A.RELAY_PRIMARY, 3490)
+RELAY_TEXT = f"{RELAY[0]}:{RELAY[1]}"
+DURATION_S = 10
+PPS = 50
+#: Rounds: offsets k (host i calls host i+k mod n). Two rounds put every profile twice on each
+#: side; each round runs all its calls at once (each host has its own router).
+ROUNDS = (1, 3)
+
+
+def _cli() -> list[str]:
+    """`python -m punchthrough` once the lead mounts the commands; the module until then."""
+    from punchthrough.cli.app import app
+
+    names = {c.name for c in app.registered_commands}
+    if {"listen", "connect"} <= names:
+        return [sys.executable, "-m", "punchthrough"]
+    return [sys.executable, "-m", "punchthrough.cli.peer_cmd"]
+
+
+def _relay_argv() -> list[str]:
+    from punchthrough.cli.app import app
+
+    if "relay" in {c.name for c in app.registered_commands}:
+        return [sys.executable, "-m", "punchthrough", "relay", "--listen", RELAY_TEXT]
+    code = "import typer; from punchthrough.cli.relay_cmd import relay; typer.run(relay)"
+    return [sys.executable, "-c", code, "--listen", RELAY_TEXT]
+
+
+def _hosts(lab: Lab) -> list[Host]:
+    return [h for h in lab.hosts if PROFILES[h.spec.profile].udp]
+
+
+@pytest.fixture(scope="module")
+def endpoint_lab(
+    nat_lab: Lab, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Lab, dict[str, tuple[Path, Identity]]]]:
+    """The relay plus one `listen --echo` per profile.
+
+    Yields {profile: (caller key file, listener identity)}: callers and listeners on one host
+    have identities of their own (two live registrations of one identity replace each other).
+    """
+    keydir = tmp_path_factory.mktemp("endpoint-lab-keys")
+    relay = nat_lab.spawn(nat_lab.pub_ns, _relay_argv(), name="endpoint-relay")
+    listeners: list[subprocess.Popen[bytes]] = []
+    try:
+        wait_until(
+            lambda: udp_listening(nat_lab.pub_ns, *RELAY), timeout=15, what="relay to listen"
+        )
+        keys: dict[str, tuple[Path, Identity]] = {}
+        for h in _hosts(nat_lab):
+            ident, caller = Identity.generate(), Identity.generate()
+            path = keydir / f"{h.spec.profile}-listen.key"
+            ident.save(path)
+            caller_path = keydir / f"{h.spec.profile}-call.key"
+            caller.save(caller_path)
+            keys[h.spec.profile] = (caller_path, ident)
+            proc = h.popen(
+                [
+                    *_cli(),
+                    "listen",
+                    "--identity",
+                    str(path),
+                    "--relay",
+                    RELAY_TEXT,
+                    "--echo",
+                    "--json",
+                ],
+                name=f"listen-{h.spec.profile}",
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            listeners.append(proc)
+        for proc, h in zip(listeners, _hosts(nat_lab), strict=True):
+            assert proc.stdout is not None
+            line = proc.stdout.readline().decode()
+            assert line, f"listen on {h.spec.profile} exited: rc={proc.poll()}"
+            ready = json.loads(line)
+            assert ready["event"] == "listening", ready
+            observed = ready["observed"][RELAY_TEXT]
+            assert observed.rsplit(":", 1)[0] == h.public_ip, (h.spec.profile, observed)
+        yield nat_lab, keys
+    finally:
+        for proc in listeners:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in listeners:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        nat_lab.stop(relay)
+
+
+def _calls(lab: Lab, keys: dict[str, tuple[Path, Identity]], k: int) -> dict[str, Any]:
+    hosts = _hosts(lab)
+    procs: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
+    for i, caller in enumerate(hosts):
+        callee = hosts[(i + k) % len(hosts)]
+        key, _ = keys[caller.spec.profile]
+        _, callee_id = keys[callee.spec.profile]
+        procs[(caller.spec.profile, callee.spec.profile)] = caller.popen(
+            [
+                *_cli(),
+                "connect",
+                str(callee_id.peer_id),
+                "--identity",
+                str(key),
+                "--relay",
+                RELAY_TEXT,
+                "--duration",
+                str(DURATION_S),
+                "--pps",
+                str(PPS),
+                "--json",
+            ],
+            name=f"connect-{caller.spec.profile}-{callee.spec.profile}",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    results: dict[str, Any] = {}
+    for (a, b), proc in procs.items():
+        out, err = proc.communicate(timeout=DURATION_S + 30)
+        text = out.decode().strip()
+        results[f"{a} -> {b}"] = (
+            json.loads(text.splitlines()[-1]) if text else {"error": err.decode()[-500:]}
+        )
+        results[f"{a} -> {b}"]["returncode"] = proc.returncode
+    return results
+
+
+@pytest.mark.parametrize("k", ROUNDS)
+def test_every_profile_calls_and_answers_through_the_relay(
+    endpoint_lab: tuple[Lab, dict[str, tuple[Path, Identity]]], k: int
+) -> None:
+    lab, keys = endpoint_lab
+    start = time.monotonic()
+    results = _calls(lab, keys, k)
+    elapsed = time.monotonic() - start
+    summary = {
+        pair: {
+            key: r.get(key)
+            for key in ("returncode", "connected_ms", "frames_lost", "max_gap_ms", "path", "error")
+        }
+        for pair, r in results.items()
+    }
+    print(json.dumps({"round": k, "elapsed_s": round(elapsed, 1), "calls": summary}, indent=1))
+    for pair, r in results.items():
+        assert r["returncode"] == 0, (pair, r)
+        assert r["frames_sent"] == DURATION_S * PPS, (pair, r)
+        assert r["frames_lost"] == 0, (pair, r)
+        assert r["frames_corrupt"] == 0, (pair, r)
+        assert r["path"] == "relay" and r["path_changes"] == [], (pair, r)
+        assert r["connected_ms"] < 2000, (pair, r)
