@@ -1,63 +1,86 @@
-"""``punchthrough demo``: the main job, shown end to end.
+"""``punchthrough demo``: the main job in the simulator, as a readable timeline.
 
-Until peer connections exist, the main job is phase A: netcheck classifying one real kernel NAT of
-each kind (the lab, as root). It becomes the simulator call demo once the peer connection lands.
+Two peers behind NATs, the real netcheck, relay, Endpoint and echo-session code in virtual time
+(no root, no network, a second or two of real time): what each side learned about its NAT, when
+the call worked over the relay, when (and how) it moved to a direct path.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
-from punchthrough.cli.render import make_console, netcheck_matrix
-from punchthrough.lab import PROFILE_NAMES, PROFILES, Lab, netcheck_all
+from punchthrough.cli.render import make_console
+from punchthrough.sim.nat import PROFILES
+from punchthrough.sim.scenario import run_call_scenario
+
+DEFAULT_A = "eim-apdf"
+DEFAULT_B = "eim-apdf"
+
+
+def _timeline_table(result: dict[str, Any]) -> Table:
+    table = Table(title=f"alice ({result['nat_a']})  <->  bob ({result['nat_b']})")
+    table.add_column("t (ms)", justify="right")
+    table.add_column("who")
+    table.add_column("what")
+    for e in result["timeline"]:
+        extra = {k: v for k, v in e.items() if k not in ("t_ms", "actor", "event")}
+        detail = ", ".join(f"{k}={v}" for k, v in extra.items() if v is not None)
+        table.add_row(
+            f"{e['t_ms']:.0f}", e["actor"], e["event"] + (f"  [dim]{detail}" if detail else "")
+        )
+    return table
+
+
+def _traversal_table(call: dict[str, Any]) -> Table:
+    table = Table(title="traversal stages")
+    for col in ("stage", "status", "detail"):
+        table.add_column(col)
+    stages = call.get("traversal", {}).get("stages", [])
+    for st in stages:
+        detail = {k: v for k, v in st.items() if k not in ("stage", "status")}
+        table.add_row(
+            str(st.get("stage")),
+            str(st.get("status")),
+            ", ".join(f"{k}={v}" for k, v in detail.items()),
+        )
+    return table
 
 
 def demo(
-    as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
-    timeout: Annotated[float, typer.Option(min=0.1, help="Per-probe timeout (s).")] = 2.0,
+    nat_a: Annotated[str, typer.Option("--a", help="alice's NAT profile.")] = DEFAULT_A,
+    nat_b: Annotated[str, typer.Option("--b", help="bob's NAT profile.")] = DEFAULT_B,
+    seed: Annotated[int, typer.Option(help="Simulator seed (same seed, same run).")] = 1,
+    duration: Annotated[float, typer.Option(min=0.0, max=600.0, help="Call length (s).")] = 10.0,
+    one_way_ms: Annotated[
+        float, typer.Option("--latency", min=0.0, max=1000.0, help="One-way WAN latency (ms).")
+    ] = 10.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    trace: Annotated[bool, typer.Option(help="Also print the packet trace (long).")] = False,
 ) -> None:
-    """Build the kernel NAT lab, run netcheck behind one NAT of each kind, print what it saw."""
-    if os.geteuid() != 0:
-        typer.echo(
-            "punchthrough demo builds real kernel NATs in network namespaces: run it as root "
-            "(`sudo make demo`), or try `punchthrough sim netcheck --nat eim-apdf`.",
-            err=True,
-        )
-        raise typer.Exit(1)
-    console = make_console(stderr=as_json)
-    t0 = time.monotonic()
-    with console.status("building the lab: 8 routers with real nftables NATs, STUN servers"):
-        lab = Lab(PROFILE_NAMES).up()
-    try:
-        console.print(
-            f"lab {lab.prefix} up in {time.monotonic() - t0:.2f} s: "
-            f"{len(lab.namespaces)} namespaces"
-        )
-        with console.status("netcheck behind every NAT (in parallel)"):
-            reports = netcheck_all(lab, lab.stun_servers(), timeout=timeout)
-    finally:
-        lab.close()
+    """Two peers behind NATs in the simulator: netcheck, relay, a call, the move to direct."""
+    for name in (nat_a, nat_b):
+        if name not in PROFILES:
+            raise typer.BadParameter(
+                f"unknown NAT profile {name!r}; choose from {', '.join(PROFILES)}"
+            )
+    result = run_call_scenario(
+        nat_a, nat_b, seed=seed, duration=duration, one_way_ms=one_way_ms, trace=trace
+    )
     if as_json:
-        typer.echo(json.dumps({"backend": "lab", "reports": reports}, indent=2))
+        typer.echo(json.dumps(result, indent=2))
         return
-    expected = {n: (p.mapping, p.filtering, p.allocation) for n, p in PROFILES.items()}
+    console = make_console()
+    console.print(_timeline_table(result))
+    console.print(_traversal_table(result["call"]))
+    call = result["call"]
     console.print(
-        netcheck_matrix(list(reports.items()), "netcheck behind real kernel NATs", expected)
+        f"path at the end: [bold]{call['path']}[/bold]; frames lost {call['frames_lost']} of "
+        f"{call['frames_sent']}; connected after {call['connected_ms']} ms; "
+        f"RTT p50 {call['rtt_ms']['p50']} ms (virtual time, {one_way_ms:g} ms one-way WAN links)"
     )
-    wrong = [
-        name
-        for name, r in reports.items()
-        if (r["mapping"], r["filtering"], r["port_allocation"]["kind"])
-        != (PROFILES[name].mapping, PROFILES[name].filtering, PROFILES[name].allocation)
-    ]
-    if wrong:
-        console.print(f"[red]differs from the profile's expected behaviour: {', '.join(wrong)}")
-        raise typer.Exit(1)
-    console.print(
-        "[green]every NAT classified as its profile says (mapping, filtering, port allocation)."
-    )
+    if trace:
+        console.print(result["trace"], markup=False, highlight=False)

@@ -218,3 +218,9 @@ def status(
             f"namespaces alive: {len(st['namespaces_alive'])}/{len(st['namespaces'])}; "
             f"processes alive: {alive}/{len(procs)}"
         )
+
+
+# registered last: the command lives in its own module (it renders the netcheck matrix)
+from punchthrough.cli.lab_netcheck_cmd import lab_netcheck  # noqa: E402
+
+lab_app.command("netcheck")(lab_netcheck)

@@ -1,4 +1,4 @@
-"""`make demo` runs `punchthrough demo`: it must work and classify every lab NAT right."""
+"""`punchthrough lab netcheck`: netcheck behind every lab NAT, classified as its profile says."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from punchthrough.lab import PROFILE_NAMES, PROFILES
 pytestmark = pytest.mark.lab
 
 
-def test_demo_json_reports_every_profile_as_expected() -> None:
+def test_lab_netcheck_json_reports_every_profile_as_expected() -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "punchthrough", "demo", "--json"],
+        [sys.executable, "-m", "punchthrough", "lab", "netcheck", "--json"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -1,0 +1,186 @@
+"""The main job, end to end, in the simulator: two peers behind NATs, netcheck, relay, a call.
+
+``run_call_scenario`` builds a small internet (our STUN servers laid out as in the lab, a relay,
+two peers each behind a NAT profile), runs the real netcheck, Endpoint, relay and echo session
+code on it in virtual time, and returns a timeline of what happened when. ``punchthrough demo``
+prints it; the pair matrix (a later issue) runs it many times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from punchthrough.endpoint import Endpoint, run_echo_session, serve_endpoint
+from punchthrough.identity import Identity
+from punchthrough.nat import run_netcheck
+from punchthrough.netio import Address
+from punchthrough.relay import RelayServer
+from punchthrough.sim.clock import run
+from punchthrough.sim.nat import profile
+from punchthrough.sim.world import Host, Link, World
+from punchthrough.stun import StunServer
+
+#: Server layout mirrors the kernel lab (punchthrough.lab.addresses).
+STUN_PRIMARY = "198.51.100.1"
+STUN_ALT = "198.51.100.2"
+STUN_EXTRA = ("198.51.100.3", "198.51.100.4")
+RELAY: Address = ("198.51.100.20", 3478)
+RELAY_ALT_IP = "198.51.100.21"
+STUN_PORT = 3478
+
+
+@dataclass
+class Timeline:
+    """Events in virtual time (ms since the scenario started)."""
+
+    origin: float
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, now: float, actor: str, what: str, **detail: Any) -> None:
+        self.events.append(
+            {"t_ms": round((now - self.origin) * 1000.0, 1), "actor": actor, "event": what} | detail
+        )
+
+
+def _place(world: World, name: str, nat: str, n: int, wan: Link, lan: Link) -> Host:
+    cfg = profile(nat)
+    if cfg is None:
+        return world.add_host(name, f"192.0.2.{n}", link=wan)
+    box = world.add_nat(f"nat-{name}", cfg, f"203.0.113.{n}", inside_ip=f"10.0.{n}.1", link=wan)
+    return box.add_host(name, f"10.0.{n}.2", link=lan)
+
+
+async def _scenario(
+    nat_a: str, nat_b: str, duration: float, pps: float, one_way_ms: float, trace: bool
+) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    wan, lan = Link(one_way_ms / 1000.0), Link(0.0)
+    world = World(trace=trace, default_link=wan)
+    tl = Timeline(loop.time())
+    servers: list[Any] = []
+    try:
+        stun_host = world.add_host("stun", STUN_PRIMARY, STUN_ALT, link=wan)
+        servers.append(
+            await StunServer.start(stun_host, [(STUN_PRIMARY, STUN_PORT)], alt_ip=STUN_ALT)
+        )
+        for i, ip in enumerate(STUN_EXTRA):
+            extra = world.add_host(f"stun{i + 2}", ip, link=wan)
+            servers.append(await StunServer.start(extra, [(ip, STUN_PORT)]))
+        relay_host = world.add_host("relay", RELAY[0], RELAY_ALT_IP, link=wan)
+        relay = await RelayServer.start(relay_host, [RELAY], alt_ip=RELAY_ALT_IP)
+        servers.append(relay)
+        stun_list = [(STUN_PRIMARY, STUN_PORT), *((ip, STUN_PORT) for ip in STUN_EXTRA)]
+        a = _place(world, "alice", nat_a, 1, wan, lan)
+        b = _place(world, "bob", nat_b, 2, wan, lan)
+        tl.add(
+            loop.time(), "world", f"alice behind {nat_a}, bob behind {nat_b}", one_way_ms=one_way_ms
+        )
+
+        async def check(name: str, host: Host) -> dict[str, Any]:
+            report = await run_netcheck(host, stun_list)
+            tl.add(
+                loop.time(),
+                name,
+                f"netcheck: {report.nat_type}",
+                public_ip=report.public_ip,
+                duration_ms=round(report.duration_ms, 1),
+            )
+            return report.to_json()
+
+        reports = await asyncio.gather(check("alice", a), check("bob", b))
+        ida, idb = (
+            Identity.from_private_bytes(b"\x01" * 32),
+            Identity.from_private_bytes(b"\x02" * 32),
+        )
+        async with (
+            Endpoint.bind(ida, relays=[RELAY], stun=stun_list, network=a) as ea,
+            Endpoint.bind(idb, relays=[RELAY], stun=stun_list, network=b) as eb,
+        ):
+            for name, ep in (("alice", ea), ("bob", eb)):
+                client = ep.relays.get(RELAY)
+                seen = client.observed_address if client is not None else None
+                tl.add(
+                    loop.time(),
+                    name,
+                    "registered with the relay",
+                    relay=f"{RELAY[0]}:{RELAY[1]}",
+                    seen_as=f"{seen[0]}:{seen[1]}" if seen else None,
+                )
+            server = asyncio.ensure_future(serve_endpoint(eb))
+            try:
+                start = loop.time()
+                tl.add(start, "alice", f"connect to bob ({str(eb.peer_id)[:12]}...)")
+                result: dict[str, Any] = await run_echo_session(
+                    ea,
+                    eb.peer_id,
+                    duration,
+                    pps,
+                    started_at=start,
+                    on_connected=lambda c: tl.add(
+                        loop.time(), "alice", "connected: QUIC over the relay"
+                    ),
+                )
+            finally:
+                server.cancel()
+                await asyncio.gather(server, return_exceptions=True)
+        base = (start - tl.origin) * 1000.0
+        if result.get("first_echo_ms") is not None:
+            tl.events.append(
+                {
+                    "t_ms": round(base + result["first_echo_ms"], 1),
+                    "actor": "alice",
+                    "event": "first frame echoed back",
+                }
+            )
+        for change in result["path_changes"]:
+            tl.events.append(
+                {
+                    "t_ms": round(base + change["t_ms"], 1),
+                    "actor": "alice",
+                    "event": f"path {change['from']} -> {change['to']}",
+                    "reason": change.get("reason"),
+                }
+            )
+        tl.add(
+            loop.time(),
+            "alice",
+            f"call ended on {result['path']}: {result['frames_received']}/"
+            f"{result['frames_sent']} frames echoed, max gap {result['max_gap_ms']} ms",
+        )
+        tl.events.sort(key=lambda e: e["t_ms"])
+        out: dict[str, Any] = {
+            "nat_a": nat_a,
+            "nat_b": nat_b,
+            "one_way_ms": one_way_ms,
+            "netcheck": {"alice": reports[0], "bob": reports[1]},
+            "call": result,
+            "timeline": tl.events,
+        }
+        if trace:
+            out["trace"] = world.format_trace()
+        return out
+    finally:
+        for s in reversed(servers):
+            closed = s.close()
+            if asyncio.iscoroutine(closed):
+                await closed
+
+
+def run_call_scenario(
+    nat_a: str = "eim-apdf",
+    nat_b: str = "eim-apdf",
+    *,
+    seed: int = 1,
+    duration: float = 10.0,
+    pps: float = 50.0,
+    one_way_ms: float = 10.0,
+    trace: bool = False,
+) -> dict[str, Any]:
+    """Run the whole system for one NAT pair in virtual time; see the module docstring."""
+    for nat in (nat_a, nat_b):
+        profile(nat)  # raises ValueError naming the valid profiles
+    return run(
+        _scenario(nat_a, nat_b, duration, pps, one_way_ms, trace), seed=seed, time_limit=None
+    )
