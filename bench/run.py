@@ -5,6 +5,9 @@ What is measured today (the foundation issue):
 - ``stun_codec.json``: decode and encode of a Binding response, ours against aioice's codec, in
   one process (so the figure that matters is the ratio).
 - ``classifier.json``: classify_port_allocation calls per second on 6-sample sequences.
+- ``relay.json``: our relay's forwarding rate on loopback, as a separate process (asyncio and
+  uvloop), driven by two registered clients in this process sending 160-byte frames in paced
+  bursts; the figure is frames forwarded per second at the highest offered rate with < 1% loss.
 - ``netcheck_lab.json`` (root only): wall time of a full netcheck behind each kernel NAT profile,
   against coturn's turnutils_natdiscovery (mapping + filtering only) for the same NAT,
   and whether both classified it the same way.
@@ -100,6 +103,121 @@ def bench_classifier() -> dict[str, Any]:
     }
 
 
+def _free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _relay_rate(relay: tuple[str, int], offered_pps: int, seconds: float) -> dict[str, Any]:
+    import asyncio
+
+    from punchthrough.identity import Identity
+    from punchthrough.netio import UdpNetwork
+    from punchthrough.relay import RelayClient
+    from punchthrough.transport import DatagramMux
+
+    net = UdpNetwork()
+    socks, muxes, clients = [], [], []
+    try:
+        for _ in range(2):
+            sock = await net.bind("127.0.0.1")
+            mux = DatagramMux(sock)
+            socks.append(sock)
+            muxes.append(mux)
+            clients.append(await RelayClient.connect(mux, relay, Identity.generate(), timeout=5.0))
+        a, b = clients
+        got = 0
+
+        def on_frame(src: object, payload: bytes) -> None:
+            nonlocal got
+            got += 1
+
+        b.set_receiver(on_frame)
+        payload = bytes(160)
+        loop = asyncio.get_running_loop()
+        burst = max(1, offered_pps // 200)  # 5 ms ticks
+        total = int(offered_pps * seconds)
+        sent = 0
+        t0 = loop.time()
+        while sent < total:
+            for _ in range(min(burst, total - sent)):
+                a.send(b.peer_id, payload)
+                sent += 1
+            await asyncio.sleep(max(0.0, t0 + sent / offered_pps - loop.time()))
+        elapsed = loop.time() - t0
+        await asyncio.sleep(0.3)  # stragglers
+        return {
+            "offered_pps": offered_pps,
+            "sent": sent,
+            "forwarded": got,
+            "loss": round(1 - got / sent, 4),
+            "achieved_pps": round(got / elapsed),
+        }
+    finally:
+        for c in clients:
+            await c.close()
+        for m in muxes:
+            m.close()
+        for sock in socks:
+            sock.close()
+
+
+def bench_relay() -> dict[str, Any]:
+    import asyncio
+    import subprocess
+
+    out: dict[str, Any] = {}
+    for loop_name, flag in (("asyncio", "--no-uvloop"), ("uvloop", "--uvloop")):
+        port = _free_udp_port()
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "punchthrough",
+                "relay",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--pps",
+                "1000000",
+                "--bps",
+                "1000000000",
+                "--stats-interval",
+                "0",
+                flag,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(1.0)  # start-up (imports); registration retries cover the rest
+            runs = []
+            for offered in (10_000, 20_000, 25_000, 30_000, 35_000, 40_000, 50_000, 60_000, 80_000):
+                r = asyncio.run(_relay_rate(("127.0.0.1", port), offered, 2.0))
+                runs.append(r)
+                if r["loss"] > 0.01:
+                    break
+            ok = [r for r in runs if r["loss"] <= 0.01]
+            out[loop_name] = {
+                "runs": runs,
+                "max_pps_under_1pct_loss": max((r["achieved_pps"] for r in ok), default=0),
+            }
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    out["note"] = (
+        "relay and load generator share this machine's 2 cores; the load generator is itself "
+        "Python/asyncio and may be the bottleneck at the top rates"
+    )
+    return out
+
+
 def bench_netcheck_lab(trials: int) -> dict[str, Any]:
     from punchthrough.lab import PROFILE_NAMES, PROFILES, Lab
     from punchthrough.lab import addresses as A
@@ -148,6 +266,7 @@ def main() -> None:
     jobs: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("stun_codec", bench_stun_codec),
         ("classifier", bench_classifier),
+        ("relay", bench_relay),
     ]
     if os.geteuid() == 0:
         jobs.append(("netcheck_lab", lambda: bench_netcheck_lab(args.trials)))
