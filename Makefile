@@ -6,21 +6,25 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages for the kernel NAT lab: nft rulesets, namespaces, conntrack inspection, coturn as
-# an independent RFC 5780 STUN server and classifier, miniupnpd for NAT-PMP/PCP/UPnP, the RFC 3489
-# stun client, and procps (sysctl, pgrep) for router namespaces.
-APT_PACKAGES := nftables iproute2 conntrack coturn miniupnpd-nftables stun-client procps
+# Debian packages: python3-venv (Debian's python3 has no ensurepip without it), and for the kernel
+# NAT lab nft rulesets, namespaces (iproute2: ip, ss), conntrack inspection, coturn as an
+# independent RFC 5780 STUN server and classifier, miniupnpd for NAT-PMP/PCP/UPnP, and procps
+# (sysctl) for router namespaces.
+APT_PACKAGES := python3-venv nftables iproute2 conntrack coturn miniupnpd-nftables procps
 
 .PHONY: all setup venv system-deps demo test test-fast bench lint clean
 
 all: test
 
-setup: venv system-deps
+# system packages first: creating the venv may need python3-venv
+setup: system-deps
+	$(MAKE) --no-print-directory venv
 
 venv: $(STAMP)
 
+# A venv without pip (a failed earlier creation) is recreated rather than reused.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/pip || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,upnp,fast]'
 	touch $(STAMP)

@@ -177,6 +177,10 @@ def test_predict_window_wider_than_range_has_no_duplicates() -> None:
     assert sorted(out) == [10, 11, 12, 13]
 
 
+def test_predict_below_the_assumed_range_widens_it_instead_of_wrapping() -> None:
+    assert predict_ports(100, 1, spread=1) == [101, 102, 100]
+
+
 def test_predict_rejects_bad_range() -> None:
     with pytest.raises(ValueError, match="port_range"):
         predict_ports(1, 1, port_range=(10, 5))

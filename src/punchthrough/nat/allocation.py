@@ -206,6 +206,11 @@ def predict_ports(
     lo, hi = port_range
     if lo > hi or lo < 1 or hi > 65535:
         raise ValueError(f"port_range {port_range} is not a valid range of UDP ports")
+    if not 1 <= last_port <= 65535:
+        raise ValueError(f"last_port {last_port} is not a UDP port")
+    # A port seen outside the assumed range proves the range wrong: widen it rather than wrap a
+    # prediction for port 100 to the top of 1024-65535.
+    lo, hi = min(lo, last_port), max(hi, last_port)
     if spread < 0:
         raise ValueError("spread must be >= 0")
     span = hi - lo + 1

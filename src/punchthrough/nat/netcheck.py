@@ -200,9 +200,11 @@ async def run_netcheck(
 ) -> NetcheckReport:
     """Probe the NAT in front of this host; see the module docstring for the plan.
 
-    ``timeout`` bounds every single wait (each Binding transaction); the whole run takes at most
-    about ``2 * timeout``. ``samples`` is the port-allocation sample count wished for; fewer are
-    taken when the servers offer fewer distinct endpoints (and the report says so in ``errors``).
+    ``timeout`` bounds every single wait (each Binding transaction); the three steps run one
+    after another, so a run takes at most about ``3 * timeout`` (plus, with port mapping, the
+    mapper's own request and delete timeouts). ``samples`` is the port-allocation sample count
+    wished for; fewer are taken when the servers offer fewer distinct endpoints (and the report
+    says so in ``errors``).
 
     Port mapping is probed only when ``gateway`` is given (the library never reads the machine's
     routing table itself: see :func:`punchthrough.portmap.default_gateway`) and
@@ -274,7 +276,7 @@ async def run_netcheck(
 
         # Step 3: filtering (fresh socket) and hairpinning (main socket), concurrently.
         wait = _filter_wait([r.rtt for _, r in answered], timeout)
-        hairpin = main.probe_hairpin(sample_list[0].mapped, wait)
+        hairpin_target = sample_list[0].mapped
         if rfc5780 is not None:
             filt_sock = await network.bind(bind_host, 0)
             sockets.append(filt_sock)
@@ -285,11 +287,11 @@ async def run_netcheck(
             both, port_only, report.hairpinning = await asyncio.gather(
                 _answered(filt, target, wait, change_ip=True, change_port=True),
                 _answered(filt, target, wait, change_port=True),
-                hairpin,
+                main.probe_hairpin(hairpin_target, wait),
             )
             report.filtering = filtering_behavior(both, port_only)
         else:
-            report.hairpinning = await hairpin
+            report.hairpinning = await main.probe_hairpin(hairpin_target, wait)
         ok = True
         return report
     finally:

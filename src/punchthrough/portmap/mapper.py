@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Final
 
-from punchthrough.netio import Address, DatagramSocket, Network
+from punchthrough.netio import Address, DatagramSocket, Network, UdpNetwork
 from punchthrough.portmap.errors import (
     NAT_PMP,
     PCP,
@@ -179,6 +179,10 @@ class PortMapper:
             raise ValueError(f"internal port {internal_port} out of range")
         if probe_timeout <= 0 or request_timeout <= 0 or delete_timeout <= 0:
             raise ValueError("timeouts must be positive")
+        if upnp and not isinstance(network, UdpNetwork):
+            # async-upnp-client opens kernel sockets of its own: on a simulated network it would
+            # send real SSDP/HTTP from this machine to the simulated gateway's address
+            raise ValueError("UPnP needs the kernel network (UdpNetwork), not a simulated one")
         self.network = network
         self.gateway = gateway
         self.internal_port = internal_port
@@ -478,8 +482,13 @@ class PortMapper:
 
         client = self._upnp
         assert isinstance(client, UpnpClient)
-        self._upnp_mapped = self.internal_port  # a timed-out add may still have landed
-        m = await client.map(self.internal_port, self.lifetime, self.request_timeout)
+        try:
+            m = await client.map(self.internal_port, self.lifetime, self.request_timeout)
+        except PortMapTimeout:
+            # a timed-out add may still have landed: delete it on close. A refused add (e.g.
+            # 718 ConflictInMappingEntry: another host owns the port) must NOT be deleted by us.
+            self._upnp_mapped = self.internal_port
+            raise
         self._upnp_mapped = m.external[1]
         if m.lifetime > 0 and self._upnp_renewer is None:
             self._upnp_renewer = asyncio.ensure_future(self._upnp_renew(client, m.lifetime))

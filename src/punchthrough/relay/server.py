@@ -144,6 +144,11 @@ def _norm(addr: Address) -> Address:
     return (_norm_ip(addr[0]), addr[1])
 
 
+#: Undelivered stream data a control connection may make us hold (QuicDriver closes it past
+#: this). Control messages are a few hundred bytes (signal.MAX_FRAME_SIZE is 16 KiB).
+CONTROL_RECEIVE_BUFFER = 64 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class PeerInfo:
     """A registered client, as :meth:`RelayServer.peers` reports it."""
@@ -457,6 +462,7 @@ class RelayServer:
                 addr,
                 on_event=functools.partial(self._on_control_event, ctl),
                 mux=self._muxes[local],
+                max_receive_buffer=CONTROL_RECEIVE_BUFFER,
             )
         except Exception:
             log.exception("cannot accept a control connection from %s:%d", *addr)
@@ -531,7 +537,8 @@ class RelayServer:
                 old.driver.close(CLOSE_REPLACED, "registration replaced")
 
     def _on_stream(self, ctl: _Control, reader: asyncio.StreamReader, writer: object) -> None:
-        if ctl.stream_seen or not isinstance(writer, QuicStreamWriter):
+        unidirectional = isinstance(writer, QuicStreamWriter) and bool(writer.stream_id & 0x2)
+        if ctl.stream_seen or unidirectional or not isinstance(writer, QuicStreamWriter):
             # one control stream per connection; more is a protocol violation
             if ctl.driver is not None:
                 ctl.driver.close(CLOSE_PROTOCOL, "one control stream only")

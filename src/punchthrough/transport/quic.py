@@ -27,7 +27,7 @@ from aioquic.quic.events import (
     StreamDataReceived,
     StreamReset,
 )
-from aioquic.quic.packet import QuicPacketType, pull_quic_header
+from aioquic.quic.packet import QuicErrorCode, QuicPacketType, pull_quic_header
 
 from punchthrough.netio import Address
 from punchthrough.transport.demux import QUIC_CID_LENGTH
@@ -47,6 +47,13 @@ class CidRegistry(Protocol):
 
 
 EventHandler = Callable[[QuicEvent], None]
+
+#: Default bound on out-of-order stream data a peer can make us hold, summed over its streams.
+#: aioquic doubles a stream's receive window whenever the peer's highest offset passes half of
+#: it, whether or not anything was delivered, and zero-fills the gap: without this bound one
+#: byte per round trip at the window's edge grows our buffer without limit. Legitimate peers
+#: send in order (QUIC retransmits fill holes quickly), so the gap stays near one flight.
+DEFAULT_MAX_RECEIVE_BUFFER = 4 * 1024 * 1024
 
 #: RFC 9000 section 14.1: a client Initial must be padded to at least 1200 bytes; smaller
 #: "Initials" that would create server state are dropped unanswered (anti-amplification).
@@ -89,8 +96,10 @@ class QuicDriver:
         on_event: EventHandler | None = None,
         mux: CidRegistry | None = None,
         extra_cids: tuple[bytes, ...] = (),
+        max_receive_buffer: int = DEFAULT_MAX_RECEIVE_BUFFER,
     ) -> None:
         self.connection = connection
+        self.max_receive_buffer = max_receive_buffer
         self.peer_address = peer_address
         self._transmit = transmit
         self._on_event = on_event
@@ -151,8 +160,25 @@ class QuicDriver:
         if self.closed:
             return
         self.connection.receive_datagram(data, addr or self.peer_address, now=self._loop.time())
+        self._enforce_receive_buffer()
         self._process_events()
         self.transmit()
+
+    def _enforce_receive_buffer(self) -> None:
+        held = 0
+        for stream in self.connection._streams.values():
+            rx = stream.receiver
+            held += max(0, rx.highest_offset - rx.starting_offset())
+        if held > self.max_receive_buffer:
+            log.warning(
+                "peer %s holds %d bytes of undelivered stream data: closing",
+                self.peer_address,
+                held,
+            )
+            self.connection.close(
+                error_code=QuicErrorCode.FLOW_CONTROL_ERROR,
+                reason_phrase=f"more than {self.max_receive_buffer} bytes of stream data held",
+            )
 
     def transmit(self) -> None:
         """Send what the connection has queued and re-arm its timer."""
