@@ -26,7 +26,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/pip || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,upnp,fast]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,upnp,fast,report]'
 	touch $(STAMP)
 
 # apt-get only when something is missing, so repeated runs stay fast; `apt-get update` first

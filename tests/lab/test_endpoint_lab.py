@@ -1,9 +1,16 @@
-"""`listen --echo` / `connect --json` through our relay on real kernel NATs.
+"""`listen --echo` / `connect --json` through our relay on real kernel NATs, and the upgrade
+to a direct path behind the relayed call.
 
 One relay process in the lab's pub namespace; one `listen --echo` per host (each behind its own
 router with one NAT profile); then rounds of `connect --json --duration 10` run in parallel, in
 round k host i calling host i+k, so every profile is on both sides of a call in every round.
 udp-blocked is left out: its host can reach neither the relay nor anything else (see README).
+
+Every call starts on the relay; pairs that standard hole punching can open (see
+``tests/sim/test_direct_sim.py``'s ``punchable``: the same rule the simulator checks) must end
+on ``path: direct`` with no frame lost; the others stay on the relay and their traversal report
+names the hard-NAT stage they would need. Both sides learn their NAT's mapping from our lab STUN
+server (``--stun``), as the simulator's endpoints do from the relay's RFC 5780 addresses.
 """
 
 from __future__ import annotations
@@ -31,9 +38,31 @@ RELAY: tuple[str, int] = (A.RELAY_PRIMARY, 3490)
 RELAY_TEXT = f"{RELAY[0]}:{RELAY[1]}"
 DURATION_S = 10
 PPS = 50
-#: Rounds: offsets k (host i calls host i+k mod n). Two rounds put every profile twice on each
-#: side; each round runs all its calls at once (each host has its own router).
-ROUNDS = (1, 3)
+#: Rounds: offsets k (host i calls host i+k mod n); with the 7 UDP profiles, offsets 1-6 make
+#: every ordered pair of distinct profiles call once (the whole pair matrix). Each round runs
+#: all its calls at once (each host has its own router): ~15 s per round.
+ROUNDS = (1, 2, 3, 4, 5, 6)
+#: Our lab STUN server's RFC 5780 addresses: with the relay, 4 mapping samples per endpoint.
+STUN_ARGS = [
+    arg
+    for addr in (
+        f"{A.OUR_STUN_PRIMARY}:{A.STUN_PORT}",
+        f"{A.OUR_STUN_ALT}:{A.STUN_PORT}",
+        f"{A.OUR_STUN_PRIMARY}:{A.STUN_ALT_PORT}",
+    )
+    for arg in ("--stun", addr)
+]
+#: Same rule as the simulator test (kept in one place there).
+EDM = {"adm", "apdm-sequential", "apdm-random"}
+APDF = {"eim-apdf", "adm", "apdm-sequential", "apdm-random"}
+
+
+def punchable(a: str, b: str) -> bool:
+    if "open" in (a, b):
+        return True
+    return not any(
+        hard in EDM and (other in EDM or other in APDF) for hard, other in ((a, b), (b, a))
+    )
 
 
 def _cli() -> list[str]:
@@ -91,6 +120,7 @@ def endpoint_lab(
                     str(path),
                     "--relay",
                     RELAY_TEXT,
+                    *STUN_ARGS,
                     "--echo",
                     "--json",
                 ],
@@ -137,6 +167,7 @@ def _calls(lab: Lab, keys: dict[str, tuple[Path, Identity]], k: int) -> dict[str
                 str(key),
                 "--relay",
                 RELAY_TEXT,
+                *STUN_ARGS,
                 "--duration",
                 str(DURATION_S),
                 "--pps",
@@ -169,8 +200,18 @@ def test_every_profile_calls_and_answers_through_the_relay(
     summary = {
         pair: {
             key: r.get(key)
-            for key in ("returncode", "connected_ms", "frames_lost", "max_gap_ms", "path", "error")
+            for key in (
+                "returncode",
+                "connected_ms",
+                "direct_ms",
+                "strategy",
+                "frames_lost",
+                "max_gap_ms",
+                "path",
+                "error",
+            )
         }
+        | {"needed": r.get("traversal", {}).get("needed")}
         for pair, r in results.items()
     }
     print(json.dumps({"round": k, "elapsed_s": round(elapsed, 1), "calls": summary}, indent=1))
@@ -179,5 +220,21 @@ def test_every_profile_calls_and_answers_through_the_relay(
         assert r["frames_sent"] == DURATION_S * PPS, (pair, r)
         assert r["frames_lost"] == 0, (pair, r)
         assert r["frames_corrupt"] == 0, (pair, r)
-        assert r["path"] == "relay" and r["path_changes"] == [], (pair, r)
         assert r["connected_ms"] < 2000, (pair, r)
+        a, b = pair.split(" -> ")
+        report = r["traversal"]
+        if punchable(a, b):
+            assert r["path"] == "direct", (pair, json.dumps(report))
+            assert r["strategy"] == "hole-punch", (pair, report)
+            assert [c["to"] for c in r["path_changes"]] == ["direct"], (pair, r["path_changes"])
+            assert r["connected_ms"] < r["direct_ms"] < r["connected_ms"] + 1000, (pair, r)
+        else:
+            assert r["path"] == "relay" and r["path_changes"] == [], (pair, r)
+            assert r["strategy"] is None and r["direct_ms"] is None, (pair, r)
+            hp = next(s for s in report["stages"] if s["stage"] == "hole-punch")
+            assert hp["status"] == "failed", (pair, report)
+            if a == b == "apdm-random":
+                # nothing can work: the report says so instead of naming a stage
+                assert report["needed"] == [], (pair, report)
+            else:
+                assert report["needed"], (pair, report)  # port-prediction and/or birthday

@@ -85,14 +85,20 @@ def _pairs() -> list[tuple[str, str]]:
     return [(a, b) for a in NAT_PROFILES for b in NAT_PROFILES]
 
 
+#: Direct paths off: these tests are about the relayed call (tests/sim/test_direct_sim.py has
+#: the upgrade to direct paths).
+RELAY_ONLY = EndpointConfig(direct=False)
+
+
 @pytest.mark.parametrize(("nat_a", "nat_b"), _pairs())
 def test_echo_through_relay_for_every_profile_pair(nat_a: str, nat_b: str) -> None:
     start = time.perf_counter()
-    result = run(_with_world(nat_a, nat_b, _echo), seed=7)
+    result = run(_with_world(nat_a, nat_b, _echo, config=RELAY_ONLY), seed=7)
     elapsed = time.perf_counter() - start
     assert result["frames_sent"] == 500
     assert result["frames_lost"] == 0 and result["frames_corrupt"] == 0
     assert result["path"] == "relay" and result["path_changes"] == []
+    assert result["direct_ms"] is None and result["strategy"] is None
     # usable after the QUIC handshake + the PeerAuth round trip: 2 end-to-end RTTs, a bit more
     assert 2 * E2E_RTT_MS <= result["connected_ms"] < 3 * E2E_RTT_MS
     assert result["rtt_ms"]["p50"] == pytest.approx(E2E_RTT_MS, abs=1)
@@ -115,7 +121,7 @@ def test_setup_time_through_the_relay() -> None:
 
 
 def test_keepalive_holds_an_idle_call_open_and_loss_closes_it_with_a_reason() -> None:
-    cfg = EndpointConfig(idle_timeout=10.0, keepalive_interval=2.0)
+    cfg = EndpointConfig(idle_timeout=10.0, keepalive_interval=2.0, direct=False)
 
     async def body(world: World, ea: Endpoint, eb: Endpoint) -> tuple[str, float]:
         loop = asyncio.get_running_loop()
@@ -167,4 +173,4 @@ def test_relay_loss_is_survived_by_reregistration() -> None:
         await accept
         return conn.path
 
-    assert run(_with_world("eim-apdf", "adm", body), seed=2) == "relay"
+    assert run(_with_world("eim-apdf", "adm", body, config=RELAY_ONLY), seed=2) == "relay"

@@ -116,7 +116,10 @@ def test_listen_echo_and_connect_json(tmp_path: Path, relay: str) -> None:
         assert caller.returncode == 0, caller.stderr
         result = json.loads(caller.stdout)
         assert result["frames_sent"] == 50 and result["frames_lost"] == 0
-        assert result["path"] == "relay" and result["path_changes"] == []
+        # both on loopback: the host candidates answer and the call moves off the relay
+        assert result["path"] == "direct" and result["strategy"] == "hole-punch"
+        assert [c["to"] for c in result["path_changes"]] == ["direct"]
+        assert result["connected_ms"] <= result["direct_ms"]
         assert 0 < result["connected_ms"] <= result["first_echo_ms"]
         assert result["max_gap_ms"] is not None and "traversal" in result
         accepted = json.loads(listener.stdout.readline())

@@ -44,6 +44,10 @@ async def relay_server(payload_filter: PayloadFilter | None = None) -> AsyncIter
         await server.close()
 
 
+#: These tests are about the relayed call; direct paths on loopback are tested at the end.
+RELAY_ONLY = EndpointConfig(direct=False)
+
+
 def bind(identity: Identity, relays: list[Address], **kw: object) -> object:
     return Endpoint.bind(identity, relays=relays, host=LOOP_HOST, **kw)  # type: ignore[arg-type]
 
@@ -60,8 +64,9 @@ async def pair(
     relay: Address, **kw: object
 ) -> AsyncIterator[tuple[Endpoint, Endpoint, Identity, Identity]]:
     a, b = Identity.generate(), Identity.generate()
+    kw.setdefault("config", RELAY_ONLY)
     async with (
-        Endpoint.bind(a, relays=[relay], host=LOOP_HOST) as ea,
+        Endpoint.bind(a, relays=[relay], host=LOOP_HOST, config=RELAY_ONLY) as ea,
         Endpoint.bind(b, relays=[relay], host=LOOP_HOST, **kw) as eb,  # type: ignore[arg-type]
     ):
         yield ea, eb, a, b
@@ -115,7 +120,7 @@ async def test_connect_accept_datagrams_and_streams_both_ways() -> None:
         report = conn.traversal_report().to_json()
         assert report["path"] == "relay"
         stages = {s["stage"]: s["status"] for s in report["stages"]}  # type: ignore[attr-defined]
-        assert stages["relay"] == "succeeded" and stages["hole-punch"] == "not-implemented"
+        assert stages["relay"] == "succeeded" and stages["hole-punch"] == "pending"
         assert conn.stats["datagrams_sent"] == 2
         await conn.close()
 
@@ -203,8 +208,8 @@ async def test_second_relay_is_tried_when_the_first_does_not_know_the_peer() -> 
     async with relay_server() as r1, relay_server() as r2:
         a, b = Identity.generate(), Identity.generate()
         async with (
-            Endpoint.bind(a, relays=[r1, r2], host=LOOP_HOST) as ea,
-            Endpoint.bind(b, relays=[r2], host=LOOP_HOST) as eb,
+            Endpoint.bind(a, relays=[r1, r2], host=LOOP_HOST, config=RELAY_ONLY) as ea,
+            Endpoint.bind(b, relays=[r2], host=LOOP_HOST, config=RELAY_ONLY) as eb,
         ):
             accept = asyncio.ensure_future(eb.accept())
             conn = await ea.connect(b.peer_id, timeout=5)
@@ -353,3 +358,27 @@ async def test_same_identity_twice_last_registration_wins_without_a_fight() -> N
             await ec.connect(ident.peer_id, timeout=5)
             await asyncio.wait_for(accept, 5)
             assert second.stats.get("relay_lost", 0) == 0
+
+
+async def test_loopback_call_goes_direct_without_losing_a_frame() -> None:
+    """Two endpoints on one machine: the host candidates answer, the call leaves the relay."""
+    async with relay_server() as relay:
+        a, b = Identity.generate(), Identity.generate()
+        async with (
+            Endpoint.bind(a, relays=[relay], host=LOOP_HOST) as ea,
+            Endpoint.bind(b, relays=[relay], host=LOOP_HOST) as eb,
+        ):
+            server = asyncio.ensure_future(serve_endpoint(eb))
+            try:
+                result = await run_echo_session(ea, b.peer_id, duration=1.0, pps=50)
+            finally:
+                server.cancel()
+                await asyncio.gather(server, return_exceptions=True)
+            assert result["frames_lost"] == 0 and result["frames_corrupt"] == 0
+            assert result["path"] == "direct" and result["strategy"] == "hole-punch"
+            assert [c["to"] for c in result["path_changes"]] == ["direct"]  # type: ignore[attr-defined]
+            assert result["direct_ms"] is not None
+            assert result["connected_ms"] <= result["direct_ms"]  # type: ignore[operator]
+            report = result["traversal"]
+            stages = {s["stage"]: s["status"] for s in report["stages"]}  # type: ignore[index]
+            assert stages["hole-punch"] == "succeeded" and stages["relay"] == "succeeded"

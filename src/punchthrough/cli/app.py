@@ -11,6 +11,7 @@ from punchthrough import __version__
 from punchthrough.cli.demo_cmd import demo
 from punchthrough.cli.identity_cmd import identity_app
 from punchthrough.cli.lab_cmd import lab_app
+from punchthrough.cli.matrix_cmd import matrix
 from punchthrough.cli.netcheck_cmd import netcheck
 from punchthrough.cli.peer_cmd import connect, listen
 from punchthrough.cli.relay_cmd import relay
@@ -29,6 +30,7 @@ app.command("demo")(demo)
 app.command("relay")(relay)
 app.command("listen")(listen)
 app.command("connect")(connect)
+app.command("matrix")(matrix)
 app.add_typer(lab_app, name="lab")
 app.add_typer(identity_app, name="identity")
 app.add_typer(sim_app, name="sim")

@@ -40,10 +40,17 @@ _IDENTITY = typer.Option(
     show_default=False,
 )
 _RELAY = typer.Option("--relay", help="Relay IP:PORT (repeatable; at least one).")
-_STUN = typer.Option("--stun", help="STUN server IP:PORT (repeatable; for later netcheck).")
+_STUN = typer.Option(
+    "--stun", help="STUN server IP:PORT (repeatable): server-reflexive candidates, NAT mapping."
+)
 _BIND = typer.Option("--bind", help="Local IP for the endpoint's socket.")
 _PORT = typer.Option("--port", min=0, max=65535, help="Local UDP port (0: any).")
 _JSON = typer.Option("--json", help="Machine-readable JSON output.")
+_GATEWAY = typer.Option(
+    "--gateway",
+    help="Gateway IP to ask for a port mapping of our socket (NAT-PMP/PCP); never by default.",
+)
+_UPNP = typer.Option("--upnp", help="With --gateway: also try UPnP IGD.")
 
 
 def _out(obj: dict[str, Any] | str, as_json: bool) -> None:
@@ -87,6 +94,8 @@ def listen(
     as_json: Annotated[bool, _JSON] = False,
     bind: Annotated[str, _BIND] = "0.0.0.0",
     port: Annotated[int, _PORT] = 0,
+    gateway: Annotated[str | None, _GATEWAY] = None,
+    upnp: Annotated[bool, _UPNP] = False,
 ) -> None:
     """Accept calls through the relay(s) until SIGINT/SIGTERM; print each caller's peer id."""
     ident, relays, stuns = _load(identity, relay, stun)
@@ -99,7 +108,14 @@ def listen(
         try:
             try:
                 ep = await Endpoint.bind(
-                    ident, relays=relays, stun=stuns, network=UdpNetwork(), host=bind, port=port
+                    ident,
+                    relays=relays,
+                    stun=stuns,
+                    network=UdpNetwork(),
+                    host=bind,
+                    port=port,
+                    gateway=gateway,
+                    upnp=upnp,
                 )
             except (EndpointError, OSError) as exc:
                 raise _fail(f"cannot listen: {exc}", as_json) from None
@@ -179,8 +195,14 @@ def connect(
     as_json: Annotated[bool, _JSON] = False,
     bind: Annotated[str, _BIND] = "0.0.0.0",
     port: Annotated[int, _PORT] = 0,
+    gateway: Annotated[str | None, _GATEWAY] = None,
+    upnp: Annotated[bool, _UPNP] = False,
 ) -> None:
-    """Call PEER_ID (which runs `listen --echo`), stream numbered 160-byte frames, report."""
+    """Call PEER_ID (which runs `listen --echo`), stream numbered 160-byte frames, report.
+
+    The call starts on the relay and moves to a direct path when one is found; ``--json``
+    reports ``path``, ``direct_ms``, ``strategy`` and the ``traversal`` report.
+    """
     try:
         peer = PeerId.parse(peer_id)
     except InvalidPeerId as exc:
@@ -200,6 +222,8 @@ def connect(
                 host=bind,
                 port=port,
                 config=config,
+                gateway=gateway,
+                upnp=upnp,
             )
         except (EndpointError, OSError) as exc:
             raise _fail(f"connection failed: {exc}", as_json) from None
@@ -217,7 +241,8 @@ def connect(
         _out(result, True)
         return
     _out(
-        f"connected to {result['peer_id']} in {result['connected_ms']} ms via {result['path']}\n"
+        f"connected to {result['peer_id']} in {result['connected_ms']} ms; "
+        f"direct at {result['direct_ms']} ms ({result['strategy']}); ended on {result['path']}\n"
         f"frames sent {result['frames_sent']}, received {result['frames_received']}, "
         f"lost {result['frames_lost']}; first echo {result['first_echo_ms']} ms; "
         f"max gap {result['max_gap_ms']} ms; rtt {result['rtt_ms']}",

@@ -68,6 +68,9 @@ class EndpointConfig:
     accept_backlog: int = 64
     #: How long ``close()`` waits for QUIC's closing period (RFC 9000 section 10.2) to end.
     close_timeout: float = 2.0
+    #: Look for a direct path behind every relayed call (candidates, checks, hole punch).
+    #: ``False`` keeps calls on the relay (tests, or a policy that never exposes addresses).
+    direct: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.keepalive_interval < self.idle_timeout:

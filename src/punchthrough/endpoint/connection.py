@@ -70,6 +70,8 @@ from punchthrough.signal import (
 )
 from punchthrough.transport.path import VIRTUAL_PEER_ADDRESS, Path, PathManager
 from punchthrough.transport.quic import QuicDriver, QuicStreamWriter
+from punchthrough.traversal.agent import DirectHost, TraversalAgent
+from punchthrough.traversal.stages import STAGES
 
 if TYPE_CHECKING:
     from punchthrough.netio import Address
@@ -152,6 +154,10 @@ class TraversalStage:
     reason: str = ""
     at_ms: float | None = None
     pair: str | None = None
+    #: When the stage started (ms from connection start), if it ran.
+    started_ms: float | None = None
+    #: The pair's NATs call for this stage (reported for stages not implemented yet).
+    needed: bool = False
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"stage": self.stage, "status": self.status}
@@ -161,6 +167,10 @@ class TraversalStage:
             out["at_ms"] = self.at_ms
         if self.pair is not None:
             out["pair"] = self.pair
+        if self.started_ms is not None:
+            out["started_ms"] = self.started_ms
+        if self.needed:
+            out["needed"] = True
         return out
 
 
@@ -168,8 +178,10 @@ class TraversalStage:
 class TraversalReport:
     """What was tried to reach the peer, what won, and why not direct.
 
-    Issue 4 only has the relay; the direct stages (port mapping, hole punch, port prediction,
-    birthday) are listed as ``not-implemented`` so consumers already see the final shape.
+    ``stages``: the relay first, then port mapping, hole punch, port prediction, birthday.
+    ``direct_ms``: when the call first moved onto a direct path (ms from connection start);
+    ``strategy``: the stage that found it (``port-mapping`` / ``hole-punch``), else ``None``;
+    ``needed``: hard-NAT stages this pair would need (when the hole punch cannot work).
     """
 
     path: str
@@ -177,6 +189,9 @@ class TraversalReport:
     stages: list[TraversalStage] = field(default_factory=list)
     direct_ms: float | None = None
     strategy: str | None = None
+    needed: list[str] = field(default_factory=list)
+    upgrades: int = 0
+    fallbacks: int = 0
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -185,11 +200,14 @@ class TraversalReport:
             "direct_ms": self.direct_ms,
             "strategy": self.strategy,
             "stages": [s.to_json() for s in self.stages],
+            "needed": list(self.needed),
+            "upgrades": self.upgrades,
+            "fallbacks": self.fallbacks,
         }
 
 
-#: Waterfall stages of later issues, reported as not implemented yet.
-_DIRECT_STAGES: Final = ("port-mapping", "hole-punch", "port-prediction", "birthday")
+#: Waterfall stages besides the relay, in the design's order.
+_DIRECT_STAGES: Final = tuple(s for s in STAGES if s != "relay")
 
 
 class _CidHook:
@@ -230,6 +248,7 @@ class Connection:
         register_cid: Callable[[bytes, Connection | None], None],
         on_closed: Callable[[Connection], None],
         admit: Callable[[PeerId], Awaitable[str | None]] | None = None,
+        direct: DirectHost | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._identity = identity
@@ -259,6 +278,9 @@ class Connection:
         self._keepalive: asyncio.TimerHandle | None = None
         self._ping_uid = 0
         self._stats: Counter[str] = Counter()
+        #: Where direct paths come from (the endpoint); ``None``: relay only.
+        self._direct_host = direct
+        self._agent: TraversalAgent | None = None
 
     # -- construction (endpoint side) ---------------------------------------------------------
     def _start_client(self) -> None:
@@ -288,6 +310,8 @@ class Connection:
 
     def _transmit(self, data: bytes, addr: Address) -> None:
         self.paths.send(data)  # ``addr`` is the virtual address: the path manager routes
+        if self._agent is not None:
+            self._agent.sent()
 
     def packet_received(self, data: bytes, path: Path) -> None:
         """A QUIC packet for this connection arrived on ``path`` (relay or direct)."""
@@ -298,12 +322,14 @@ class Connection:
     def _direct_packet(self, data: bytes, addr: Address) -> None:
         """A QUIC packet with one of our CIDs came straight to the main socket.
 
-        Only known direct paths are fed in (issue 5 adds them after authenticated checks);
-        anything else is dropped and counted, so nobody can inject a path by sending packets.
+        Only known direct paths are fed in (added after authenticated checks); anything else is
+        dropped and counted, so nobody can inject a path by sending packets.
         """
         for path in self.paths.paths:
             if path.kind == "direct" and path.remote == addr:
                 self.packet_received(data, path)
+                if self._agent is not None:
+                    self._agent.heard(path)
                 return
         self._stats["dropped_unknown_direct"] += 1
 
@@ -457,8 +483,44 @@ class Connection:
     def _established(self) -> None:
         self.established_at = self._loop.time()
         self._arm_keepalive()
+        self._start_traversal()
         if not self._ready.done():
             self._ready.set_result(None)
+
+    def _start_traversal(self) -> None:
+        """Look for a direct path behind the relayed call (candidates, checks, upgrade)."""
+        if self._direct_host is None or self._driver is None or self._agent is not None:
+            return
+        agent = TraversalAgent(self, self._direct_host, channel_binding(self._driver.connection))
+        self._agent = agent
+        relay = next((str(p) for p in self.paths.paths if p.kind == "relay"), None)
+        assert self.established_at is not None
+        agent.relay_established(self.established_at, relay)
+        agent.start()
+
+    # -- hooks for the traversal agent -----------------------------------------------------
+    def change_connection_id(self) -> None:
+        """Use a fresh connection ID towards the peer (RFC 9000 section 9.5: a new path must
+        not be linkable to the old one by an observer)."""
+        driver = self._driver
+        if driver is None or driver.closed:
+            return
+        driver.connection.change_connection_id()
+        driver.transmit()
+        self._stats["cid_changes"] += 1
+
+    def quic_rtt(self) -> float | None:
+        """QUIC's smoothed round-trip time on the current path (seconds), if measured."""
+        driver = self._driver
+        if driver is None:
+            return None
+        rtt = getattr(getattr(driver.connection, "_loss", None), "_rtt_smoothed", None)
+        return rtt if isinstance(rtt, float) and rtt > 0 else None
+
+    @property
+    def traversal(self) -> TraversalAgent | None:
+        """The direct-path machinery (``None`` before the connection is usable)."""
+        return self._agent
 
     def _unreachable(self, exc: ConnectError) -> None:
         """The endpoint learned the peer cannot be reached (relay NOTICE): fail the dial."""
@@ -506,14 +568,18 @@ class Connection:
         self._control_handlers.setdefault(msg_type, []).append(handler)
 
     def _send_control(self, msg: Message) -> None:
+        if self._closed_exc is not None:
+            return
         if self._control_writer is None or self._control_writer.is_closing():
             return
         with contextlib.suppress(ConnectionError):
             self._control_writer.write(encode_frame(msg))
 
     def send_control(self, msg: Message) -> None:
-        """Send one message on the control stream (end-to-end authenticated)."""
-        self._check_open()
+        """Send one message on the control stream (end-to-end authenticated).
+
+        After close this is a silent no-op: control traffic of a closed call has no reader.
+        """
         self._send_control(msg)
 
     def _new_stream(self) -> tuple[asyncio.StreamReader, QuicStreamWriter]:
@@ -550,6 +616,8 @@ class Connection:
         if self._keepalive is not None:
             self._keepalive.cancel()
             self._keepalive = None
+        if self._agent is not None:
+            self._agent.close()
         exc = self._closed_exc or ConnectionClosed("aborted")
         self._datagrams.close(exc)
         self._streams.close(exc)
@@ -666,23 +734,50 @@ class Connection:
         """The next stream the peer opened; raises :class:`ConnectionClosed` once closed."""
         return await self._streams.get()
 
+    def _ms(self, t: float | None) -> float | None:
+        return round((t - self.created_at) * 1000.0, 1) if t is not None else None
+
     def traversal_report(self) -> TraversalReport:
+        """What was tried, what won, why not direct (see :class:`TraversalReport`)."""
         relay = next((str(p) for p in self.paths.paths if p.kind == "relay"), None)
-        at_ms = (
-            round((self.established_at - self.created_at) * 1000.0, 1)
-            if self.established_at is not None
-            else None
-        )
+        at_ms = self._ms(self.established_at)
         stages = [
             TraversalStage(
                 "relay", "succeeded" if at_ms is not None else "started", at_ms=at_ms, pair=relay
             )
         ]
-        stages += [
-            TraversalStage(s, "not-implemented", "direct paths are not implemented yet")
-            for s in _DIRECT_STAGES
-        ]
-        return TraversalReport(path=self.path, relay=relay, stages=stages)
+        agent = self._agent
+        if agent is None:
+            why = (
+                "waiting for the relayed connection"
+                if self._direct_host is not None
+                else "direct paths are not enabled on this connection"
+            )
+            stages += [TraversalStage(s, "pending", why) for s in _DIRECT_STAGES]
+            return TraversalReport(path=self.path, relay=relay, stages=stages)
+        for name in _DIRECT_STAGES:
+            rec = agent.waterfall[name]
+            stages.append(
+                TraversalStage(
+                    name,
+                    rec.status,
+                    rec.reason,
+                    at_ms=self._ms(rec.at),
+                    pair=rec.pair,
+                    started_ms=self._ms(rec.started_at),
+                    needed=rec.needed,
+                )
+            )
+        return TraversalReport(
+            path=self.path,
+            relay=relay,
+            stages=stages,
+            direct_ms=self._ms(agent.direct_at),
+            strategy=agent.strategy,
+            needed=agent.waterfall.needed,
+            upgrades=agent.upgrades,
+            fallbacks=agent.fallbacks,
+        )
 
     @property
     def stats(self) -> dict[str, Any]:

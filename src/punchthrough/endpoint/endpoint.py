@@ -34,23 +34,36 @@ from punchthrough.endpoint.errors import (
     PeerUnreachable,
 )
 from punchthrough.identity import Identity, PeerId
+from punchthrough.nat.allocation import PortAllocation, classify_port_allocation
 from punchthrough.netio import Address, DatagramSocket, Network, UdpNetwork
+from punchthrough.portmap import PortMapError, PortMapper, PortMapping
 from punchthrough.relay import (
     NOTICE_RATE_LIMITED,
     NOTICE_UNKNOWN_DESTINATION,
     RelayClient,
     RelayError,
 )
-from punchthrough.stun import StunClient
+from punchthrough.stun import Message as StunMessage
+from punchthrough.stun import MessageClass, Method, StunClient, StunDecodeError, StunError
+from punchthrough.stun import Username as StunUsername
+from punchthrough.stun import decode_message as decode_stun
 from punchthrough.transport.demux import DatagramMux, PacketKind, classify, quic_destination_cid
 from punchthrough.transport.path import Path
 from punchthrough.transport.quic import is_initial
+from punchthrough.traversal.agent import LocalCandidates, TraversalAgent
+from punchthrough.traversal.candidates import make_candidates
+from punchthrough.traversal.keys import recipient_ufrag
+from punchthrough.traversal.stages import MappingHint
 
 log = logging.getLogger(__name__)
 
 #: Re-registration back-off after a relay connection is lost (seconds): first try, cap.
 RELAY_RETRY_INITIAL: Final = 1.0
 RELAY_RETRY_MAX: Final = 30.0
+#: Budget of one STUN Binding to a server while gathering candidates: a server that has not
+#: answered by then is skipped (its RTO is :data:`GATHER_RTO`, so 3 tries fit).
+GATHER_TIMEOUT: Final = 1.0
+GATHER_RTO: Final = 0.25
 
 RelaySpec = Address | str
 
@@ -108,14 +121,22 @@ class Endpoint:
         stun: Sequence[Address],
         config: EndpointConfig,
         allow: AllowCallback | None,
+        network: Network | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self.identity = identity
-        self.sock = sock
+        self._sock = sock
+        self.network = network
         self.mux = DatagramMux(sock)
         #: STUN client on the main socket (netcheck and candidate gathering use it).
-        self.stun = StunClient(sock)
+        self.stun = StunClient(sock, rto=GATHER_RTO)
         self.mux.add_stun_handler(self.stun.handle_datagram)
+        self.mux.add_stun_handler(self._stun_check)
+        #: Our candidates (shared by every connection), re-gathered on network changes.
+        self._local = LocalCandidates()
+        self._ufrags: dict[str, TraversalAgent] = {}
+        self.port_mapper: PortMapper | None = None
+        self._srflx_seen: dict[str, Address] = {}
         self.stun_servers: list[Address] = list(stun)
         self.config = config
         self._allow = allow
@@ -145,14 +166,22 @@ class Endpoint:
         allow: AllowCallback | None = None,
         *,
         config: EndpointConfig | None = None,
+        gateway: str | None = None,
+        upnp: bool = False,
     ) -> _Binding:
-        """Bind the main socket and register with every relay.
+        """Bind the main socket, map it on the gateway, register with every relay, gather.
 
         ``await Endpoint.bind(...)`` or ``async with Endpoint.bind(...) as ep``. Raises
         :class:`NoRelay` if relays were given and none registered (the reasons are in the
         message); relays that fail or drop later are retried in the background.
         ``allow(peer_id) -> bool`` (or a coroutine) decides whether an authenticated caller is
         accepted; by default everyone is.
+
+        ``gateway``: the LAN gateway's IP to ask for a port mapping of the main socket
+        (NAT-PMP and PCP; ``upnp`` adds UPnP IGD on real networks). Never probed unless given.
+        The mapping is made *before* the relays register, so that the address they observe is
+        the one the mapping keeps. ``stun``: servers whose observed addresses become
+        server-reflexive candidates (and tell whether our NAT maps endpoint-independently).
         """
         relay_addrs = [parse_relay(r) for r in relays]
         stun_addrs = [parse_relay(s) for s in stun]
@@ -167,12 +196,16 @@ class Endpoint:
                     stun=stun_addrs,
                     config=config or EndpointConfig(),
                     allow=allow,
+                    network=net,
                 )
             except BaseException:
                 sock.close()
                 raise
             try:
+                if gateway is not None:
+                    await ep._start_port_mapping(net, gateway, upnp=upnp)
                 await ep._start_relays(relay_addrs)
+                await ep.gather()
             except BaseException:
                 await ep.close()
                 raise
@@ -208,7 +241,11 @@ class Endpoint:
         self._relay_tasks[addr] = self._loop.create_task(self._supervise(addr, client))
 
     def _attach_relay(self, addr: Address, client: RelayClient) -> None:
+        previous = self._srflx_seen.get(addr[0])
         self._relays[addr] = client
+        if previous is not None and previous != client.observed_address:
+            # Re-registered and seen from elsewhere: our NAT or network changed under us.
+            self._loop.create_task(self.network_changed())
         client.set_receiver(lambda src, payload: self._relay_data(addr, src, payload))
         client.set_notice_handler(lambda code, peer: self._relay_notice(addr, code, peer))
         log.info(
@@ -375,6 +412,7 @@ class Endpoint:
             register_cid=self._register_cid,
             on_closed=self._connection_closed,
             admit=None if is_client else self._admit,
+            direct=self if self.config.direct else None,
         )
         self._connections.add(conn)
         return conn
@@ -455,6 +493,174 @@ class Endpoint:
             except EndpointClosed:
                 return
 
+    # -- candidates and checks --------------------------------------------------------------------
+    @property
+    def sock(self) -> DatagramSocket:
+        """The main socket: STUN, relay traffic, checks and direct QUIC all use it."""
+        return self._sock
+
+    @property
+    def local_candidates(self) -> LocalCandidates:
+        return self._local
+
+    def register_ufrag(self, ufrag: str, agent: TraversalAgent | None) -> None:
+        """Route checks whose USERNAME names ``ufrag`` to ``agent`` (``None`` removes)."""
+        if agent is None:
+            self._ufrags.pop(ufrag, None)
+        else:
+            self._ufrags[ufrag] = agent
+
+    def _stun_check(self, data: bytes, addr: Address) -> bool:
+        """A STUN datagram the STUN client did not claim: a peer's check or check response."""
+        try:
+            msg: StunMessage = decode_stun(data)
+        except StunDecodeError:
+            self._stats["checks_malformed"] += 1
+            return True
+        if msg.method != Method.BINDING:
+            return False
+        local = self._sock.local_address
+        if msg.message_class is MessageClass.REQUEST:
+            user = msg.get(StunUsername)
+            ufrag = recipient_ufrag(user.value) if user is not None else None
+            agent = self._ufrags.get(ufrag) if ufrag is not None else None
+            if agent is None:
+                # No connection of ours has that key: drop, count, never answer.
+                self._stats["checks_unknown_username"] += 1
+                return True
+            agent.handle_stun(data, local, addr)
+            return True
+        if msg.message_class in (MessageClass.SUCCESS_RESPONSE, MessageClass.ERROR_RESPONSE):
+            for agent in list(self._ufrags.values()):
+                if agent.owns(msg.transaction_id):
+                    agent.handle_stun(data, local, addr)
+                    return True
+            self._stats["checks_unknown_transaction"] += 1
+            return True
+        return False
+
+    async def _start_port_mapping(self, net: Network, gateway: str, *, upnp: bool) -> None:
+        """Map the main socket's port on the gateway (NAT-PMP / PCP / UPnP); best effort."""
+        local_ip = self._host_ips()[0] if self._host_ips() else None
+        mapper = PortMapper(
+            net,
+            gateway,
+            self._sock.local_address[1],
+            local_ip=local_ip,
+            upnp=upnp,
+            on_change=self._mapping_changed,
+        )
+        self.port_mapper = mapper
+        try:
+            mapping = await mapper.start()
+        except (OSError, PortMapError, ValueError) as exc:
+            self._local.port_mapping_note = f"port mapping failed: {exc}"
+            return
+        self._note_mapping(mapping)
+
+    def _note_mapping(self, mapping: PortMapping | None) -> None:
+        mapper = self.port_mapper
+        if mapping is None:
+            answered = mapper.report.answered() if mapper is not None else []
+            self._local.port_mapping_note = (
+                "the gateway refused a mapping"
+                if answered
+                else "the gateway answers no port-mapping protocol"
+            )
+        elif mapping.double_nat:
+            self._local.port_mapping_note = (
+                f"mapping {mapping.external_text()} is behind another NAT (double NAT): not offered"
+            )
+        else:
+            self._local.port_mapping_note = f"mapped {mapping.external_text()} ({mapping.protocol})"
+
+    def _mapping_changed(self, mapping: PortMapping | None) -> None:
+        self._note_mapping(mapping)
+        if not self._closed:
+            self._loop.create_task(self.network_changed())
+
+    def _host_ips(self) -> list[str]:
+        local_ip = self._sock.local_address[0]
+        if local_ip not in ("0.0.0.0", "::", ""):
+            return [local_ip]
+        lister = getattr(self.network, "interface_addresses", None)
+        if callable(lister):
+            try:
+                ips = lister()
+            except OSError:
+                return []
+            return [str(ip) for ip in ips]
+        return []
+
+    async def gather(self) -> LocalCandidates:
+        """(Re)collect our candidates: host, mapped, server-reflexive (relays, STUN servers).
+
+        Returns the shared :class:`LocalCandidates`; its ``generation`` grows when the set
+        changed (connections then send ``CandidateUpdate``).
+        """
+        srflx: list[tuple[Address, str]] = []
+        seen: dict[str, Address] = {}
+        samples: list[Address] = []  # in the order the mappings were made
+        for addr, client in self._relays.items():
+            srflx.append((client.observed_address, addr[0]))
+            seen[addr[0]] = client.observed_address
+            samples.append(client.observed_address)
+        if self.stun_servers:
+
+            async def one(server: Address) -> tuple[Address, Address] | None:
+                try:
+                    res = await self.stun.binding(server, timeout=GATHER_TIMEOUT)
+                except (StunError, OSError):
+                    return None
+                return server, res.mapped
+
+            results = await asyncio.gather(*(one(s) for s in self.stun_servers))
+            for r in results:
+                if r is not None:
+                    srflx.append((r[1], r[0][0]))
+                    seen.setdefault(r[0][0], r[1])
+                    samples.append(r[1])
+        self._srflx_seen = seen
+        mapping: MappingHint = "unknown"
+        allocation, delta = "unknown", None
+        if len(samples) >= 2:
+            mapping = "independent" if len(set(samples)) == 1 else "dependent"
+        if mapping == "dependent":
+            verdict = classify_port_allocation([a[1] for a in samples])
+            if verdict.kind in (PortAllocation.SEQUENTIAL, PortAllocation.RANDOM):
+                allocation, delta = verdict.kind.value, verdict.delta
+        mapper = self.port_mapper
+        mapped = mapper.candidate if mapper is not None else None
+        cands = make_candidates(
+            self._sock.local_address[1], host_ips=self._host_ips(), srflx=srflx, mapped=mapped
+        )
+        local = self._local
+        changed = cands != local.candidates or mapping != local.mapping
+        if changed and local.candidates:
+            local.generation += 1
+        local.candidates = cands
+        local.mapping = mapping
+        local.allocation, local.delta = allocation, delta
+        local.mapped = mapped
+        local.mapped_protocol = (
+            mapper.mapping.protocol if mapper is not None and mapper.mapping is not None else None
+        )
+        local.public_ip = srflx[0][0][0] if srflx else None
+        return local
+
+    async def network_changed(self) -> None:
+        """Our network may have changed (new address, socket error, NAT reboot): re-gather,
+        and if the candidates changed tell every connection's peer (``CandidateUpdate``) and
+        check again."""
+        if self._closed:
+            return
+        before = self._local.generation
+        await self.gather()
+        self._stats["regathers"] += 1
+        if self._local.generation != before:
+            for agent in list(self._ufrags.values()):
+                agent.local_candidates_changed()
+
     # -- state ----------------------------------------------------------------------------------
     @property
     def peer_id(self) -> PeerId:
@@ -505,13 +711,16 @@ class Endpoint:
             await asyncio.gather(
                 *(c.close() for c in self._relays.values()), return_exceptions=True
             )
+            if self.port_mapper is not None:
+                await self.port_mapper.close()
         finally:
             for c in list(self._connections):
                 c.abort()
             self._relays.clear()
+            self._ufrags.clear()
             self.stun.close()
             self.mux.close()
-            self.sock.close()
+            self._sock.close()
 
     async def __aenter__(self) -> Endpoint:
         return self

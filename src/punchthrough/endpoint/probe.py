@@ -79,7 +79,9 @@ async def run_echo_session(
     """Connect to an echoing peer, stream numbered frames at ``pps`` for ``duration`` seconds.
 
     Returns the ``connect --json`` summary. Times are milliseconds from ``started_at`` (loop
-    time; default: now). Connection errors propagate (:class:`ConnectError` subclasses).
+    time; default: now); ``traversal`` is :meth:`Connection.traversal_report` (its own times
+    count from the connection's start). Connection errors propagate (:class:`ConnectError`
+    subclasses).
     """
     if duration < 0 or pps <= 0:
         raise ValueError("duration must be >= 0 and pps > 0")
@@ -138,7 +140,10 @@ async def run_echo_session(
             await receiver
         path = conn.path
         closed = conn.close_reason
-        traversal = conn.traversal_report().to_json()
+        report = conn.traversal_report()
+        traversal = report.to_json()
+        agent = conn.traversal
+        direct_at = agent.direct_at if agent is not None else None
         changes = [c.to_json(t0) for c in conn.paths.changes]
         await conn.close("echo session done")
     gaps = [(b - a) * 1000.0 for a, b in itertools.pairwise(arrivals)]
@@ -162,6 +167,10 @@ async def run_echo_session(
             "max": _percentile(rtts, 1.0),
         },
         "path_changes": changes,
+        # When the call first went direct (ms from the session start, like connected_ms), and
+        # which stage found the path: "port-mapping", "hole-punch", or None (relay only).
+        "direct_ms": round((direct_at - t0) * 1000.0, 1) if direct_at is not None else None,
+        "strategy": report.strategy,
         "traversal": traversal,
         "closed_early": closed.reason if closed is not None else None,
     }

@@ -390,6 +390,9 @@ class Lab:
             if not h.profile.nat:
                 pub.append(f"route add {h.subnet} via {h.router_wan_ip}")
         self._ip_batch(self.pub_ns, pub)
+        # The public segment routes between routers (an `open` host's subnet sits behind its
+        # router), as the internet does: without forwarding only relayed traffic gets through.
+        run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], ns=self.pub_ns, what="pub forwarding")
         for h in self.hosts:
             plen = h.subnet.split("/")[1]
             self._ip_batch(

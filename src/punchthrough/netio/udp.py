@@ -101,3 +101,39 @@ class UdpNetwork:
 
     async def bind(self, host: str = "0.0.0.0", port: int = 0) -> DatagramSocket:
         return await UdpSocket.bind(host, port)
+
+    def interface_addresses(self) -> list[str]:
+        """IPv4 addresses of this machine's interfaces that are up (host candidates)."""
+        return interface_addresses()
+
+
+#: ``SIOCGIFADDR`` (linux/sockios.h): an interface's IPv4 address; ``struct ifreq`` is 40 bytes.
+_SIOCGIFADDR = 0x8915
+_IFREQ_SIZE = 40
+
+
+def interface_addresses() -> list[str]:
+    """IPv4 addresses of the interfaces (Linux ioctl; empty where that is unavailable).
+
+    No packet is sent. Interfaces without an IPv4 address are skipped.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return []
+    out: list[str] = []
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        return []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for name in names:
+            req = name.encode()[:15].ljust(_IFREQ_SIZE, b"\0")
+            try:
+                res = fcntl.ioctl(s.fileno(), _SIOCGIFADDR, req)
+            except OSError:
+                continue
+            ip = socket.inet_ntoa(res[20:24])  # ifr_addr: sockaddr_in at offset 16, addr at +4
+            if ip not in out:
+                out.append(ip)
+    return out

@@ -218,6 +218,10 @@ class Host:
     def sockets(self) -> list[SimSocket]:
         return list(self._sockets.values())
 
+    def interface_addresses(self) -> list[str]:
+        """This host's addresses (what a host-candidate gatherer lists, as on a real host)."""
+        return list(self.addresses)
+
     def __repr__(self) -> str:
         return f"Host({self.name!r}, {', '.join(self.addresses)})"
 
@@ -272,6 +276,25 @@ class Nat:
             name, config, external_ip, realm=self.inside, inside_ip=inside_ip, link=link
         )
 
+    def flush(self) -> int:
+        """Forget every binding at once, as a router reboot or ``conntrack -F`` does.
+
+        Returns how many bindings were dropped. Port mappings go too (a rebooted gateway's
+        epoch restarts; clients re-map).
+        """
+        now = self.world.now
+        gone = len(self.table.bindings)
+        self.table = NatTable(
+            self.config,
+            self.external_ip,
+            random.Random(f"{self.world.seed}/nat/{self.name}/flush/{now}"),
+            now=now,
+            name=self.name,
+            observer=self._observe,
+        )
+        self._observe(now, "flush", f"{gone} bindings dropped")
+        return gone
+
     def _observe(self, at: float, kind: str, detail: str) -> None:
         if self.world.tracing:
             self.world._trace(TraceEvent(at, kind, self.name, None, None, 0, detail))
@@ -321,6 +344,9 @@ class World:
         self.drop_reasons: dict[str, int] = {}
         self._events: list[_Event] = []
         self._seq = 0
+        #: Drop rules (fault injection): ``rule(src, dst) -> True`` drops a packet on the public
+        #: internet (addresses as seen there, i.e. after NAT translation).
+        self.drop_rules: list[Callable[[Address, Address], bool]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = float("inf")
 
@@ -436,10 +462,24 @@ class World:
             return
         self._route(host.realm, host.link, host.name, src, dst, data)
 
+    def add_drop_rule(self, rule: Callable[[Address, Address], bool]) -> Callable[[], None]:
+        """Drop every public-internet packet for which ``rule(src, dst)`` is true (a cut link,
+        an ``nft drop`` rule); returns a function that removes the rule again (the cut heals)."""
+        self.drop_rules.append(rule)
+
+        def heal() -> None:
+            if rule in self.drop_rules:
+                self.drop_rules.remove(rule)
+
+        return heal
+
     def _route(
         self, realm: Realm, link: Link, node: str, src: Address, dst: Address, data: bytes
     ) -> None:
         """Move a packet from a node in ``realm`` (attached by ``link``) one hop on."""
+        if realm is self.public and self.drop_rules and any(r(src, dst) for r in self.drop_rules):
+            self._drop(node, src, dst, len(data), "drop rule")
+            return
         target = realm.nodes.get(dst[0])
         if target is None and realm.gateway is None:
             self._drop(node, src, dst, len(data), f"no route to {dst[0]} in {realm.name}")

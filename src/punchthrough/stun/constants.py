@@ -98,3 +98,25 @@ REASON_PHRASES: dict[int, str] = {
     ErrorCodes.BAD_REQUEST: "Bad Request",
     ErrorCodes.UNKNOWN_ATTRIBUTE: "Unknown Attribute",
 }
+
+
+class IceAttributeType(IntEnum):
+    """ICE connectivity-check attributes (RFC 8445 section 16.1).
+
+    Kept apart from :class:`AttributeType` on purpose: the codec keeps these as
+    :class:`~punchthrough.stun.attributes.RawAttribute` (so a plain STUN server still rejects
+    PRIORITY, a comprehension-required type it does not implement, with 420), and only the
+    connectivity-check engine interprets them, with :func:`~punchthrough.stun.attributes.
+    ice_attributes`.
+    """
+
+    PRIORITY = 0x0024  # RFC 8445 section 16.1
+    USE_CANDIDATE = 0x0025  # RFC 8445 section 16.1
+    ICE_CONTROLLED = 0x8029  # RFC 8445 section 16.1
+    ICE_CONTROLLING = 0x802A  # RFC 8445 section 16.1
+
+
+#: PRIORITY is a 32-bit value; ICE-CONTROLLED/-CONTROLLING carry a 64-bit tie-breaker and
+#: USE-CANDIDATE is empty (RFC 8445 section 7.1.1, 7.1.2, 7.1.3).
+PRIORITY_VALUE_LENGTH = 4
+TIEBREAKER_VALUE_LENGTH = 8

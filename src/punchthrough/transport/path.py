@@ -6,14 +6,15 @@ usable *paths* to the peer and which one is *current*:
 
 - a **relay path** (``kind="relay"``): DATA frames through one relay we are registered with,
   addressed to the peer's id (``remote`` = the relay's address);
-- a **direct path** (``kind="direct"``, issue 5): our main socket (``local``) to one of the
-  peer's transport addresses (``remote``).
+- a **direct path** (``kind="direct"``): our main socket (``local``) to one of the peer's
+  transport addresses (``remote``), added once an authenticated connectivity check
+  (:mod:`punchthrough.traversal`) proved the peer is there.
 
 The manager does no I/O itself: each path is added with a ``sender`` callable, and
 :meth:`PathManager.send` hands a packet to the current path's sender. Switching paths is a
 routing change under a live QUIC connection (no handshake, no stream reset), recorded in
 :attr:`PathManager.changes` with the loop time. Incoming packets are attributed to a path with
-:meth:`PathManager.received` (liveness bookkeeping for the direct-path logic of issue 5).
+:meth:`PathManager.received` (liveness bookkeeping for the direct-path monitor).
 
 Why not let QUIC migrate (RFC 9000 section 9)? A QUIC client cannot follow a server that changes
 address, and a relay hop is not an address QUIC understands; the virtual address sidesteps both.
@@ -110,6 +111,11 @@ class PathManager:
     The first path added becomes current (a connection starts on the relay); later switches are
     explicit (:meth:`switch_to`) except that removing the current path falls back to the best
     remaining one (relay paths first: they are the ones that always work).
+
+    *Mirroring* (:meth:`mirror`) sends every packet on one more path as well, for a while: right
+    after a switch (packets the peer cannot take on the new path yet still arrive on the old one)
+    and while the current path is suspected dead. QUIC discards the duplicate packet numbers
+    itself (RFC 9000 section 12.3), so a switch loses nothing that either path delivers.
     """
 
     clock: Callable[[], float]
@@ -117,6 +123,8 @@ class PathManager:
     current: Path | None = None
     changes: list[PathChange] = field(default_factory=list)
     stats: Counter[str] = field(default_factory=Counter)
+    #: Extra paths every packet also goes to, with the loop time the mirroring ends.
+    mirrors: dict[Path, float] = field(default_factory=dict)
 
     # -- the set of paths -------------------------------------------------------------------
     def add(self, path: Path, sender: Sender, *, make_current: bool = False) -> PathState:
@@ -142,6 +150,7 @@ class PathManager:
         """Forget a path; if it was current, fall back to the best remaining path (or none)."""
         if self.paths.pop(path, None) is None:
             return
+        self.mirrors.pop(path, None)
         if path == self.current:
             self.switch_to(self._fallback(), f"{path.kind} path removed: {reason}")
 
@@ -171,13 +180,46 @@ class PathManager:
     def has(self, path: Path) -> bool:
         return path in self.paths
 
+    def mirror(self, path: Path, until: float) -> None:
+        """Also send every packet on ``path`` until loop time ``until`` (``inf``: until
+        :meth:`stop_mirror`). Ignored for the current path and unknown paths."""
+        if path in self.paths and path != self.current:
+            self.mirrors[path] = until
+
+    def stop_mirror(self, path: Path | None = None) -> None:
+        """Stop mirroring onto ``path`` (every path if ``None``)."""
+        if path is None:
+            self.mirrors.clear()
+        else:
+            self.mirrors.pop(path, None)
+
     # -- traffic ----------------------------------------------------------------------------
     def send(self, data: bytes) -> bool:
-        """Send one packet on the current path; False (counted) if there is none or it failed."""
+        """Send one packet on the current path (and on mirror paths); False (counted) if there
+        is no current path or sending on it failed."""
         path = self.current
         if path is None:
             self.stats["dropped_no_path"] += 1
             return False
+        ok = self._send_on(path, data)
+        if self.mirrors:
+            now = self.clock()
+            for extra, until in list(self.mirrors.items()):
+                if now >= until or extra == path or extra not in self.paths:
+                    del self.mirrors[extra]
+                    continue
+                if self._send_on(extra, data):
+                    self.stats["packets_mirrored"] += 1
+        return ok
+
+    def send_on(self, path: Path, data: bytes) -> bool:
+        """Send one packet on a specific known path (not necessarily the current one)."""
+        if path not in self.paths:
+            self.stats["dropped_unknown_path"] += 1
+            return False
+        return self._send_on(path, data)
+
+    def _send_on(self, path: Path, data: bytes) -> bool:
         state = self.paths[path]
         try:
             state.sender(data)

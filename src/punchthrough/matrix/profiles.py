@@ -1,0 +1,30 @@
+"""Which NAT profiles a matrix backend knows, and which it runs by default.
+
+Both backends use the lab's profile names (the simulator models exactly the lab's rulesets).
+The default matrix leaves out profiles that cannot carry UDP at all (``udp-blocked``): no path,
+relayed or direct, exists there, so its cells would only measure a failure to connect.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+from punchthrough.lab.profiles import PROFILES as LAB_PROFILES
+from punchthrough.sim.nat import PROFILES as SIM_PROFILES
+
+Backend = Literal["sim", "lab"]
+BACKENDS: Final[tuple[Backend, ...]] = ("sim", "lab")
+
+
+def known_profiles(backend: Backend) -> list[str]:
+    """Every profile the backend can build, in the lab's order."""
+    if backend == "sim":
+        return list(SIM_PROFILES)
+    return list(LAB_PROFILES)
+
+
+def default_profiles(backend: Backend) -> list[str]:
+    """The UDP-capable profiles: the rows and columns of the default matrix."""
+    if backend == "sim":
+        return [name for name, cfg in SIM_PROFILES.items() if cfg is None or not cfg.udp_blocked]
+    return [name for name, prof in LAB_PROFILES.items() if prof.udp]

@@ -1,0 +1,61 @@
+"""Direct paths between peers: candidates, authenticated connectivity checks, the hole punch,
+path liveness, and the waterfall's stage bookkeeping.
+
+Sans-IO cores: :mod:`.candidates` (priorities, pairing), :mod:`.keys` (check credentials from
+the QUIC session), :mod:`.checks` (the check engine), :mod:`.monitor` (direct-path liveness),
+:mod:`.stages` (stage choice and records). :mod:`.agent` runs them for one connection on the
+event loop.
+"""
+
+from punchthrough.traversal.agent import LocalCandidates, TraversalAgent
+from punchthrough.traversal.candidates import (
+    RemoteCandidate,
+    candidate_priority,
+    make_candidates,
+    pair_priority,
+    remote_candidates,
+)
+from punchthrough.traversal.checks import (
+    CandidatePair,
+    CheckEngine,
+    ConsentResponse,
+    PairNominated,
+    PairState,
+    PairSucceeded,
+    PeerSeen,
+    RoundFailed,
+    Transmit,
+)
+from punchthrough.traversal.keys import CheckCredentials, derive_credentials, recipient_ufrag
+from punchthrough.traversal.monitor import DirectMonitor, Verdict
+from punchthrough.traversal.stages import STAGES, NatHints, Plan, StageRecord, Waterfall, plan
+
+__all__ = [
+    "STAGES",
+    "CandidatePair",
+    "CheckCredentials",
+    "CheckEngine",
+    "ConsentResponse",
+    "DirectMonitor",
+    "LocalCandidates",
+    "NatHints",
+    "PairNominated",
+    "PairState",
+    "PairSucceeded",
+    "PeerSeen",
+    "Plan",
+    "RemoteCandidate",
+    "RoundFailed",
+    "StageRecord",
+    "Transmit",
+    "TraversalAgent",
+    "Verdict",
+    "Waterfall",
+    "candidate_priority",
+    "derive_credentials",
+    "make_candidates",
+    "pair_priority",
+    "plan",
+    "recipient_ufrag",
+    "remote_candidates",
+]

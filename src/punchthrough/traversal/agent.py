@@ -1,0 +1,612 @@
+"""The asyncio side of traversal for one peer connection: runs the check engine and the monitor,
+talks on the control stream, moves the call between the relay and a direct path.
+
+Timeline of one call (dialer = controlling, acceptor = controlled):
+
+1. The relayed connection becomes usable; each side sends ``Candidates`` and a
+   ``NatReportSummary`` (what it knows of its NAT's mapping) on the control stream.
+2. The dialer, once it has the peer's candidates, sends ``CheckStart`` with a start moment one
+   one-way delay ahead; the acceptor maps it onto its own clock (no clock sync needed: the
+   offset is ``start_at_ms - sent_at_ms``, minus half the round-trip time). Both check every pair
+   at once: the hole punch.
+3. First verified response on a pair: the connection's packets go onto that direct path (and its
+   QUIC connection ID changes: RFC 9000 section 9.5, unlinkability), still mirrored onto the
+   relay for a short overlap so nothing the peer cannot take on the new path yet is lost.
+   The dialer nominates the best pair; both settle on it.
+4. The monitor keeps the path alive and watches it; when it goes silent the call returns to the
+   relay (mirrored first while only suspected), and the dialer retries in the background with
+   exponential back-off, via a new ``CheckStart``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, Protocol
+
+from punchthrough.netio import Address, DatagramSocket
+from punchthrough.signal import (
+    Candidate,
+    Candidates,
+    CandidateUpdate,
+    CheckStart,
+    Message,
+    NatReportSummary,
+)
+from punchthrough.signal.messages import AllocationKind, Behavior
+from punchthrough.traversal.candidates import describe, remote_candidates
+from punchthrough.traversal.checks import (
+    Action,
+    CandidatePair,
+    CheckEngine,
+    ConsentResponse,
+    PairNominated,
+    PairSucceeded,
+    PeerSeen,
+    RoundFailed,
+    Transmit,
+)
+from punchthrough.traversal.keys import derive_credentials
+from punchthrough.traversal.monitor import DirectMonitor, Verdict
+from punchthrough.traversal.stages import MappingHint, NatHints, Waterfall, plan
+
+if TYPE_CHECKING:
+    from punchthrough.transport.path import Path, PathManager
+
+log = logging.getLogger(__name__)
+
+#: Margin added to the one-way delay when agreeing a start moment (scheduling slack).
+START_MARGIN: Final = 0.010
+#: One-way delay assumed before QUIC has measured the round-trip time (RFC 9002 section 6.2.2
+#: uses 333 ms as the initial RTT; our connection has always measured it by now).
+DEFAULT_OWD: Final = 0.05
+#: Relay mirroring after a switch to a direct path: at least this long, or 2 round trips.
+OVERLAP_MIN: Final = 0.25
+#: Retry back-off after the direct path died (seconds): first, cap.
+RETRY_DEAD: Final = (1.0, 30.0)
+#: Retry back-off after a round in which nothing answered (the pair may need another stage;
+#: networks also change): first, cap.
+RETRY_FAILED: Final = (30.0, 300.0)
+
+NAT_MAPPING_TEXT: Final[dict[MappingHint, Behavior]] = {
+    "independent": "endpoint-independent",
+    # Two servers at different IPs saw different ports: at least address-dependent.
+    "dependent": "address-dependent",
+    "unknown": "unknown",
+}
+
+
+@dataclass
+class LocalCandidates:
+    """What the endpoint knows about its own reachability (shared by its connections)."""
+
+    generation: int = 0
+    candidates: list[Candidate] = field(default_factory=list)
+    mapping: MappingHint = "unknown"
+    #: Port allocation seen across the samples when the mapping is endpoint-dependent:
+    #: "sequential" (with ``delta``), "random" or "unknown".
+    allocation: str = "unknown"
+    delta: int | None = None
+    mapped: Address | None = None
+    mapped_protocol: str | None = None
+    public_ip: str | None = None
+    #: Why there is no mapped candidate (for the report): "no gateway configured", ...
+    port_mapping_note: str = "no port-mapping gateway configured"
+
+
+class DirectHost(Protocol):
+    """What a connection's agent needs from its endpoint."""
+
+    @property
+    def sock(self) -> DatagramSocket: ...
+
+    @property
+    def local_candidates(self) -> LocalCandidates: ...
+
+    def register_ufrag(self, ufrag: str, agent: TraversalAgent | None) -> None: ...
+
+
+class ConnectionSide(Protocol):
+    """What the agent needs from its :class:`~punchthrough.endpoint.Connection`."""
+
+    is_client: bool
+    paths: PathManager
+
+    def send_control(self, msg: Message) -> None: ...
+
+    def add_control_handler(
+        self, msg_type: type[Message], handler: Callable[[Message], None]
+    ) -> None: ...
+
+    def change_connection_id(self) -> None: ...
+
+    def quic_rtt(self) -> float | None: ...
+
+
+class TraversalAgent:
+    """Direct-path traversal for one connection. Created once the relayed connection is usable."""
+
+    def __init__(self, conn: ConnectionSide, host: DirectHost, binding: bytes) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._conn = conn
+        self._host = host
+        self.controlling = conn.is_client
+        self.credentials = derive_credentials(binding, is_dialer=conn.is_client)
+        self.engine = CheckEngine(self.credentials, controlling=self.controlling)
+        self.base: Address = host.sock.local_address
+        self.engine.add_base(self.base)
+        self.monitor = DirectMonitor()
+        self.waterfall = Waterfall()
+        self.stats: Counter[str] = Counter()
+        self.remote_generation = -1
+        self.remote_hints = NatHints()
+        self._remote_srflx: set[Address] = set()
+        self._remote_mapped: set[Address] = set()
+        self._have_remote = False
+        self._round_start: float | None = None
+        self._pending_round: int = 0
+        self._retry_at: float | None = None
+        self._retry_delay: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._direct: Path | None = None  # the direct path the call is on (or was, last)
+        self._direct_pair: CandidatePair | None = None
+        self._sent_generation = -1
+        self._cid_change_at: float | None = None
+        self._closed = False
+        #: Packets lost to the monitor's detection delay are not visible here; fallbacks are.
+        self.fallbacks = 0
+        self.upgrades = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        conn = self._conn
+        self._host.register_ufrag(self.credentials.local_ufrag, self)
+        conn.add_control_handler(Candidates, self._on_candidates)
+        conn.add_control_handler(CandidateUpdate, self._on_candidates)
+        conn.add_control_handler(CheckStart, self._on_check_start)
+        conn.add_control_handler(NatReportSummary, self._on_nat_report)
+        self.waterfall.skip("port-prediction", "not implemented yet (issue 6)")
+        self.waterfall.skip("birthday", "not implemented yet (issue 6)")
+        self._send_candidates()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._host.register_ufrag(self.credentials.local_ufrag, None)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def relay_established(self, at: float, relay: str | None) -> None:
+        self.waterfall.succeed("relay", at, relay)
+
+    # -- control stream ----------------------------------------------------------------------
+    def _send_candidates(self) -> None:
+        local = self._host.local_candidates
+        if local.generation == self._sent_generation:
+            return
+        first = self._sent_generation < 0
+        self._sent_generation = local.generation
+        cands = tuple(local.candidates)
+        if first:
+            self._conn.send_control(Candidates(candidates=cands))
+            self._conn.send_control(self._nat_summary(local))
+        else:
+            self._conn.send_control(CandidateUpdate(generation=local.generation, candidates=cands))
+        self.stats["candidates_sent"] += 1
+
+    @staticmethod
+    def _nat_summary(local: LocalCandidates) -> NatReportSummary:
+        protocols = (
+            (local.mapped_protocol,)
+            if local.mapped is not None and local.mapped_protocol in ("nat-pmp", "pcp", "upnp")
+            else ()
+        )
+        sequential = local.allocation == "sequential" and bool(local.delta)
+        allocation: AllocationKind = (
+            "sequential" if sequential else "random" if local.allocation == "random" else "unknown"
+        )
+        return NatReportSummary(
+            udp=True,
+            mapping=NAT_MAPPING_TEXT[local.mapping],
+            filtering="unknown",
+            allocation=allocation,
+            delta=local.delta if sequential else None,
+            public_ip=local.public_ip,
+            port_mapping=protocols,  # type: ignore[arg-type]
+        )
+
+    def local_candidates_changed(self) -> None:
+        """The endpoint re-gathered (network change, new mapping): tell the peer, re-check."""
+        if self._closed:
+            return
+        self._send_candidates()
+        if self.controlling and self._have_remote and not self._on_direct():
+            self._propose_round()
+
+    def _on_candidates(self, msg: Message) -> None:
+        if isinstance(msg, CandidateUpdate):
+            if msg.generation <= self.remote_generation:
+                self.stats["stale_candidate_updates"] += 1
+                return
+            self.remote_generation = msg.generation
+            cands = msg.candidates
+        elif isinstance(msg, Candidates):
+            if self.remote_generation >= 0:
+                self.stats["duplicate_candidates"] += 1
+                return
+            self.remote_generation = 0
+            cands = msg.candidates
+        else:
+            return
+        remote = remote_candidates(cands)
+        self._remote_srflx = {r.address for r in remote if r.kind == "srflx"}
+        self._remote_mapped = {r.address for r in remote if r.kind == "mapped"}
+        if self._remote_mapped:
+            self.remote_hints = NatHints(
+                self.remote_hints.mapping, self.remote_hints.allocation, port_mapping=True
+            )
+        now = self._loop.time()
+        self.engine.set_remote_candidates(remote, now)
+        self._have_remote = True
+        self.stats["candidates_received"] += 1
+        if self.controlling and not self._on_direct():
+            self._propose_round()
+        self._rearm()
+
+    def _on_nat_report(self, msg: Message) -> None:
+        if not isinstance(msg, NatReportSummary):
+            return
+        mapping: MappingHint = "unknown"
+        if msg.mapping == "endpoint-independent":
+            mapping = "independent"
+        elif msg.mapping in ("address-dependent", "address-and-port-dependent"):
+            mapping = "dependent"
+        if self.remote_hints.mapping == "dependent":
+            mapping = "dependent"  # evidence from its checks (prflx) outranks a guess
+        self.remote_hints = NatHints(
+            mapping,
+            msg.allocation,
+            port_mapping=bool(msg.port_mapping) or self.remote_hints.port_mapping,
+        )
+
+    def _owd(self) -> float:
+        rtt = self._conn.quic_rtt()
+        return rtt / 2 if rtt else DEFAULT_OWD
+
+    def _propose_round(self) -> None:
+        """Controlling side: agree a start moment with the peer and schedule the round."""
+        now = self._loop.time()
+        delay = self._owd() + START_MARGIN
+        self._pending_round = self.engine.round + 1
+        sent_ms = int(now * 1000)
+        self._conn.send_control(
+            CheckStart(
+                call_id=f"r{self.credentials.local_ufrag}",
+                stage="hole-punch",
+                generation=self._pending_round,
+                start_at_ms=sent_ms + int(delay * 1000),
+                sent_at_ms=sent_ms,
+            )
+        )
+        self._round_start = now + delay
+        self._retry_at = None
+        self.stats["rounds_proposed"] += 1
+        self._rearm()
+
+    def _on_check_start(self, msg: Message) -> None:
+        if not isinstance(msg, CheckStart) or msg.stage != "hole-punch" or self.controlling:
+            return
+        if msg.generation <= self.engine.round:
+            self.stats["stale_check_start"] += 1
+            return
+        now = self._loop.time()
+        ahead = max(0.0, (msg.start_at_ms - msg.sent_at_ms) / 1000.0 - self._owd())
+        self._pending_round = msg.generation
+        self._round_start = now + ahead
+        self._rearm()
+
+    # -- rounds ------------------------------------------------------------------------------
+    def _start_round(self, now: float) -> None:
+        self._round_start = None
+        if not self._on_direct():
+            self.engine.reset()
+        self.engine.round = max(self.engine.round, self._pending_round - 1)
+        self.engine.start_round(now)
+        local = self._host.local_candidates
+        hints = NatHints(local.mapping, local.allocation, port_mapping=local.mapped is not None)
+        p = plan(hints, self.remote_hints)
+        if "port-mapping" in p.run:
+            self.waterfall.start("port-mapping", now)
+        else:
+            self.waterfall.skip("port-mapping", self._port_mapping_reason(local))
+        self.waterfall.start("hole-punch", now)
+        self.stats["rounds"] += 1
+        log.debug("round %d: checking %d pairs", self.engine.round, len(self.engine.pairs))
+
+    def _port_mapping_reason(self, local: LocalCandidates) -> str:
+        return f"no port-mapped candidate on either side (ours: {local.port_mapping_note})"
+
+    def _on_direct(self) -> bool:
+        current = self._conn.paths.current
+        return current is not None and current.kind == "direct"
+
+    # -- datagrams ---------------------------------------------------------------------------
+    def handle_stun(self, data: bytes, local: Address, remote: Address) -> None:
+        """A check or check response for this connection, from the endpoint's router."""
+        if self._closed:
+            return
+        now = self._loop.time()
+        actions = self.engine.handle_datagram(data, local, remote, now)
+        log.debug("check datagram from %s: %d actions", describe(remote), len(actions))
+        self._run(actions, now)
+
+    def owns(self, txid: bytes) -> bool:
+        return self.engine.owns(txid)
+
+    def heard(self, path: Path) -> None:
+        """A QUIC packet for this connection arrived on a direct path."""
+        if path == self._direct and self._on_direct() and self.monitor.heard(self._loop.time()):
+            self._recovered()
+
+    def sent(self) -> None:
+        """A QUIC packet just went out on the current path."""
+        if self._on_direct():
+            self.monitor.sent(self._loop.time())
+            self._rearm()
+
+    # -- actions -----------------------------------------------------------------------------
+    def _run(self, actions: list[Action], now: float) -> None:
+        for action in actions:
+            if isinstance(action, Transmit):
+                self._transmit(action)
+            elif isinstance(action, PairSucceeded):
+                self._succeeded(action.pair, now)
+            elif isinstance(action, PairNominated):
+                self._nominated(action.pair, now)
+            elif isinstance(action, PeerSeen):
+                self._peer_seen(action.local, action.remote)
+            elif isinstance(action, ConsentResponse):
+                if self._direct_pair is action.pair and self._on_direct():
+                    self.monitor.rtt = action.rtt
+                    if self.monitor.heard(now):
+                        self._recovered()
+            elif isinstance(action, RoundFailed):
+                self._round_failed(action, now)
+        self._rearm()
+
+    def _transmit(self, t: Transmit) -> None:
+        sock = self._host.sock
+        log.debug("check to %s (%d bytes)", describe(t.remote), len(t.data))
+        try:
+            sock.sendto(t.data, t.remote)
+        except OSError as exc:
+            self.stats["check_send_errors"] += 1
+            log.debug("check to %s failed: %s", describe(t.remote), exc)
+
+    def _path_for(self, local: Address, remote: Address) -> Path:
+        from punchthrough.transport.path import Path
+
+        path = Path.direct(local, remote)
+        paths = self._conn.paths
+        if not paths.has(path):
+            sock = self._host.sock
+
+            def send(data: bytes, _remote: Address = remote) -> None:
+                sock.sendto(data, _remote)
+
+            paths.add(path, send)
+        return path
+
+    def _peer_seen(self, local: Address, remote: Address) -> None:
+        # The peer proved (MESSAGE-INTEGRITY) it sends from ``remote``: accept its QUIC packets
+        # from there, so none is dropped while our own check of that pair is still under way.
+        self._path_for(local, remote)
+        announced = self._remote_srflx | self._remote_mapped
+        if (
+            self._remote_srflx
+            and remote not in announced
+            and any(remote[0] == a[0] for a in announced)
+        ):
+            # Same public IP, another port than any it announced: its NAT mapped its checks
+            # to us anew, i.e. it maps endpoint-dependently.
+            h = self.remote_hints
+            self.remote_hints = NatHints("dependent", h.allocation, h.port_mapping)
+        direct = self._direct
+        if (
+            direct is not None
+            and remote == direct.remote
+            and self._on_direct()
+            and self.monitor.heard(self._loop.time())
+        ):
+            self._recovered()
+
+    def _strategy(self, pair: CandidatePair) -> str:
+        local = self._host.local_candidates
+        if pair.remote_kind == "mapped" or pair.remote in self._remote_mapped:
+            return "port-mapping"
+        if local.mapped is not None and pair.mapped == local.mapped:
+            return "port-mapping"
+        return "hole-punch"
+
+    def _succeeded(self, pair: CandidatePair, now: float) -> None:
+        strategy = self._strategy(pair)
+        if strategy == "port-mapping":
+            self.waterfall.succeed("port-mapping", now, pair.describe())
+            self.waterfall.skip("hole-punch", "port mapping answered first")
+            if self.waterfall["hole-punch"].status == "started":
+                self.waterfall.succeed("hole-punch", now, pair.describe())
+        else:
+            self.waterfall.succeed("hole-punch", now, pair.describe())
+            if self.waterfall["port-mapping"].status == "started":
+                self.waterfall.fail("port-mapping", now, "the hole punch answered first")
+        for stage in ("port-prediction", "birthday"):
+            self.waterfall.skip(stage, "not needed: a direct path was found")
+        if not self._on_direct():
+            self._switch(pair, now, strategy, "check succeeded")
+
+    def _nominated(self, pair: CandidatePair, now: float) -> None:
+        self.stats["nominated"] += 1
+        if self._direct_pair is not pair or not self._on_direct():
+            self._switch(pair, now, self._strategy(pair), "pair nominated")
+
+    def _switch(self, pair: CandidatePair, now: float, strategy: str, reason: str) -> None:
+        paths = self._conn.paths
+        previous = paths.current
+        path = self._path_for(pair.local, pair.remote)
+        paths.switch_to(path, f"{reason}: {pair.describe()}")
+        self._direct, self._direct_pair = path, pair
+        rtt = self._conn.quic_rtt() or 2 * DEFAULT_OWD
+        overlap = max(OVERLAP_MIN, 2 * rtt)
+        if previous is not None and previous != path:
+            # Overlap: the peer may not take packets on the new path for another round trip
+            # (its own check of the pair is in flight); the old path still delivers them.
+            relay = previous if previous.kind == "relay" else self._relay_path()
+            if relay is not None:
+                paths.mirror(relay, now + overlap)
+        self.monitor.reset(now, pair.rtt)
+        self._retry_delay = None
+        self._retry_at = None
+        if self.waterfall.direct_at is None:
+            self.waterfall.direct_at = now
+            self.waterfall.strategy = strategy
+        self.upgrades += 1
+        # New connection ID for the new path, but only once the overlap's packets (old CID)
+        # have arrived through the relay: the RETIRE_CONNECTION_ID frame races ahead on the
+        # faster direct path, and the peer's QUIC stack drops packets for a retired CID.
+        self._cid_change_at = now + overlap + rtt
+
+    def _change_cid(self) -> None:
+        self._cid_change_at = None
+        if not self._on_direct():
+            return
+        try:
+            self._conn.change_connection_id()
+        except Exception:  # no spare CID from the peer yet: linkability only, not correctness
+            self.stats["cid_change_failed"] += 1
+            log.debug("change_connection_id failed", exc_info=True)
+
+    def _relay_path(self) -> Path | None:
+        return next((p for p in self._conn.paths.paths if p.kind == "relay"), None)
+
+    def _recovered(self) -> None:
+        relay = self._relay_path()
+        if relay is not None:
+            self._conn.paths.stop_mirror(relay)
+        self.stats["suspicions_cleared"] += 1
+
+    def _fall_back(self, now: float, reason: str) -> None:
+        relay = self._relay_path()
+        paths = self._conn.paths
+        paths.stop_mirror()
+        if relay is not None:
+            paths.switch_to(relay, reason)
+        self.fallbacks += 1
+        self.engine.reset()
+        self.monitor.verdict = Verdict.DEAD
+        if self.controlling:
+            first, cap = RETRY_DEAD
+            delay = first if self._retry_delay is None else min(self._retry_delay * 2, cap)
+            self._retry_delay = delay
+            self._retry_at = now + delay
+        log.info("direct path lost (%s); back on the relay", reason)
+
+    def _round_failed(self, action: RoundFailed, now: float) -> None:
+        local = self._host.local_candidates
+        hints = NatHints(local.mapping, local.allocation, port_mapping=local.mapped is not None)
+        p = plan(hints, self.remote_hints)
+        if self.waterfall["port-mapping"].status == "started":
+            self.waterfall.fail("port-mapping", now, "no port-mapped candidate answered")
+        reason = action.reason
+        if p.needed:
+            reason += f"; needed: {' / '.join(p.needed)}"
+        elif "stays on the relay" in p.skip.get("birthday", ""):
+            reason += "; " + p.skip["birthday"]
+        elif hints.mapping == "unknown" or self.remote_hints.mapping == "unknown":
+            reason += "; NAT mapping unknown on a side (give STUN servers to learn it)"
+        self.waterfall.fail("hole-punch", now, reason)
+        for stage in ("port-prediction", "birthday"):
+            rec = self.waterfall[stage]
+            if rec.status == "skipped" and "not needed: a direct path" in rec.reason:
+                rec.status = "pending"
+        self.waterfall.apply(p)
+        if self.controlling and self._retry_at is None and not self._on_direct():
+            first, cap = RETRY_FAILED
+            delay = first if self._retry_delay is None else min(self._retry_delay * 2, cap)
+            self._retry_delay = delay
+            self._retry_at = now + delay
+
+    # -- the timer ---------------------------------------------------------------------------
+    def _rearm(self) -> None:
+        if self._closed:
+            return
+        times = [self.engine.next_deadline()]
+        if self._round_start is not None:
+            times.append(self._round_start)
+        if self._retry_at is not None:
+            times.append(self._retry_at)
+        if self._cid_change_at is not None:
+            times.append(self._cid_change_at)
+        if self._on_direct() and self._direct_pair is not None:
+            times.append(self.monitor.next_deadline(self._loop.time()))
+        due = min((t for t in times if t is not None), default=None)
+        if self._timer is not None:
+            if due is not None and math.isclose(self._timer.when(), due, abs_tol=1e-6):
+                return
+            self._timer.cancel()
+            self._timer = None
+        if due is not None:
+            self._timer = self._loop.call_at(due, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        now = self._loop.time()
+        if self._round_start is not None and now >= self._round_start:
+            self._start_round(now)
+        if self._retry_at is not None and now >= self._retry_at and self.controlling:
+            self._retry_at = None
+            if not self._on_direct() and self._have_remote:
+                self._propose_round()
+        if self._cid_change_at is not None and now >= self._cid_change_at:
+            self._change_cid()
+        actions = self.engine.poll(now)
+        self._run(actions, now)
+        if self._on_direct() and self._direct_pair is not None:
+            self._watch(now)
+        self._rearm()
+
+    def _watch(self, now: float) -> None:
+        pair = self._direct_pair
+        assert pair is not None
+        mon = self.monitor
+        if mon.want_probe(now):
+            mon.probed(now)
+            self._transmit(self.engine.consent(pair, now))
+            self.stats["consent_checks"] += 1
+        before = mon.verdict
+        verdict = mon.poll(now)
+        if verdict is Verdict.SUSPECT and before is not Verdict.SUSPECT:
+            relay = self._relay_path()
+            if relay is not None:
+                self._conn.paths.mirror(relay, math.inf)
+            self.stats["suspicions"] += 1
+        elif verdict is Verdict.DEAD:
+            self._fall_back(
+                now, f"direct path silent for {(now - (mon.unanswered_since or now)) * 1000:.0f} ms"
+            )
+
+    # -- report ------------------------------------------------------------------------------
+    @property
+    def direct_at(self) -> float | None:
+        return self.waterfall.direct_at
+
+    @property
+    def strategy(self) -> str | None:
+        return self.waterfall.strategy

@@ -1,0 +1,588 @@
+"""The connectivity-check engine: ICE-style STUN Binding checks between two peers, sans-IO.
+
+Both peers check every candidate pair at once (a "round", started at a moment agreed on the
+control stream): that simultaneous exchange is the hole punch. A check is a STUN Binding request
+with USERNAME and MESSAGE-INTEGRITY under a key only the two peers hold
+(:mod:`punchthrough.traversal.keys`); the answer is a success response carrying
+XOR-MAPPED-ADDRESS, under the same key. Rules (RFC 8445 section 7 unless noted):
+
+- Pacing: a new pair's first check goes out :data:`PACING` after the previous one; retransmits
+  follow :data:`RETRANSMIT_SCHEDULE` (fast at first: early checks are expected to die at the
+  peer's NAT until the peer's own checks open it) until the round deadline.
+- A response counts only if it verifies, matches an outstanding transaction and comes from the
+  address the request went to (7.2.5.2.1, symmetric). The first one on a pair makes the pair
+  *succeeded*: the adapter may move the call onto it at once.
+- A verified request from an address we have no pair for creates a peer-reflexive pair and a
+  triggered check to it (7.3.1.4): that is how a peer behind an address-dependent NAT is reached.
+- Nomination: the dialer is the controlling agent. Shortly after its first success it nominates
+  the best succeeded pair with a USE-CANDIDATE check; the controlled side accepts a nomination
+  only on a pair that succeeded for it too (else it checks that pair first). Both then use it.
+- Anything that does not verify (unknown USERNAME, bad MESSAGE-INTEGRITY, stray transaction)
+  is dropped and counted in :attr:`CheckEngine.stats`; the engine never raises on input.
+
+The engine never sees sockets or clocks: methods take ``now`` and return :data:`Action` lists
+(transmissions and events) that the asyncio adapter carries out.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from punchthrough.netio import Address
+from punchthrough.stun import Attribute as StunAttribute
+from punchthrough.stun import (
+    ErrorCode,
+    Fingerprint,
+    IceControlled,
+    IceControlling,
+    Message,
+    MessageClass,
+    MessageIntegrity,
+    Method,
+    Priority,
+    StunDecodeError,
+    UseCandidate,
+    Username,
+    XorMappedAddress,
+    decode_message,
+    encode,
+    ice_attributes,
+    new_transaction_id,
+)
+from punchthrough.traversal.candidates import (
+    RemoteCandidate,
+    candidate_priority,
+    describe,
+    pair_priority,
+)
+from punchthrough.traversal.keys import CheckCredentials
+
+#: Gap between the first checks of two pairs (RFC 8445 section 14.2 "Ta"; 50 ms there, for
+#: media sessions with dozens of pairs. We have a handful and want the punch fast).
+PACING: Final = 0.010
+#: Retransmission gaps of one check (seconds), the last repeated until the round deadline.
+#: RFC 8489's 500 ms RTO is for servers that answer at once; here the first checks are
+#: expected to be dropped by the peer's NAT until its own checks open a pinhole.
+RETRANSMIT_SCHEDULE: Final = (0.05, 0.1, 0.1, 0.2, 0.2, 0.3, 0.5)
+#: How long a round checks before giving up on every pair still unanswered.
+ROUND_TIMEOUT: Final = 5.0
+#: A triggered check (a peer-reflexive address, or a re-check) gets at least this long.
+TRIGGERED_TIMEOUT: Final = 2.0
+#: The controlling side waits this long after the first success for better pairs to succeed
+#: before nominating (RFC 8445 section 8.1.1 leaves the wait to the agent).
+NOMINATION_WAIT: Final = 0.05
+#: A single consent/keepalive check expires after this long (RFC 7675 section 5.1 uses 30 s
+#: for consent; we only need to know the response is late, the monitor decides).
+CONSENT_TIMEOUT: Final = 2.0
+#: Pairs per engine: the peer's candidates are capped at 64, prflx ones are bounded too.
+MAX_PAIRS: Final = 128
+#: Outstanding transactions kept (bounded memory whatever the peer does).
+MAX_TRANSACTIONS: Final = 512
+#: 487 Role Conflict (RFC 8445 section 7.3.1.1).
+ROLE_CONFLICT: Final = 487
+
+
+class PairState(enum.Enum):
+    WAITING = "waiting"
+    IN_PROGRESS = "in-progress"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(eq=False)
+class CandidatePair:
+    """One (local base, remote address) pair and its check state."""
+
+    local: Address
+    remote: Address
+    remote_kind: str
+    priority: int
+    state: PairState = PairState.WAITING
+    txid: bytes | None = None
+    sends: int = 0
+    next_at: float = 0.0
+    deadline: float = 0.0
+    first_sent_at: float | None = None
+    last_sent_at: float | None = None
+    succeeded_at: float | None = None
+    rtt: float | None = None
+    #: Our address as the peer saw this pair's checks (XOR-MAPPED-ADDRESS of the response).
+    mapped: Address | None = None
+    nominated: bool = False
+    #: Controlled side: the peer nominated this pair before it succeeded for us.
+    nomination_pending: bool = False
+
+    @property
+    def key(self) -> tuple[Address, Address]:
+        return (self.local, self.remote)
+
+    def describe(self) -> str:
+        return f"{describe(self.local)} -> {describe(self.remote)} ({self.remote_kind})"
+
+
+# -- actions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Transmit:
+    """Send ``data`` from the socket whose local address is ``local`` to ``remote``."""
+
+    local: Address
+    remote: Address
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PairSucceeded:
+    """The first verified response on ``pair``: a usable direct path."""
+
+    pair: CandidatePair
+
+
+@dataclass(frozen=True, slots=True)
+class PairNominated:
+    """Both sides will use ``pair``."""
+
+    pair: CandidatePair
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSeen:
+    """A verified check from the peer arrived at ``local`` from ``remote`` (it is there)."""
+
+    local: Address
+    remote: Address
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentResponse:
+    """A later verified response on a succeeded pair (liveness), with its round-trip time."""
+
+    pair: CandidatePair
+    rtt: float
+
+
+@dataclass(frozen=True, slots=True)
+class RoundFailed:
+    """The round's deadline passed and no pair succeeded."""
+
+    round: int
+    pairs: int
+    reason: str
+
+
+Action = Transmit | PairSucceeded | PairNominated | PeerSeen | ConsentResponse | RoundFailed
+
+
+@dataclass(slots=True)
+class _Tx:
+    pair: CandidatePair
+    purpose: str  # "check", "nominate", "consent"
+    sent_at: float
+    expires: float
+
+
+@dataclass
+class CheckEngine:
+    """Checks for one peer connection. Not thread-safe; no I/O; every method takes ``now``."""
+
+    credentials: CheckCredentials
+    controlling: bool
+    #: RFC 8445 section 7.3.1.1 tie-breaker; roles are fixed here (dialer controls), it is sent
+    #: for wire compatibility and a peer claiming our role is refused with 487.
+    tiebreaker: int = field(default_factory=lambda: int.from_bytes(os.urandom(8), "big"))
+    software: str = ""
+    pairs: dict[tuple[Address, Address], CandidatePair] = field(default_factory=dict)
+    bases: list[Address] = field(default_factory=list)
+    remote: list[RemoteCandidate] = field(default_factory=list)
+    stats: Counter[str] = field(default_factory=Counter)
+    round: int = 0
+    running: bool = False
+    round_deadline: float = 0.0
+    nominated: CandidatePair | None = None
+    _tx: dict[bytes, _Tx] = field(default_factory=dict)
+    _nominate_at: float | None = None
+    _nominating: CandidatePair | None = None
+    _round_failed_reported: bool = True
+    _next_first_send: float = 0.0
+
+    # -- configuration -----------------------------------------------------------------------
+    def add_base(self, local: Address) -> None:
+        """A local socket checks may be sent from (pairs are formed with every remote address)."""
+        if local not in self.bases:
+            self.bases.append(local)
+            for rc in self.remote:
+                self._pair(local, rc)
+
+    def set_remote_candidates(self, cands: Iterable[RemoteCandidate], now: float) -> None:
+        """The peer's (new) candidate set; pairs are added for new addresses.
+
+        Pairs for addresses no longer offered are kept: a peer-reflexive or older address that
+        still answers is still a path (the peer's network change re-runs the round anyway).
+        """
+        self.remote = list(cands)
+        for rc in self.remote:
+            for base in self.bases:
+                pair = self._pair(base, rc)
+                if pair is not None and self.running and pair.state is PairState.WAITING:
+                    self._schedule_first(pair, now)
+
+    def _pair(self, local: Address, rc: RemoteCandidate) -> CandidatePair | None:
+        pair = self.pairs.get((local, rc.address))
+        if pair is not None:
+            return pair
+        if len(self.pairs) >= MAX_PAIRS:
+            self.stats["pairs_capped"] += 1
+            return None
+        mine = candidate_priority("host")
+        prio = (
+            pair_priority(mine, rc.priority)
+            if self.controlling
+            else pair_priority(rc.priority, mine)
+        )
+        pair = CandidatePair(local, rc.address, rc.kind, prio)
+        self.pairs[pair.key] = pair
+        return pair
+
+    # -- rounds --------------------------------------------------------------------------------
+    def start_round(self, now: float, timeout: float = ROUND_TIMEOUT) -> int:
+        """Check every pair that has not succeeded, paced, until ``now + timeout``.
+
+        Returns the round number. Succeeded pairs are kept (they still work, as far as we know).
+        """
+        self.round += 1
+        self.running = True
+        self.round_deadline = now + timeout
+        self._round_failed_reported = False
+        self._next_first_send = now
+        for pair in sorted(self.pairs.values(), key=lambda p: -p.priority):
+            if pair.state is not PairState.SUCCEEDED:
+                pair.state = PairState.WAITING
+                pair.txid = None
+                pair.sends = 0
+                self._schedule_first(pair, now)
+        self.stats["rounds"] += 1
+        return self.round
+
+    def reset(self) -> None:
+        """Forget every pair's success (the direct path died): the next round starts afresh."""
+        for pair in self.pairs.values():
+            pair.state = PairState.WAITING
+            pair.txid = None
+            pair.nominated = pair.nomination_pending = False
+        self.nominated = self._nominating = None
+        self._nominate_at = None
+        self.running = False
+        self._tx.clear()
+
+    def _schedule_first(self, pair: CandidatePair, now: float) -> None:
+        at = max(now, self._next_first_send)
+        self._next_first_send = at + PACING
+        pair.next_at = at
+        pair.deadline = max(self.round_deadline, now + TRIGGERED_TIMEOUT)
+        pair.state = PairState.IN_PROGRESS
+        pair.txid = None
+        pair.sends = 0
+
+    @property
+    def succeeded(self) -> list[CandidatePair]:
+        """Succeeded pairs, best first."""
+        ok = [p for p in self.pairs.values() if p.state is PairState.SUCCEEDED]
+        return sorted(ok, key=lambda p: -p.priority)
+
+    def owns(self, txid: bytes) -> bool:
+        return txid in self._tx
+
+    # -- time ----------------------------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        times = [p.next_at for p in self.pairs.values() if p.state is PairState.IN_PROGRESS]
+        if self.running and not self._round_failed_reported:
+            times.append(self.round_deadline)
+        if self._nominate_at is not None:
+            times.append(self._nominate_at)
+        return min(times) if times else None
+
+    def poll(self, now: float) -> list[Action]:
+        """Send what is due, expire what is late."""
+        out: list[Action] = []
+        for pair in sorted(self.pairs.values(), key=lambda p: p.next_at):
+            if pair.state is not PairState.IN_PROGRESS or pair.next_at > now:
+                continue
+            if now >= pair.deadline:
+                pair.state = PairState.FAILED
+                pair.txid = None
+                self.stats["pairs_failed"] += 1
+                continue
+            out.append(self._send_check(pair, now, purpose="check"))
+        if self._nominate_at is not None and now >= self._nominate_at:
+            self._nominate_at = None
+            out += self._nominate(now)
+        self._expire_transactions(now)
+        if self.running and not self._round_failed_reported and now >= self.round_deadline:
+            self._round_failed_reported = True
+            self.running = False
+            if not self.succeeded:
+                n = len(self.pairs)
+                out.append(
+                    RoundFailed(
+                        self.round,
+                        n,
+                        f"no answer on any of {n} candidate pairs within {ROUND_TIMEOUT:g} s"
+                        if n
+                        else "the peer offered no usable candidate",
+                    )
+                )
+        return out
+
+    def _expire_transactions(self, now: float) -> None:
+        for txid in [t for t, tx in self._tx.items() if tx.expires <= now]:
+            tx = self._tx.pop(txid)
+            if tx.purpose == "nominate" and self._nominating is tx.pair:
+                # The nomination was not answered: try again (next best pair) soon.
+                self._nominating = None
+                self._nominate_at = now
+
+    # -- sending -------------------------------------------------------------------------------
+    def _request(self, *, use_candidate: bool) -> tuple[bytes, Message]:
+        attrs: list[StunAttribute] = [
+            Username(self.credentials.request_username),
+            Priority(candidate_priority("prflx")),
+            IceControlling(self.tiebreaker) if self.controlling else IceControlled(self.tiebreaker),
+        ]
+        if use_candidate:
+            attrs.append(UseCandidate())
+        msg = Message(Method.BINDING, MessageClass.REQUEST, new_transaction_id(), attrs)
+        return msg.transaction_id, msg
+
+    def _send_check(self, pair: CandidatePair, now: float, *, purpose: str) -> Transmit:
+        # A retransmission reuses the transaction id (RFC 8489 section 6.2.1), so a late
+        # answer to an earlier copy still counts.
+        nominate = purpose == "nominate"
+        if purpose == "check" and pair.txid is not None and pair.txid in self._tx:
+            txid = pair.txid
+            _, msg = self._request(use_candidate=False)
+            msg.transaction_id = txid
+        else:
+            txid, msg = self._request(use_candidate=nominate)
+            self._track(txid, _Tx(pair, purpose, now, now + CONSENT_TIMEOUT))
+            if purpose == "check":
+                pair.txid = txid
+        if purpose == "check":
+            gap = RETRANSMIT_SCHEDULE[min(pair.sends, len(RETRANSMIT_SCHEDULE) - 1)]
+            pair.sends += 1
+            pair.next_at = now + gap
+            pair.first_sent_at = pair.first_sent_at or now
+            tx = self._tx.get(txid)
+            if tx is not None:
+                tx.expires = pair.deadline + 1.0
+        pair.last_sent_at = now
+        self.stats[f"sent_{purpose}"] += 1
+        data = encode(msg, integrity_key=self.credentials.key, fingerprint=True)
+        return Transmit(pair.local, pair.remote, data)
+
+    def _track(self, txid: bytes, tx: _Tx) -> None:
+        if len(self._tx) >= MAX_TRANSACTIONS:
+            oldest = min(self._tx, key=lambda t: self._tx[t].sent_at)
+            del self._tx[oldest]
+            self.stats["transactions_evicted"] += 1
+        self._tx[txid] = tx
+
+    def consent(self, pair: CandidatePair, now: float) -> Transmit:
+        """One liveness/keepalive check on a succeeded pair (RFC 7675 consent freshness)."""
+        return self._send_check(pair, now, purpose="consent")
+
+    def _nominate(self, now: float) -> list[Action]:
+        if not self.controlling or self.nominated is not None or self._nominating is not None:
+            return []
+        best = self.succeeded
+        if not best:
+            return []
+        pair = best[0]
+        self._nominating = pair
+        self.stats["nominations"] += 1
+        return [self._send_check(pair, now, purpose="nominate")]
+
+    # -- receiving -----------------------------------------------------------------------------
+    def handle_datagram(
+        self, data: bytes, local: Address, remote: Address, now: float
+    ) -> list[Action]:
+        """A STUN datagram from ``remote`` on the base ``local``. Never raises."""
+        try:
+            msg = decode_message(data)
+        except StunDecodeError:
+            self.stats["dropped_malformed"] += 1
+            return []
+        return self.handle_message(msg, local, remote, now)
+
+    def handle_message(
+        self, msg: Message, local: Address, remote: Address, now: float
+    ) -> list[Action]:
+        if msg.method != Method.BINDING:
+            self.stats["dropped_not_binding"] += 1
+            return []
+        if msg.message_class is MessageClass.REQUEST:
+            return self._on_request(msg, local, remote, now)
+        if msg.message_class in (MessageClass.SUCCESS_RESPONSE, MessageClass.ERROR_RESPONSE):
+            return self._on_response(msg, local, remote, now)
+        self.stats["dropped_indication"] += 1
+        return []
+
+    def _verify(self, msg: Message) -> bool:
+        if msg.get(MessageIntegrity) is None:
+            self.stats["dropped_no_integrity"] += 1
+            return False
+        if not msg.check_integrity(self.credentials.key):
+            self.stats["dropped_bad_integrity"] += 1
+            return False
+        return True
+
+    def _on_request(
+        self, msg: Message, local: Address, remote: Address, now: float
+    ) -> list[Action]:
+        user = msg.get(Username)
+        if user is None or user.value != self.credentials.expected_username:
+            self.stats["dropped_unknown_username"] += 1
+            return []
+        if not self._verify(msg):
+            return []
+        try:
+            ice = ice_attributes(msg.attributes)
+        except StunDecodeError:
+            self.stats["dropped_malformed"] += 1
+            return []
+        peer_controlling = ice.controlling is not None
+        if peer_controlling == self.controlling:
+            self.stats["role_conflicts"] += 1
+            err = Message(
+                Method.BINDING,
+                MessageClass.ERROR_RESPONSE,
+                msg.transaction_id,
+                [ErrorCode(ROLE_CONFLICT, "Role Conflict")],
+            )
+            data = encode(err, integrity_key=self.credentials.key, fingerprint=True)
+            return [Transmit(local, remote, data)]
+        self.stats["requests_verified"] += 1
+        out: list[Action] = [
+            Transmit(local, remote, self._success_response(msg.transaction_id, remote)),
+            PeerSeen(local, remote),
+        ]
+        if local not in self.bases:
+            self.stats["requests_unknown_base"] += 1
+            return out
+        pair = self.pairs.get((local, remote))
+        if pair is None:
+            prio = ice.priority if ice.priority is not None else candidate_priority("prflx")
+            pair = self._pair(local, RemoteCandidate(remote, "prflx", prio))
+            if pair is None:
+                return out
+            self.stats["prflx_learned"] += 1
+        if pair.state in (PairState.WAITING, PairState.FAILED):
+            # Triggered check (RFC 8445 section 7.3.1.4): the peer can reach us from there, so
+            # our answer's way back is open; check it from our side now.
+            pair.state = PairState.IN_PROGRESS
+            pair.txid = None
+            pair.sends = 0
+            pair.next_at = now
+            pair.deadline = max(self.round_deadline, now + TRIGGERED_TIMEOUT)
+            self.stats["triggered"] += 1
+        elif pair.state is PairState.IN_PROGRESS and pair.sends and pair.next_at > now + PACING:
+            pair.next_at = now  # their check got through: ours will too, right now
+        if ice.use_candidate and not self.controlling:
+            if pair.state is PairState.SUCCEEDED:
+                out += self._accept_nomination(pair)
+            else:
+                pair.nomination_pending = True
+        out += self.poll(now)
+        return out
+
+    def _success_response(self, txid: bytes, remote: Address) -> bytes:
+        attrs: list[StunAttribute] = [XorMappedAddress(remote)]
+        resp = Message(Method.BINDING, MessageClass.SUCCESS_RESPONSE, txid, attrs)
+        return encode(resp, integrity_key=self.credentials.key, fingerprint=True)
+
+    def _accept_nomination(self, pair: CandidatePair) -> list[Action]:
+        if self.nominated is pair:
+            return []
+        if self.nominated is not None:
+            self.nominated.nominated = False
+        pair.nominated = True
+        pair.nomination_pending = False
+        self.nominated = pair
+        self._stop_others(pair)
+        return [PairNominated(pair)]
+
+    def _stop_others(self, keep: CandidatePair) -> None:
+        """After nomination, checks on other pairs are pointless (RFC 8445 section 8.1.2)."""
+        for pair in self.pairs.values():
+            if pair is not keep and pair.state is PairState.IN_PROGRESS:
+                pair.state = PairState.FAILED
+                pair.txid = None
+        self.running = False
+        self._round_failed_reported = True
+
+    def _on_response(
+        self, msg: Message, local: Address, remote: Address, now: float
+    ) -> list[Action]:
+        tx = self._tx.get(msg.transaction_id)
+        if tx is None:
+            self.stats["dropped_unknown_transaction"] += 1
+            return []
+        if not self._verify(msg):
+            return []
+        pair = tx.pair
+        if (pair.local, pair.remote) != (local, remote):
+            # Not from where the request went (RFC 8445 section 7.2.5.2.1): not this path.
+            self.stats["dropped_asymmetric"] += 1
+            return []
+        del self._tx[msg.transaction_id]
+        if msg.message_class is MessageClass.ERROR_RESPONSE:
+            self.stats["error_responses"] += 1
+            if pair.state is PairState.IN_PROGRESS:
+                pair.state = PairState.FAILED
+            return []
+        xma = msg.get(XorMappedAddress)
+        rtt = now - tx.sent_at
+        self.stats["responses_verified"] += 1
+        out: list[Action] = []
+        if xma is not None:
+            pair.mapped = xma.address
+        if pair.state is not PairState.SUCCEEDED:
+            pair.state = PairState.SUCCEEDED
+            pair.succeeded_at = now
+            pair.rtt = rtt
+            pair.txid = None
+            self.stats["pairs_succeeded"] += 1
+            out.append(PairSucceeded(pair))
+            if (
+                self.controlling
+                and self.nominated is None
+                and self._nominating is None
+                and self._nominate_at is None
+            ):
+                self._nominate_at = now + NOMINATION_WAIT
+            if pair.nomination_pending and not self.controlling:
+                out += self._accept_nomination(pair)
+        else:
+            pair.rtt = rtt
+            out.append(ConsentResponse(pair, rtt))
+        if tx.purpose == "nominate" and self.controlling:
+            self._nominating = None
+            out += self._accept_nomination(pair)
+        return out
+
+
+def is_check_request_for(msg: Message) -> str | None:
+    """The USERNAME of a Binding request (what the endpoint routes checks by), else ``None``."""
+    if msg.method != Method.BINDING or msg.message_class is not MessageClass.REQUEST:
+        return None
+    user = msg.get(Username)
+    return user.value if user is not None else None
+
+
+def has_fingerprint(msg: Message) -> bool:
+    return msg.get(Fingerprint) is not None

@@ -1,0 +1,311 @@
+"""The sans-IO traversal cores: check credentials, candidates, the check engine, the monitor,
+the stage plan. Two engines are wired back to back through a tiny in-memory "network" that can
+drop packets (a NAT that has not opened its pinhole yet) and rewrite source addresses (a NAT)."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import pytest
+
+from punchthrough.netio import Address
+from punchthrough.signal import Candidate
+from punchthrough.stun import (
+    Message,
+    MessageClass,
+    Method,
+    RawAttribute,
+    StunDecodeError,
+    Username,
+    decode_message,
+    encode,
+    ice_attributes,
+)
+from punchthrough.traversal import (
+    CheckEngine,
+    DirectMonitor,
+    NatHints,
+    PairNominated,
+    PairState,
+    PairSucceeded,
+    RemoteCandidate,
+    RoundFailed,
+    Transmit,
+    Verdict,
+    Waterfall,
+    candidate_priority,
+    derive_credentials,
+    make_candidates,
+    pair_priority,
+    plan,
+    remote_candidates,
+)
+from punchthrough.traversal.checks import Action
+
+A = TypeVar("A")
+BINDING = bytes(range(32))
+A_LOCAL: Address = ("10.0.1.2", 5000)
+B_LOCAL: Address = ("10.0.2.2", 6000)
+A_PUBLIC: Address = ("203.0.113.1", 5000)
+B_PUBLIC: Address = ("203.0.113.2", 6000)
+
+
+def engines() -> tuple[CheckEngine, CheckEngine]:
+    a = CheckEngine(derive_credentials(BINDING, is_dialer=True), controlling=True)
+    b = CheckEngine(derive_credentials(BINDING, is_dialer=False), controlling=False)
+    a.add_base(A_LOCAL)
+    b.add_base(B_LOCAL)
+    return a, b
+
+
+def test_credentials_mirror_each_other_and_never_repeat_across_sessions() -> None:
+    a = derive_credentials(BINDING, is_dialer=True)
+    b = derive_credentials(BINDING, is_dialer=False)
+    assert a.key == b.key and len(a.key) == 32
+    assert a.request_username == b.expected_username
+    assert b.request_username == a.expected_username
+    assert a.local_ufrag != b.local_ufrag  # a reflected check is not a check for its sender
+    other = derive_credentials(bytes(32), is_dialer=True)
+    assert other.key != a.key and other.local_ufrag != a.local_ufrag
+    assert "key" not in repr(a) and a.key.hex() not in repr(a)
+
+
+def test_priorities_follow_rfc_8445() -> None:
+    assert candidate_priority("host") == (126 << 24) + (65535 << 8) + 255
+    assert candidate_priority("mapped") > candidate_priority("srflx")
+    assert candidate_priority("prflx") > candidate_priority("mapped")
+    g, d = 10, 20
+    assert pair_priority(g, d) == (10 << 32) + 40
+    assert pair_priority(d, g) == (10 << 32) + 40 + 1
+
+
+def test_candidates_are_deduplicated_ordered_and_skip_loopback_when_possible() -> None:
+    cands = make_candidates(
+        5000,
+        host_ips=["127.0.0.1", "10.0.1.2", "0.0.0.0"],
+        srflx=[(A_PUBLIC, "198.51.100.20"), (A_PUBLIC, "198.51.100.21")],
+        mapped=("203.0.113.1", 7000),
+    )
+    assert [(c.kind, c.address, c.port) for c in cands] == [
+        ("host", "10.0.1.2", 5000),
+        ("mapped", "203.0.113.1", 7000),
+        ("srflx", "203.0.113.1", 5000),
+    ]
+    assert make_candidates(5000, host_ips=["127.0.0.1"])[0].address == "127.0.0.1"
+    remote = remote_candidates(
+        [
+            *cands,
+            Candidate(kind="relay", address="198.51.100.20", port=3478, priority=1, foundation="r"),
+            Candidate(kind="prflx", address="10.0.1.2", port=5000, priority=2**31, foundation="p"),
+        ]
+    )
+    assert [r.address for r in remote] == [("10.0.1.2", 5000), ("203.0.113.1", 7000), A_PUBLIC]
+    assert remote[0].kind == "prflx"  # the best kind of a duplicate address is kept
+
+
+def test_ice_attributes_are_interpreted_only_on_request() -> None:
+    msg = decode_message(
+        encode(
+            Message(
+                Method.BINDING,
+                MessageClass.REQUEST,
+                attributes=[
+                    RawAttribute(0x0024, (7).to_bytes(4, "big")),
+                    RawAttribute(0x0025, b""),
+                    RawAttribute(0x802A, (9).to_bytes(8, "big")),
+                ],
+            )
+        )
+    )
+    ice = ice_attributes(msg.attributes)
+    assert (ice.priority, ice.use_candidate, ice.controlling, ice.controlled) == (7, True, 9, None)
+    with pytest.raises(StunDecodeError):
+        ice_attributes([RawAttribute(0x0024, b"\x00")])
+
+
+class Wire:
+    """Delivers Transmit actions between two engines, with NAT-like rewriting and dropping."""
+
+    def __init__(self, a: CheckEngine, b: CheckEngine) -> None:
+        self.a, self.b = a, b
+        self.now = 0.0
+        self.events: list[tuple[str, Action]] = []
+        #: (from engine name, destination) -> source address the receiver sees; absent: drop.
+        self.routes: dict[tuple[str, Address], Address] = {
+            ("a", B_PUBLIC): A_PUBLIC,
+            ("b", A_PUBLIC): B_PUBLIC,
+        }
+        self.closed_until: dict[str, float] = {}  # receiver name -> drop inbound until then
+
+    def deliver(self, who: str, actions: list[Action]) -> None:
+        queue = [(who, act) for act in actions]
+        while queue:
+            sender, act = queue.pop(0)
+            if not isinstance(act, Transmit):
+                self.events.append((sender, act))
+                continue
+            src = self.routes.get((sender, act.remote))
+            if src is None:
+                continue
+            to = "b" if sender == "a" else "a"
+            if self.now < self.closed_until.get(to, -1.0):
+                continue
+            engine, local = (self.b, B_LOCAL) if to == "b" else (self.a, A_LOCAL)
+            queue += [(to, x) for x in engine.handle_datagram(act.data, local, src, self.now)]
+
+    def run(self, until: float, step: float = 0.01) -> None:
+        while self.now < until:
+            self.deliver("a", self.a.poll(self.now))
+            self.deliver("b", self.b.poll(self.now))
+            self.now = round(self.now + step, 6)
+
+    def of(self, who: str, kind: type[A]) -> list[A]:
+        return [e for w, e in self.events if w == who and isinstance(e, kind)]
+
+
+def _rc(addr: Address, kind: str = "srflx") -> RemoteCandidate:
+    return RemoteCandidate(addr, kind, candidate_priority(kind))
+
+
+def test_simultaneous_checks_punch_and_nominate() -> None:
+    a, b = engines()
+    a.set_remote_candidates([_rc(B_PUBLIC), _rc(B_LOCAL, "host")], 0.0)
+    b.set_remote_candidates([_rc(A_PUBLIC), _rc(A_LOCAL, "host")], 0.0)
+    wire = Wire(a, b)
+    # each side's NAT drops the other's checks until its own first check has gone out
+    wire.closed_until = {"a": 0.02, "b": 0.02}
+    a.start_round(0.0)
+    b.start_round(0.0)
+    wire.run(1.0)
+    (succ_a,) = wire.of("a", PairSucceeded)
+    assert succ_a.pair.remote == B_PUBLIC and succ_a.pair.mapped == A_PUBLIC
+    assert wire.of("b", PairSucceeded)
+    (nom_a,) = wire.of("a", PairNominated)
+    (nom_b,) = wire.of("b", PairNominated)
+    assert nom_a.pair.remote == B_PUBLIC and nom_b.pair.remote == A_PUBLIC
+    assert a.nominated is not None and a.nominated.nominated
+    # the unreachable host pair stops being checked once a pair is nominated
+    assert a.pairs[(A_LOCAL, B_LOCAL)].state is PairState.FAILED
+    assert not wire.of("a", RoundFailed)
+
+
+def test_address_dependent_peer_is_reached_through_a_peer_reflexive_pair() -> None:
+    a, b = engines()
+    a.set_remote_candidates([_rc(B_PUBLIC)], 0.0)
+    b.set_remote_candidates([_rc(A_PUBLIC)], 0.0)
+    wire = Wire(a, b)
+    # A's NAT maps its flow to B to a new port; B's checks to A's announced port die there.
+    a_new: Address = ("203.0.113.1", 41000)
+    wire.routes = {("a", B_PUBLIC): a_new, ("b", a_new): B_PUBLIC}
+    a.start_round(0.0)
+    b.start_round(0.0)
+    wire.run(1.0)
+    assert b.stats["prflx_learned"] == 1 and b.stats["triggered"] == 1
+    (nom_b,) = wire.of("b", PairNominated)
+    assert nom_b.pair.remote == a_new and nom_b.pair.remote_kind == "prflx"
+    assert b.pairs[(B_LOCAL, A_PUBLIC)].state is not PairState.SUCCEEDED
+
+
+def test_round_fails_when_nothing_answers_and_reports_why() -> None:
+    a, b = engines()
+    a.set_remote_candidates([_rc(B_PUBLIC)], 0.0)
+    wire = Wire(a, b)
+    wire.routes = {}
+    a.start_round(0.0)
+    wire.run(6.0, step=0.05)
+    (failed,) = wire.of("a", RoundFailed)
+    assert "no answer on any of 1 candidate pairs" in failed.reason
+    sends = a.stats["sent_check"]
+    assert 10 <= sends <= 20  # retransmitted, paced, bounded
+
+
+def test_unverifiable_input_is_dropped_and_counted_never_raised() -> None:
+    a, b = engines()
+    a.set_remote_candidates([_rc(B_PUBLIC)], 0.0)
+    a.start_round(0.0)
+    (tx,) = [x for x in a.poll(0.0) if isinstance(x, Transmit)]
+    req = decode_message(tx.data)
+    # wrong key
+    forged = encode(req, integrity_key=b"x" * 32, fingerprint=True)
+    assert b.handle_datagram(forged, B_LOCAL, A_PUBLIC, 0.0) == []
+    assert b.stats["dropped_bad_integrity"] == 1
+    # no integrity at all / unknown username
+    bare = encode(Message(Method.BINDING, MessageClass.REQUEST, attributes=[req.attributes[0]]))
+    assert b.handle_datagram(bare, B_LOCAL, A_PUBLIC, 0.0) == []
+    other = Message(Method.BINDING, MessageClass.REQUEST, attributes=[Username("zz:yy")])
+    assert (
+        b.handle_datagram(encode(other, integrity_key=a.credentials.key), B_LOCAL, A_PUBLIC, 0.0)
+        == []
+    )
+    assert b.stats["dropped_no_integrity"] == 1 and b.stats["dropped_unknown_username"] == 1
+    # garbage and a stray response
+    assert b.handle_datagram(b"\x00\x01\x00", B_LOCAL, A_PUBLIC, 0.0) == []
+    stray = Message(Method.BINDING, MessageClass.SUCCESS_RESPONSE)
+    assert (
+        a.handle_datagram(encode(stray, integrity_key=a.credentials.key), A_LOCAL, B_PUBLIC, 0.0)
+        == []
+    )
+    assert a.stats["dropped_unknown_transaction"] == 1
+    # the genuine request verifies; its answer from the wrong address does not count
+    answer = next(
+        x for x in b.handle_datagram(tx.data, B_LOCAL, A_PUBLIC, 0.0) if isinstance(x, Transmit)
+    )
+    assert a.handle_datagram(answer.data, A_LOCAL, ("192.0.2.66", 1), 0.0) == []
+    assert a.stats["dropped_asymmetric"] == 1
+    assert any(
+        isinstance(x, PairSucceeded)
+        for x in a.handle_datagram(answer.data, A_LOCAL, B_PUBLIC, 0.01)
+    )
+
+
+def test_a_peer_claiming_our_role_gets_487() -> None:
+    a, _ = engines()
+    twin = CheckEngine(derive_credentials(BINDING, is_dialer=False), controlling=True)
+    twin.add_base(B_LOCAL)
+    twin.set_remote_candidates([_rc(A_PUBLIC)], 0.0)
+    twin.start_round(0.0)
+    (tx,) = [x for x in twin.poll(0.0) if isinstance(x, Transmit)]
+    (resp,) = a.handle_datagram(tx.data, A_LOCAL, B_PUBLIC, 0.0)
+    assert isinstance(resp, Transmit)
+    assert decode_message(resp.data).message_class is MessageClass.ERROR_RESPONSE
+    assert a.stats["role_conflicts"] == 1
+
+
+def test_monitor_probes_suspects_then_declares_death_but_never_for_an_idle_call() -> None:
+    m = DirectMonitor()
+    m.reset(0.0, rtt=0.04)
+    assert m.poll(10.0) is Verdict.OK  # nothing sent: nothing can be unanswered
+    assert m.want_probe(10.0)  # but the keepalive is due
+    m.probed(10.0)
+    m.heard(10.04)
+    m.sent(11.0)
+    assert not m.want_probe(11.05)
+    assert m.want_probe(11.0 + m.probe_threshold)
+    assert m.poll(11.0 + m.suspect_threshold) is Verdict.SUSPECT
+    assert m.heard(11.2)  # a suspicion cleared
+    m.sent(12.0)
+    assert m.poll(12.0 + m.dead_threshold) is Verdict.DEAD
+    assert m.dead_threshold < 0.5  # "within a few hundred milliseconds" at a 40 ms RTT
+    assert m.next_deadline(12.5) > 12.5
+
+
+def test_stage_plan_follows_the_pair_matrix() -> None:
+    easy = NatHints("independent")
+    seq = NatHints("dependent", "sequential")
+    rnd = NatHints("dependent", "random")
+    assert plan(easy, easy).needed == ()
+    assert plan(seq, easy).needed == ("port-prediction",)
+    assert plan(easy, rnd).needed == ("birthday",)
+    assert plan(rnd, rnd).needed == () and "relay" in plan(rnd, rnd).skip["birthday"]
+    assert plan(seq, rnd).needed == ("port-prediction",)
+    mapped = NatHints("dependent", "random", port_mapping=True)
+    p = plan(mapped, easy)
+    assert p.needed == () and p.run[0] == "port-mapping"
+    w = Waterfall()
+    w.apply(plan(easy, rnd))
+    assert w["birthday"].status == "not-implemented" and w["birthday"].needed
+    assert w.needed == ["birthday"]
+    w.start("hole-punch", 1.0)
+    w.succeed("hole-punch", 1.2, "pair")
+    w.fail("hole-punch", 2.0, "late")  # success is final
+    assert w["hole-punch"].status == "succeeded" and w["hole-punch"].at == 1.2
