@@ -48,3 +48,13 @@ def test_demo_rejects_unknown_profile() -> None:
     res = runner.invoke(app, ["demo", "--a", "nope"])
     assert res.exit_code == 2
     assert "eim-apdf" in res.output
+
+
+def test_jitter_makes_seeds_differ_and_is_reported() -> None:
+    runs = [
+        run_call_scenario("eim-apdf", "eim-apdf", seed=s, duration=1.0, jitter_ms=8.0)
+        for s in (1, 2, 3)
+    ]
+    assert all(r["jitter_ms"] == 8.0 for r in runs)
+    rtts = {r["call"]["rtt_ms"]["p95"] for r in runs}
+    assert len(rtts) > 1  # without jitter all three would be identical (tested above)

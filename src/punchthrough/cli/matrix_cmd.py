@@ -75,7 +75,13 @@ def summary_table(run: MatrixRun) -> Table:
 
 
 def _make_backend(
-    backend: str, rtt: float, duration: float | None, pps: float, seed: int
+    backend: str,
+    rtt: float,
+    duration: float | None,
+    pps: float,
+    seed: int,
+    jitter: float = 0.0,
+    loss: float = 0.0,
 ) -> tuple[MatrixBackend, int]:
     """The backend and its default trials per cell."""
     if backend == "sim":
@@ -84,6 +90,8 @@ def _make_backend(
             duration=sim_backend.DEFAULT_DURATION_S if duration is None else duration,
             pps=pps,
             seed=seed,
+            jitter_ms=jitter,
+            loss=loss / 100.0,
         )
         return sim, sim_backend.DEFAULT_TRIALS
     lab = lab_backend.LabBackend(
@@ -132,6 +140,14 @@ def matrix(
     jobs: Annotated[
         int, typer.Option(min=1, max=256, help="Worker processes (sim only; results identical).")
     ] = 1,
+    jitter: Annotated[
+        float,
+        typer.Option(min=0.0, max=1000.0, help="Sim: uniform jitter (ms) on the peers' WAN links."),
+    ] = 0.0,
+    loss: Annotated[
+        float,
+        typer.Option(min=0.0, max=50.0, help="Sim: loss percent on the peers' WAN links."),
+    ] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print matrix.json on stdout.")] = False,
 ) -> None:
     """Success-rate matrix across NAT pairs: how often each pair ends direct, how fast, how."""
@@ -147,7 +163,7 @@ def matrix(
     if backend == "lab" and os.geteuid() != 0:
         typer.echo("error: the lab backend needs root (network namespaces, nftables)", err=True)
         raise typer.Exit(EXIT_BAD_ARGS)
-    runner, default_trials = _make_backend(backend, rtt, duration, pps, seed)
+    runner, default_trials = _make_backend(backend, rtt, duration, pps, seed, jitter, loss)
     n_trials = trials or default_trials
     out.mkdir(parents=True, exist_ok=True)
     err = make_console(stderr=True)

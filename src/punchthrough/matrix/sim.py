@@ -45,6 +45,8 @@ class SimBackend:
     duration: float = DEFAULT_DURATION_S
     pps: float = 50.0
     seed: int = 1
+    jitter_ms: float = 0.0
+    loss: float = 0.0
     name: str = "sim"
 
     @property
@@ -54,7 +56,8 @@ class SimBackend:
             f"simulator, virtual time: {lat:g} ms one-way on every WAN link, so a direct path "
             f"has RTT {self.rtt_ms:g} ms and the relayed path {RELAYED_RTT_FACTOR * self.rtt_ms:g}"
             f" ms; {self.duration:g} s calls at {self.pps:g} frames/s; trial k of every cell "
-            f"uses seed {self.seed}*{1_000_000}+k"
+            f"uses seed {self.seed}*{1_000_000}+k; peers' WAN links: jitter {self.jitter_ms:g} ms, "
+            f"loss {self.loss:.1%}"
         ]
 
     def run_trial(self, a: str, b: str, trial: int) -> TrialResult:
@@ -68,6 +71,8 @@ class SimBackend:
                 duration=self.duration,
                 pps=self.pps,
                 one_way_ms=one_way_ms(self.rtt_ms),
+                jitter_ms=self.jitter_ms,
+                loss=self.loss,
             )
         except Exception as exc:  # a failed trial is a data point, not the end of the matrix
             return trial_error(

@@ -53,10 +53,21 @@ def _place(world: World, name: str, nat: str, n: int, wan: Link, lan: Link) -> H
 
 
 async def _scenario(
-    nat_a: str, nat_b: str, duration: float, pps: float, one_way_ms: float, trace: bool
+    nat_a: str,
+    nat_b: str,
+    duration: float,
+    pps: float,
+    one_way_ms: float,
+    trace: bool,
+    jitter_ms: float = 0.0,
+    loss: float = 0.0,
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    wan, lan = Link(one_way_ms / 1000.0), Link(0.0)
+    # jitter and loss only on the peers' WAN links: the servers' links stay clean, so a lost
+    # packet is one the peers' own traffic would meet
+    wan = Link(one_way_ms / 1000.0)
+    peer_wan = Link(one_way_ms / 1000.0, jitter_ms / 1000.0, loss)
+    lan = Link(0.0)
     world = World(trace=trace, default_link=wan)
     tl = Timeline(loop.time())
     servers: list[Any] = []
@@ -72,8 +83,8 @@ async def _scenario(
         relay = await RelayServer.start(relay_host, [RELAY], alt_ip=RELAY_ALT_IP)
         servers.append(relay)
         stun_list = [(STUN_PRIMARY, STUN_PORT), *((ip, STUN_PORT) for ip in STUN_EXTRA)]
-        a = _place(world, "alice", nat_a, 1, wan, lan)
-        b = _place(world, "bob", nat_b, 2, wan, lan)
+        a = _place(world, "alice", nat_a, 1, peer_wan, lan)
+        b = _place(world, "bob", nat_b, 2, peer_wan, lan)
         tl.add(
             loop.time(), "world", f"alice behind {nat_a}, bob behind {nat_b}", one_way_ms=one_way_ms
         )
@@ -154,6 +165,8 @@ async def _scenario(
             "nat_a": nat_a,
             "nat_b": nat_b,
             "one_way_ms": one_way_ms,
+            "jitter_ms": jitter_ms,
+            "loss": loss,
             "netcheck": {"alice": reports[0], "bob": reports[1]},
             "call": result,
             "timeline": tl.events,
@@ -177,10 +190,18 @@ def run_call_scenario(
     pps: float = 50.0,
     one_way_ms: float = 10.0,
     trace: bool = False,
+    jitter_ms: float = 0.0,
+    loss: float = 0.0,
 ) -> dict[str, Any]:
-    """Run the whole system for one NAT pair in virtual time; see the module docstring."""
+    """Run the whole system for one NAT pair in virtual time; see the module docstring.
+
+    ``jitter_ms`` (uniform, per packet) and ``loss`` (probability) apply to the two peers' WAN
+    links, so that trials with different seeds differ as real calls do.
+    """
     for nat in (nat_a, nat_b):
         profile(nat)  # raises ValueError naming the valid profiles
     return run(
-        _scenario(nat_a, nat_b, duration, pps, one_way_ms, trace), seed=seed, time_limit=None
+        _scenario(nat_a, nat_b, duration, pps, one_way_ms, trace, jitter_ms, loss),
+        seed=seed,
+        time_limit=None,
     )
