@@ -9,8 +9,10 @@ STAMP  := $(VENV)/.installed
 # Debian packages: python3-venv (Debian's python3 has no ensurepip without it), and for the kernel
 # NAT lab nft rulesets, namespaces (iproute2: ip, ss), conntrack inspection, coturn as an
 # independent RFC 5780 STUN server and classifier, miniupnpd for NAT-PMP/PCP/UPnP, and procps
-# (sysctl) for router namespaces.
-APT_PACKAGES := python3-venv nftables iproute2 conntrack coturn miniupnpd-nftables procps
+# (sysctl) for router namespaces; iptables (NFQUEUE rule) plus libnetfilter-queue-dev and
+# build-essential (to build the NetfilterQueue package) for the lab's userspace delay (no netem).
+APT_PACKAGES := python3-venv nftables iproute2 conntrack coturn miniupnpd-nftables procps \
+	iptables libnetfilter-queue-dev build-essential
 
 .PHONY: all setup venv system-deps demo test test-fast bench lint clean
 
@@ -26,7 +28,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/pip || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,upnp,fast,report]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,upnp,fast,report,lab]'
 	touch $(STAMP)
 
 # apt-get only when something is missing, so repeated runs stay fast; `apt-get update` first

@@ -11,6 +11,18 @@ What is measured today (the foundation issue):
 - ``netcheck_lab.json`` (root only): wall time of a full netcheck behind each kernel NAT profile,
   against coturn's turnutils_natdiscovery (mapping + filtering only) for the same NAT,
   and whether both classified it the same way.
+- ``relay_vs_coturn.json`` (bench/relay_vs_coturn.py): our relay (asyncio and uvloop) against
+  coturn's TURN relay at the same message rate, server pinned to one core: CPU per message.
+- ``birthday.json`` (bench/birthday.py): birthday-attack success over seeded trials of the pure
+  model against 1 - exp(-n*m/N) with Wilson intervals; CPU and heap per attempt.
+- ``connect_lab.json`` (root; bench/connect_lab.py): time to the relayed connection, first echo
+  and direct path for a cone pair in the lab at a stated RTT (NFQUEUE router delay), against the
+  round trips needed.
+- ``aioice_lab.json`` (root; bench/aioice_lab.py): aioice against ours on the same lab hosts per
+  NAT pair: which pairs each gets direct, and how fast.
+
+Each JSON holds trial counts and a ``how`` text saying how it was measured.
+`--only NAME[,NAME]` runs a subset.
 """
 
 from __future__ import annotations
@@ -261,17 +273,45 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--trials", type=int, default=3, help="lab trials per profile")
+    ap.add_argument("--only", default="", help="comma-separated benchmark names to run")
+    ap.add_argument(
+        "--aioice-all-pairs", action="store_true", help="every UDP NAT pair, not the subset"
+    )
     args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import aioice_lab
+    import birthday
+    import connect_lab
+    import relay_vs_coturn
+
     args.out.mkdir(parents=True, exist_ok=True)
     jobs: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("stun_codec", bench_stun_codec),
         ("classifier", bench_classifier),
         ("relay", bench_relay),
+        ("relay_vs_coturn", relay_vs_coturn.bench_relay_vs_coturn),
+        ("birthday", birthday.bench_birthday),
     ]
     if os.geteuid() == 0:
         jobs.append(("netcheck_lab", lambda: bench_netcheck_lab(args.trials)))
+        jobs.append(("connect_lab", connect_lab.bench_connect_lab))
+        pairs = aioice_lab.PAIRS
+        if args.aioice_all_pairs:
+            from itertools import combinations_with_replacement
+
+            from punchthrough.lab import PROFILE_NAMES, PROFILES
+
+            udp = [p for p in PROFILE_NAMES if PROFILES[p].udp]
+            pairs = list(combinations_with_replacement(udp, 2))
+        jobs.append(("aioice_lab", lambda: aioice_lab.bench_aioice_lab(pairs)))
     else:
         print("not root: skipping the lab benchmarks", file=sys.stderr)
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {name for name, _ in jobs}
+        if unknown:
+            ap.error(f"unknown or unavailable benchmarks: {sorted(unknown)}")
+        jobs = [(n, j) for n, j in jobs if n in wanted]
     for name, job in jobs:
         print(f"bench {name} ...", file=sys.stderr, flush=True)
         result = {"benchmark": name, "env": _env(), "results": job()}

@@ -37,8 +37,8 @@ def test_lab_matrix_cell_runs_real_calls_and_cleans_up() -> None:
         assert r.path in ("relay", "direct") and r.frames_sent == 100 and r.frames_lost == 0
         assert r.connected_ms is not None and r.connected_ms < 5000
     doc = run.to_json()
-    assert doc["backend"] == "lab" and doc["rtt_ms"] is None  # no delay applied: said so
-    assert any("no delay is applied" in n for n in run.notes)
+    assert doc["backend"] == "lab" and doc["rtt_ms"] == 40.0  # applied by the router delayers
+    assert any("NFQUEUE" in n for n in run.notes)
     (cell,) = doc["cells"]
     assert cell["trials"] == 2 and sum(cell["strategies"].values()) == 2
     assert cell["direct"] == sum(1 for r in run.results if r.path == "direct")

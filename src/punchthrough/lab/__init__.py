@@ -5,6 +5,7 @@ with Lab(["eim-apdf", "apdm-random"]) as lab:
 """
 
 from punchthrough.lab.addresses import Address
+from punchthrough.lab.delay import router_delay_for_rtt
 from punchthrough.lab.natdiscovery import NatDiscoveryResult, parse_natdiscovery, run_natdiscovery
 from punchthrough.lab.netcheck import netcheck_all, netcheck_argv
 from punchthrough.lab.proc import LabError, LabProcess
@@ -30,5 +31,6 @@ __all__ = [
     "netcheck_all",
     "netcheck_argv",
     "parse_natdiscovery",
+    "router_delay_for_rtt",
     "run_natdiscovery",
 ]

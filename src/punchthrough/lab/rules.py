@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from punchthrough.lab.addresses import LAN_IF, WAN_IF, Address
+from punchthrough.lab.delay import MAX_DELAY_MS
 from punchthrough.lab.profiles import NatProfile
 
 DEFAULT_BINDING_TIMEOUT = 120  # s; Linux nf_conntrack_udp_timeout_stream default, recipe value
@@ -30,6 +31,9 @@ class RouterOptions:
 
     udp_timeout: int | None = None  # conntrack + nft map timeout, seconds; None = kernel default
     loss_percent: float = 0.0  # random loss in the forward path, each direction
+    #: one-way delay added to every forwarded packet, each direction (NFQUEUE + userspace
+    #: delayer, see lab/delay.py): a flow crossing this router gets 2 * delay_ms more RTT
+    delay_ms: float = 0.0
     miniupnpd: bool = False
     seq_base: int = DEFAULT_SEQ_BASE
     seq_count: int = DEFAULT_SEQ_COUNT
@@ -43,6 +47,8 @@ class RouterOptions:
             raise ValueError("udp_timeout must be >= 1 second")
         if not 0.0 <= self.loss_percent <= 100.0:
             raise ValueError("loss_percent must be within 0..100")
+        if not 0.0 <= self.delay_ms <= MAX_DELAY_MS:
+            raise ValueError(f"delay_ms must be within 0..{MAX_DELAY_MS:g}")
         if self.seq_count < 1 or self.seq_delta == 0:
             raise ValueError("seq_count must be >= 1 and seq_delta != 0")
         seq_ports = [self.seq_base + i * self.seq_delta for i in range(self.seq_count)]

@@ -14,6 +14,7 @@ clean up a lab whose creator crashed.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -32,6 +33,7 @@ from typing import Any
 
 from punchthrough.lab import addresses as A
 from punchthrough.lab.addresses import Address
+from punchthrough.lab.delay import iptables_argv, queue_bound
 from punchthrough.lab.natdiscovery import (
     DEFAULT_TIMEOUT as NATDISCOVERY_TIMEOUT,
 )
@@ -59,6 +61,8 @@ PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{1,11}$")
 SERVER_READY_TIMEOUT = 10.0  # s; coturn and our server bind within ~1 s here
 MINIUPNPD_READY_TIMEOUT = 10.0  # s; includes its STUN self-test
 PROBE_MODULE = "punchthrough.lab.probe"
+DELAY_MODULE = "punchthrough.lab.delay"
+NFQUEUE_PROC = "/proc/net/netfilter/nfnetlink_queue"  # per network namespace
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,11 @@ class Host:
     @property
     def router_wan_ip(self) -> str:
         return A.router_wan_ip(self.n)
+
+    @property
+    def delay_ms(self) -> float:
+        """One-way delay this host's router adds to each forwarded packet (each direction)."""
+        return self.spec.options.delay_ms
 
     @property
     def public_ip(self) -> str:
@@ -447,6 +456,43 @@ class Lab:
                 f"net.netfilter.nf_conntrack_udp_timeout_stream={opts.udp_timeout}",
             ]
         run(["sysctl", "-qw", *sysctls], ns=h.router_ns, what=f"sysctl for router of {h.name}")
+        if opts.delay_ms > 0:
+            self.start_delay(h)
+
+    def start_delay(self, h: Host) -> LabProcess:
+        """The router's one-way delay (lab/delay.py): the delayer first, bound to its queue, and
+        only then the iptables rule (without a listener the queue drops every packet)."""
+        delay_ms = h.spec.options.delay_ms
+        if shutil.which("iptables") is None:
+            raise LabError("RouterOptions(delay_ms=...) needs iptables (Debian package iptables)")
+        if importlib.util.find_spec("netfilterqueue") is None:
+            raise LabError(
+                "RouterOptions(delay_ms=...) needs the NetfilterQueue package "
+                "(pip install NetfilterQueue; Debian libnetfilter-queue-dev + build-essential)"
+            )
+        argv = [sys.executable, "-m", DELAY_MODULE, "--delay-ms", f"{delay_ms:g}"]
+        proc = self.spawn(h.router_ns, argv, name=f"delay-{h.n}")
+
+        def bound() -> bool:
+            if not proc.alive():
+                raise LabError(
+                    f"delayer for {h.name} exited\n{log_tail(proc.log) if proc.log else ''}"
+                )
+            text = run(["cat", NFQUEUE_PROC], ns=h.router_ns, check=False).stdout
+            return queue_bound(text)
+
+        try:
+            wait_until(
+                bound,
+                timeout=SERVER_READY_TIMEOUT,
+                what=f"the delayer of {h.name} to bind its queue",
+                diagnose=lambda: log_tail(proc.log) if proc.log else "",
+            )
+            run(iptables_argv("-A"), ns=h.router_ns, what=f"delay rule for router of {h.name}")
+        except BaseException:
+            self.stop(proc)
+            raise
+        return proc
 
     def _ip_batch(self, ns: str | None, cmds: Sequence[str]) -> None:
         argv = ["ip", *(["-n", ns] if ns else []), "-batch", "-"]

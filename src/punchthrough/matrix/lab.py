@@ -7,8 +7,13 @@ starts with NATs that remember no earlier call), our relay starts in the pub nam
 callee runs ``listen --echo --json``, the caller runs ``connect --json``; the relay and the
 listener are stopped after the call on every path.
 
-Delay: this kernel has no netem and the NFQUEUE userspace delay is not implemented here yet, so
-the lab applies no RTT: ``rtt_ms`` is reported as null and the notes say so.
+Delay (``--rtt MS``): this kernel has no netem, so each of the two routers gets
+``RouterOptions(delay_ms=MS / 4)``: an iptables NFQUEUE rule plus a userspace delayer
+(``punchthrough.lab.delay``) holding every forwarded packet MS / 4 in each direction. The
+peers' round trip is then MS on the direct path AND on the relayed one (the relay sits on the
+undelayed public segment; in the simulator the relayed RTT is twice the direct one), and each
+peer's RTT to the relay or a STUN server is MS / 2. Without ``--rtt`` no delay is applied and
+``rtt_ms`` is null.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from types import TracebackType
 from typing import IO, Any, Final
 
 from punchthrough.identity import Identity
-from punchthrough.lab import Lab, LabError
+from punchthrough.lab import HostSpec, Lab, LabError, RouterOptions, router_delay_for_rtt
 from punchthrough.lab import addresses as A
 from punchthrough.lab.proc import udp_listening, wait_until
 from punchthrough.matrix.model import TrialResult, trial_error, trial_from_call
@@ -78,19 +83,26 @@ class LabBackend:
 
     @property
     def rtt_ms(self) -> float | None:
-        return None  # no delay is applied (module docstring)
+        """The peers' configured round-trip time (direct and relayed), or None: no delay."""
+        return self.requested_rtt_ms or None
 
     @property
     def notes(self) -> list[str]:
-        asked = (
-            f" (--rtt {self.requested_rtt_ms:g} was asked for)"
-            if self.requested_rtt_ms is not None
-            else ""
-        )
+        rtt = self.rtt_ms
+        if rtt is None:
+            delay = (
+                "kernel lab without --rtt: no delay is applied between the peers, so times "
+                "are for sub-millisecond namespace links plus process start-up, and rtt_ms is null"
+            )
+        else:
+            delay = (
+                f"kernel lab with --rtt {rtt:g}: each router delays every forwarded packet "
+                f"{router_delay_for_rtt(rtt):g} ms each way (iptables NFQUEUE + a userspace "
+                f"delayer; no netem on this kernel), so the peers' RTT is {rtt:g} ms on the "
+                f"direct and on the relayed path alike and {rtt / 2:g} ms to the relay"
+            )
         return [
-            "kernel lab: no delay is applied between the peers yet (no netem on this kernel; "
-            f"the NFQUEUE delay is not implemented){asked}: times are for sub-millisecond "
-            "namespace links plus process start-up, and rtt_ms is null",
+            delay,
             f"{self.duration:g} s calls at {self.pps:g} frames/s; a fresh relay, listener and "
             "caller per trial; conntrack flushed before each trial",
         ]
@@ -101,7 +113,7 @@ class LabBackend:
         self.prefixes: list[str] = []
 
     def cell(self, a: str, b: str) -> LabCell:
-        cell = LabCell(a, b, self.duration, self.pps)
+        cell = LabCell(a, b, self.duration, self.pps, self.rtt_ms)
         self.prefixes.append(cell.lab.prefix)
         return cell
 
@@ -109,10 +121,13 @@ class LabBackend:
 class LabCell:
     """One pair's lab; a context manager whose value runs trials (``cell(k)``)."""
 
-    def __init__(self, a: str, b: str, duration: float, pps: float) -> None:
+    def __init__(
+        self, a: str, b: str, duration: float, pps: float, rtt_ms: float | None = None
+    ) -> None:
         self.a, self.b = a, b
         self.duration, self.pps = duration, pps
-        self.lab = Lab([a, b], stun_server=True, coturn=False)
+        opts = RouterOptions(delay_ms=router_delay_for_rtt(rtt_ms) if rtt_ms else 0.0)
+        self.lab = Lab([HostSpec(a, opts), HostSpec(b, opts)], stun_server=True, coturn=False)
         self._callee: Identity | None = None
         self._keys: tuple[Path, Path] | None = None
 
@@ -147,6 +162,11 @@ class LabCell:
                 self.a, self.b, trial, str(e)[-ERROR_TAIL:], wall_s=time.monotonic() - t0
             )
         return trial_from_call(self.a, self.b, trial, call, wall_s=time.monotonic() - t0)
+
+    def call(self, trial: int) -> dict[str, Any]:
+        """One call, the caller's raw ``connect --json`` result (benchmarks read fields the
+        matrix does not keep, e.g. ``first_echo_ms``). Raises LabError on failure."""
+        return self._run(trial)
 
     def _run(self, trial: int) -> dict[str, Any]:
         assert self._callee is not None and self._keys is not None
