@@ -229,12 +229,19 @@ def test_every_profile_calls_and_answers_through_the_relay(
             assert [c["to"] for c in r["path_changes"]] == ["direct"], (pair, r["path_changes"])
             assert r["connected_ms"] < r["direct_ms"] < r["connected_ms"] + 1000, (pair, r)
         else:
-            assert r["path"] == "relay" and r["path_changes"] == [], (pair, r)
-            assert r["strategy"] is None and r["direct_ms"] is None, (pair, r)
-            hp = next(s for s in report["stages"] if s["stage"] == "hole-punch")
-            assert hp["status"] == "failed", (pair, report)
+            # hole punching alone cannot open these pairs; a hard-NAT stage (port prediction,
+            # the birthday attack) may, and whatever wins is said; otherwise the call stays on
+            # the relay and the report names the stage that would be needed
             if a == b == "apdm-random":
-                # nothing can work: the report says so instead of naming a stage
-                assert report["needed"] == [], (pair, report)
+                # both random: the birthday odds are n*m/N^2, the design stays on the relay
+                assert r["path"] == "relay" and r["strategy"] is None, (pair, r)
+                continue
+            if r["path"] == "direct":
+                assert r["strategy"] in ("birthday", "port-prediction"), (pair, report)
+                assert r["direct_ms"] is not None and r["direct_ms"] > r["connected_ms"], r
             else:
-                assert report["needed"], (pair, report)  # port-prediction and/or birthday
+                assert r["strategy"] is None and r["direct_ms"] is None, (pair, r)
+                assert report["needed"] or any(
+                    s["stage"] in ("birthday", "port-prediction") and s["status"] == "failed"
+                    for s in report["stages"]
+                ), (pair, report)

@@ -57,6 +57,19 @@ from punchthrough.traversal.stages import MappingHint
 
 log = logging.getLogger(__name__)
 
+
+def _address_towards(gateway: str, host_ips: Sequence[str]) -> str | None:
+    """Our address on the gateway's LAN: same /24 first, then any non-loopback address.
+
+    The mapper binds its socket there (PCP puts it in the request); the first listed address is
+    often 127.0.0.1, from which the gateway is unreachable (found in the lab).
+    """
+    usable = [ip for ip in host_ips if not ipaddress.ip_address(ip).is_loopback]
+    prefix = gateway.rsplit(".", 1)[0] + "."
+    same_net = [ip for ip in usable if ip.startswith(prefix)]
+    candidates = same_net or usable
+    return candidates[0] if candidates else None
+
 #: Re-registration back-off after a relay connection is lost (seconds): first try, cap.
 RELAY_RETRY_INITIAL: Final = 1.0
 RELAY_RETRY_MAX: Final = 30.0
@@ -541,7 +554,7 @@ class Endpoint:
 
     async def _start_port_mapping(self, net: Network, gateway: str, *, upnp: bool) -> None:
         """Map the main socket's port on the gateway (NAT-PMP / PCP / UPnP); best effort."""
-        local_ip = self._host_ips()[0] if self._host_ips() else None
+        local_ip = _address_towards(gateway, self._host_ips())
         mapper = PortMapper(
             net,
             gateway,
