@@ -70,6 +70,7 @@ def _address_towards(gateway: str, host_ips: Sequence[str]) -> str | None:
     candidates = same_net or usable
     return candidates[0] if candidates else None
 
+
 #: Re-registration back-off after a relay connection is lost (seconds): first try, cap.
 RELAY_RETRY_INITIAL: Final = 1.0
 RELAY_RETRY_MAX: Final = 30.0
