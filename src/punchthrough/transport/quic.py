@@ -55,6 +55,9 @@ EventHandler = Callable[[QuicEvent], None]
 #: send in order (QUIC retransmits fill holes quickly), so the gap stays near one flight.
 DEFAULT_MAX_RECEIVE_BUFFER = 4 * 1024 * 1024
 
+#: How far past a timer's deadline we tell aioquic it is when the timer fires (one nanosecond).
+TIMER_EPSILON = 1e-9
+
 #: RFC 9000 section 14.1: a client Initial must be padded to at least 1200 bytes; smaller
 #: "Initials" that would create server state are dropped unanswered (anti-amplification).
 MIN_INITIAL_SIZE = 1200
@@ -203,8 +206,10 @@ class QuicDriver:
         due = self._timer_at or 0.0
         self._timer = None
         self._timer_at = None
-        # the loop may run a timer a hair early: never tell aioquic "now" is before its deadline
-        self.connection.handle_timer(now=max(due, self._loop.time()))
+        # The loop may run a timer a hair early, and aioquic compares its deadlines with ">":
+        # tell it a moment past the deadline, or it re-arms the same timer at the same virtual
+        # instant forever (seen in the simulator with jitter).
+        self.connection.handle_timer(now=max(due, self._loop.time()) + TIMER_EPSILON)
         self._process_events()
         self.transmit()
 
