@@ -142,59 +142,26 @@ def coturn_trials(trials: int) -> list[dict[str, Any]]:
 
 
 async def _our_load(relay: tuple[str, int], pid: int, pps: float, total: int) -> dict[str, Any]:
-    from punchthrough.identity import Identity
-    from punchthrough.netio import UdpNetwork
-    from punchthrough.relay import RelayClient
-    from punchthrough.transport import DatagramMux
+    from relay_load import offer_load
 
-    net = UdpNetwork()
-    socks, muxes, clients = [], [], []
-    try:
-        for _ in range(2):
-            sock = await net.bind("127.0.0.1")
-            mux = DatagramMux(sock)
-            socks.append(sock)
-            muxes.append(mux)
-            clients.append(await RelayClient.connect(mux, relay, Identity.generate(), timeout=5.0))
-        a, b = clients
-        got = 0
+    c0 = 0.0
 
-        def on_frame(src: object, payload: bytes) -> None:
-            nonlocal got
-            got += 1
-
-        b.set_receiver(on_frame)
-        payload = bytes(PAYLOAD)
-        loop = asyncio.get_running_loop()
-        burst = max(1, int(pps) // 200)  # 5 ms ticks
-        await asyncio.sleep(0.2)  # registration traffic settles
+    def start() -> None:
+        nonlocal c0
         c0 = cpu_seconds(pid)
-        t0 = loop.time()
-        sent = 0
-        while sent < total:
-            for _ in range(min(burst, total - sent)):
-                a.send(b.peer_id, payload)
-                sent += 1
-            await asyncio.sleep(max(0.0, t0 + sent / pps - loop.time()))
-        elapsed = loop.time() - t0
-        await asyncio.sleep(0.3)  # stragglers
-        cpu = cpu_seconds(pid) - c0
-        return {
-            "sent": sent,
-            "delivered": got,
-            "load_s": round(elapsed, 3),
-            "pps": round(got / elapsed),
-            "server_cpu_s": round(cpu, 3),
-            "cpu_us_per_msg": round(cpu / got * 1e6, 2) if got else None,
-            "note_cpu_window": "includes 0.3 s idle tail (QUIC keepalives only)",
-        }
-    finally:
-        for c in clients:
-            await c.close()
-        for m in muxes:
-            m.close()
-        for s in socks:
-            s.close()
+
+    # settle: registration traffic is over before the CPU window opens
+    r = await offer_load(relay, pps, total, payload_size=PAYLOAD, settle=0.2, on_start=start)
+    cpu = cpu_seconds(pid) - c0
+    return {
+        "sent": r.sent,
+        "delivered": r.delivered,
+        "load_s": round(r.elapsed, 3),
+        "pps": round(r.delivered / r.elapsed),
+        "server_cpu_s": round(cpu, 3),
+        "cpu_us_per_msg": round(cpu / r.delivered * 1e6, 2) if r.delivered else None,
+        "note_cpu_window": "includes 0.3 s idle tail (QUIC keepalives only)",
+    }
 
 
 def ours_trials(flag: str, pps: float, total: int, trials: int) -> list[dict[str, Any]]:

@@ -124,57 +124,16 @@ def _free_udp_port() -> int:
 
 
 async def _relay_rate(relay: tuple[str, int], offered_pps: int, seconds: float) -> dict[str, Any]:
-    import asyncio
+    from relay_load import offer_load
 
-    from punchthrough.identity import Identity
-    from punchthrough.netio import UdpNetwork
-    from punchthrough.relay import RelayClient
-    from punchthrough.transport import DatagramMux
-
-    net = UdpNetwork()
-    socks, muxes, clients = [], [], []
-    try:
-        for _ in range(2):
-            sock = await net.bind("127.0.0.1")
-            mux = DatagramMux(sock)
-            socks.append(sock)
-            muxes.append(mux)
-            clients.append(await RelayClient.connect(mux, relay, Identity.generate(), timeout=5.0))
-        a, b = clients
-        got = 0
-
-        def on_frame(src: object, payload: bytes) -> None:
-            nonlocal got
-            got += 1
-
-        b.set_receiver(on_frame)
-        payload = bytes(160)
-        loop = asyncio.get_running_loop()
-        burst = max(1, offered_pps // 200)  # 5 ms ticks
-        total = int(offered_pps * seconds)
-        sent = 0
-        t0 = loop.time()
-        while sent < total:
-            for _ in range(min(burst, total - sent)):
-                a.send(b.peer_id, payload)
-                sent += 1
-            await asyncio.sleep(max(0.0, t0 + sent / offered_pps - loop.time()))
-        elapsed = loop.time() - t0
-        await asyncio.sleep(0.3)  # stragglers
-        return {
-            "offered_pps": offered_pps,
-            "sent": sent,
-            "forwarded": got,
-            "loss": round(1 - got / sent, 4),
-            "achieved_pps": round(got / elapsed),
-        }
-    finally:
-        for c in clients:
-            await c.close()
-        for m in muxes:
-            m.close()
-        for sock in socks:
-            sock.close()
+    r = await offer_load(relay, offered_pps, int(offered_pps * seconds))
+    return {
+        "offered_pps": offered_pps,
+        "sent": r.sent,
+        "forwarded": r.delivered,
+        "loss": round(1 - r.delivered / r.sent, 4),
+        "achieved_pps": round(r.delivered / r.elapsed),
+    }
 
 
 def bench_relay() -> dict[str, Any]:
