@@ -24,7 +24,6 @@ from punchthrough.stun import (
 from punchthrough.traversal import (
     CheckEngine,
     DirectMonitor,
-    NatHints,
     PairNominated,
     PairState,
     PairSucceeded,
@@ -37,10 +36,11 @@ from punchthrough.traversal import (
     derive_credentials,
     make_candidates,
     pair_priority,
-    plan,
     remote_candidates,
 )
-from punchthrough.traversal.checks import Action
+from punchthrough.traversal.checks import MAX_PAIRS, MAX_TRANSACTIONS, Action
+from punchthrough.traversal.hardnat.plan import plan_stages
+from punchthrough.traversal.hardnat.summary import NatSummary
 
 A = TypeVar("A")
 BINDING = bytes(range(32))
@@ -289,23 +289,80 @@ def test_monitor_probes_suspects_then_declares_death_but_never_for_an_idle_call(
     assert m.next_deadline(12.5) > 12.5
 
 
-def test_stage_plan_follows_the_pair_matrix() -> None:
-    easy = NatHints("independent")
-    seq = NatHints("dependent", "sequential")
-    rnd = NatHints("dependent", "random")
-    assert plan(easy, easy).needed == ()
-    assert plan(seq, easy).needed == ("port-prediction",)
-    assert plan(easy, rnd).needed == ("birthday",)
-    assert plan(rnd, rnd).needed == () and "relay" in plan(rnd, rnd).skip["birthday"]
-    assert plan(seq, rnd).needed == ("port-prediction",)
-    mapped = NatHints("dependent", "random", port_mapping=True)
-    p = plan(mapped, easy)
-    assert p.needed == () and p.run[0] == "port-mapping"
+def test_waterfall_records_the_planners_choice() -> None:
+    easy = NatSummary(
+        udp=True, mapping="endpoint-independent", filtering="address-and-port-dependent"
+    )
+    rnd = NatSummary(udp=True, mapping="address-and-port-dependent", allocation="random")
     w = Waterfall()
-    w.apply(plan(easy, rnd))
-    assert w["birthday"].status == "not-implemented" and w["birthday"].needed
+    w.apply(plan_stages(easy, rnd))
+    assert w["birthday"].status == "pending" and w["birthday"].needed
+    assert "pinholes" in w["birthday"].reason
+    assert (
+        w["port-prediction"].status == "skipped"
+        and "nothing to predict" in w["port-prediction"].reason
+    )
     assert w.needed == ["birthday"]
+    w2 = Waterfall()
+    w2.apply(plan_stages(rnd, rnd))
+    assert w2.needed == [] and "relay" in w2["birthday"].reason
+    w.start("birthday", 0.5)
+    assert w["birthday"].attempts == 1
     w.start("hole-punch", 1.0)
     w.succeed("hole-punch", 1.2, "pair")
     w.fail("hole-punch", 2.0, "late")  # success is final
     assert w["hole-punch"].status == "succeeded" and w["hole-punch"].at == 1.2
+
+
+def test_probes_are_one_shot_and_an_answered_probe_is_a_pair() -> None:
+    """A hard stage's check to an address nobody offered: sent once, no retransmission; the
+    peer answers it (it arrived on a base of the peer); the answer makes a succeeded pair."""
+    a, b = engines()
+    b.add_probe_base(("10.0.2.2", 7000))
+    t = a.probe(A_LOCAL, ("10.0.2.2", 7000), 0.0, "birthday")
+    assert a.next_deadline() is None  # nothing scheduled: no retransmission
+    out = b.handle_datagram(t.data, ("10.0.2.2", 7000), A_LOCAL, 0.01)
+    resp = next(x for x in out if isinstance(x, Transmit) and x.remote == A_LOCAL)
+    got = a.handle_datagram(resp.data, A_LOCAL, ("10.0.2.2", 7000), 0.02)
+    ok = [x for x in got if isinstance(x, PairSucceeded)]
+    assert ok and ok[0].pair.remote_kind == "birthday"
+    assert (A_LOCAL, ("10.0.2.2", 7000)) in a.pairs
+    # A probe base accepts checks but is never paired with every remote candidate.
+    assert all(k[0] != ("10.0.2.2", 7000) for k in b.pairs if b.pairs[k].remote_kind != "prflx")
+
+
+def test_a_triggered_check_from_a_probed_address_keeps_the_probes_stage() -> None:
+    """The birthday's easy side probes the hard side's port P; the hard side's answer is lost
+    (or late) but its own triggered check from P arrives first: the pair it creates is the
+    birthday's success, not a peer-reflexive hole punch (the lab reported that race)."""
+    a, b = engines()
+    hard_port: Address = ("203.0.113.2", 31818)
+    a.probe(A_LOCAL, hard_port, 0.0, "birthday")
+    req = b._request(use_candidate=False)[1]
+    data = encode(req, integrity_key=b.credentials.key, fingerprint=True)
+    a.handle_datagram(data, A_LOCAL, hard_port, 0.01)
+    assert a.pairs[(A_LOCAL, hard_port)].remote_kind == "birthday"
+    assert a.stats["prflx_learned"] == 1
+    # an address nobody probed stays peer-reflexive
+    other: Address = ("203.0.113.2", 40000)
+    req = b._request(use_candidate=False)[1]
+    a.handle_datagram(
+        encode(req, integrity_key=b.credentials.key, fingerprint=True), A_LOCAL, other, 0.02
+    )
+    assert a.pairs[(A_LOCAL, other)].remote_kind == "prflx"
+
+
+def test_raised_limits_stay_bounded_and_remove_base_forgets_its_pairs() -> None:
+    a, _ = engines()
+    a.raise_limits(10**9, 10**9)
+    assert MAX_PAIRS < a.max_pairs <= 8192 and MAX_TRANSACTIONS < a.max_transactions <= 8192
+    a.raise_limits(1, 1)
+    assert a.max_pairs == MAX_PAIRS and a.max_transactions == MAX_TRANSACTIONS
+    extra: Address = ("10.0.1.2", 5001)
+    a.add_probe_base(extra)
+    for port in range(2000, 2100):
+        a.probe(extra, ("203.0.113.9", port), 0.0, "birthday")
+    assert len(a._tx) == 100
+    a.remove_base(extra)
+    assert not a._tx and extra not in a.probe_bases
+    assert not any(k[0] == extra for k in a.probed)

@@ -8,7 +8,7 @@ to exactly that), so packets are never larger than 1200 and always fit, with hea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from aioquic.quic.configuration import QuicConfiguration
@@ -16,6 +16,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from punchthrough.identity import Identity, apply_identity
 from punchthrough.relay.frames import MAX_RELAY_PAYLOAD
 from punchthrough.transport.demux import QUIC_CID_LENGTH
+from punchthrough.traversal.hardnat.plan import Budget
 
 #: ALPN of end-to-end peer connections (RFC 7301); the relay control plane uses its own.
 PEER_ALPN: Final = "punchthrough/1"
@@ -71,6 +72,8 @@ class EndpointConfig:
     #: Look for a direct path behind every relayed call (candidates, checks, hole punch).
     #: ``False`` keeps calls on the relay (tests, or a policy that never exposes addresses).
     direct: bool = True
+    #: Budget of the hard-NAT stages (birthday sockets/probes/rate/duration, prediction).
+    hardnat_budget: Budget = field(default_factory=Budget)
 
     def __post_init__(self) -> None:
         if not 0 < self.keepalive_interval < self.idle_timeout:

@@ -150,14 +150,16 @@ class TraversalStage:
     """One stage of the waterfall and what became of it."""
 
     stage: str
-    status: str  # "succeeded", "failed", "skipped", "started", "not-implemented"
+    status: str  # "succeeded", "failed", "skipped", "started", "pending"
     reason: str = ""
     at_ms: float | None = None
     pair: str | None = None
     #: When the stage started (ms from connection start), if it ran.
     started_ms: float | None = None
-    #: The pair's NATs call for this stage (reported for stages not implemented yet).
+    #: The pair's NATs call for this stage (the hole punch alone cannot work).
     needed: bool = False
+    #: Stage figures (birthday: ``sockets``, ``probes_sent``, ``range_size``, ...).
+    details: dict[str, object] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"stage": self.stage, "status": self.status}
@@ -171,6 +173,8 @@ class TraversalStage:
             out["started_ms"] = self.started_ms
         if self.needed:
             out["needed"] = True
+        for k, v in self.details.items():
+            out.setdefault(k, v)
         return out
 
 
@@ -180,7 +184,8 @@ class TraversalReport:
 
     ``stages``: the relay first, then port mapping, hole punch, port prediction, birthday.
     ``direct_ms``: when the call first moved onto a direct path (ms from connection start);
-    ``strategy``: the stage that found it (``port-mapping`` / ``hole-punch``), else ``None``;
+    ``strategy``: the stage that found it (``port-mapping`` / ``hole-punch`` /
+    ``port-prediction`` / ``birthday``), else ``None``;
     ``needed``: hard-NAT stages this pair would need (when the hole punch cannot work).
     """
 
@@ -318,6 +323,10 @@ class Connection:
         if not self.paths.received(path, len(data)) or self._driver is None:
             return
         self._driver.datagram_received(data)
+
+    def direct_packet(self, data: bytes, addr: Address) -> None:
+        """A QUIC packet for this connection on a hard stage's extra socket."""
+        self._direct_packet(data, addr)
 
     def _direct_packet(self, data: bytes, addr: Address) -> None:
         """A QUIC packet with one of our CIDs came straight to the main socket.
@@ -766,6 +775,7 @@ class Connection:
                     pair=rec.pair,
                     started_ms=self._ms(rec.started_at),
                     needed=rec.needed,
+                    details=dict(rec.details),
                 )
             )
         return TraversalReport(

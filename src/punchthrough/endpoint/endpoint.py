@@ -35,6 +35,7 @@ from punchthrough.endpoint.errors import (
 )
 from punchthrough.identity import Identity, PeerId
 from punchthrough.nat.allocation import PortAllocation, classify_port_allocation
+from punchthrough.nat.behavior import filtering_behavior
 from punchthrough.netio import Address, DatagramSocket, Network, UdpNetwork
 from punchthrough.portmap import PortMapError, PortMapper, PortMapping
 from punchthrough.relay import (
@@ -52,6 +53,8 @@ from punchthrough.transport.path import Path
 from punchthrough.transport.quic import is_initial
 from punchthrough.traversal.agent import LocalCandidates, TraversalAgent
 from punchthrough.traversal.candidates import make_candidates
+from punchthrough.traversal.hardnat.plan import Budget
+from punchthrough.traversal.hardnat.summary import NatSummary
 from punchthrough.traversal.keys import recipient_ufrag
 from punchthrough.traversal.stages import MappingHint
 
@@ -78,6 +81,10 @@ RELAY_RETRY_MAX: Final = 30.0
 #: answered by then is skipped (its RTO is :data:`GATHER_RTO`, so 3 tries fit).
 GATHER_TIMEOUT: Final = 1.0
 GATHER_RTO: Final = 0.25
+#: Filtering test (RFC 5780 section 4.4) while gathering: wait this many server round trips for
+#: a CHANGE-REQUEST answer, at least :data:`FILTER_WAIT_MIN` (netcheck's own figures).
+FILTER_WAIT_RTTS: Final = 4.0
+FILTER_WAIT_MIN: Final = 0.5
 
 RelaySpec = Address | str
 
@@ -517,6 +524,15 @@ class Endpoint:
     def local_candidates(self) -> LocalCandidates:
         return self._local
 
+    @property
+    def budget(self) -> Budget:
+        """What the hard-NAT stages may spend (sockets, probes, rate, duration)."""
+        return self.config.hardnat_budget
+
+    def sample_servers(self) -> list[Address]:
+        """STUN servers for fresh port samples: our relays (they answer STUN) and --stun."""
+        return list(dict.fromkeys([*self._relays, *self.stun_servers]))
+
     def register_ufrag(self, ufrag: str, agent: TraversalAgent | None) -> None:
         """Route checks whose USERNAME names ``ufrag`` to ``agent`` (``None`` removes)."""
         if agent is None:
@@ -619,21 +635,22 @@ class Endpoint:
             srflx.append((client.observed_address, addr[0]))
             seen[addr[0]] = client.observed_address
             samples.append(client.observed_address)
+        results: list[tuple[Address, Any]] = []
         if self.stun_servers:
 
-            async def one(server: Address) -> tuple[Address, Address] | None:
+            async def one(server: Address) -> tuple[Address, Any] | None:
                 try:
                     res = await self.stun.binding(server, timeout=GATHER_TIMEOUT)
                 except (StunError, OSError):
                     return None
-                return server, res.mapped
+                return server, res
 
-            results = await asyncio.gather(*(one(s) for s in self.stun_servers))
-            for r in results:
+            for r in await asyncio.gather(*(one(s) for s in self.stun_servers)):
                 if r is not None:
-                    srflx.append((r[1], r[0][0]))
-                    seen.setdefault(r[0][0], r[1])
-                    samples.append(r[1])
+                    results.append(r)
+                    srflx.append((r[1].mapped, r[0][0]))
+                    seen.setdefault(r[0][0], r[1].mapped)
+                    samples.append(r[1].mapped)
         self._srflx_seen = seen
         mapping: MappingHint = "unknown"
         allocation, delta = "unknown", None
@@ -660,7 +677,87 @@ class Endpoint:
             mapper.mapping.protocol if mapper is not None and mapper.mapping is not None else None
         )
         local.public_ip = srflx[0][0][0] if srflx else None
+        filtering = "unknown"
+        if mapping == "independent":
+            filtering = await self._filtering_test(results)
+        local.summary = self._summary(samples, mapping, filtering, allocation, delta)
         return local
+
+    async def _filtering_test(self, results: list[tuple[Address, Any]]) -> str:
+        """RFC 5780 section 4.4 tests II and III from a fresh socket (the main socket has
+        already sent to the servers' other addresses, which would open its own filter).
+
+        Only worth it for an endpoint-independent mapping: the planner needs that side's
+        filtering to know whether the peer's unannounced ports get through."""
+        rfc5780 = [(srv, res) for srv, res in results if res.other_address is not None]
+        if not rfc5780 or self.network is None:
+            return "unknown"
+        server, res = rfc5780[0]
+        wait = min(GATHER_TIMEOUT, max(FILTER_WAIT_MIN, FILTER_WAIT_RTTS * res.rtt))
+        try:
+            sock = await self.network.bind(self._sock.local_address[0], 0)
+        except OSError:
+            return "unknown"
+        client = StunClient(sock, rto=GATHER_RTO)
+        client.attach()
+
+        async def answered(**kw: bool) -> bool:
+            try:
+                await client.binding(server, timeout=wait, **kw)
+            except (StunError, OSError):
+                return False
+            return True
+
+        try:
+            both, port_only = await asyncio.gather(
+                answered(change_ip=True, change_port=True), answered(change_port=True)
+            )
+        finally:
+            client.close()
+            sock.close()
+        return filtering_behavior(both, port_only).value
+
+    def _summary(
+        self,
+        samples: list[Address],
+        mapping: MappingHint,
+        filtering: str,
+        allocation: str,
+        delta: int | None,
+    ) -> NatSummary:
+        """Our NAT as the stage planner sees it, from the gathered samples (a netcheck-like
+        report: mapping, filtering, allocation with its delta and observed port range)."""
+        local = self._local
+        ports = [a[1] for a in samples]
+        protocols = (
+            (local.mapped_protocol,)
+            if local.mapped is not None and local.mapped_protocol in ("nat-pmp", "pcp", "upnp")
+            else ()
+        )
+        report = {
+            "udp": bool(samples) or not self.stun_servers,
+            "mapping": {
+                "independent": "endpoint-independent",
+                # Two servers at different IPs saw different ports: the mapping depends at least
+                # on the address; a random or sequential allocator means address-and-port.
+                "dependent": "address-and-port-dependent",
+                "unknown": "unknown",
+            }[mapping],
+            "filtering": filtering,
+            "port_allocation": {
+                "kind": allocation if allocation in ("sequential", "random") else "unknown",
+                "delta": delta,
+                "ports": ports,
+                "port_range": [min(ports), max(ports)] if ports else None,
+            },
+            "public_ip": local.public_ip,
+            "port_mapping": {p.replace("-", "_"): True for p in protocols},
+        }
+        try:
+            return NatSummary.from_netcheck_json(report)
+        except ValueError:
+            self._stats["nat_summary_errors"] += 1
+            return NatSummary(udp=True, mapping=report["mapping"])  # type: ignore[arg-type]
 
     async def network_changed(self) -> None:
         """Our network may have changed (new address, socket error, NAT reboot): re-gather,

@@ -3,7 +3,8 @@ path liveness, and the waterfall's stage bookkeeping.
 
 Sans-IO cores: :mod:`.candidates` (priorities, pairing), :mod:`.keys` (check credentials from
 the QUIC session), :mod:`.checks` (the check engine), :mod:`.monitor` (direct-path liveness),
-:mod:`.stages` (stage choice and records). :mod:`.agent` runs them for one connection on the
+:mod:`.stages` (stage records), :mod:`.hardnat` (stage choice, port prediction, the birthday
+attack; pure). :mod:`.agent` runs them for one connection on the
 event loop.
 """
 
@@ -28,7 +29,7 @@ from punchthrough.traversal.checks import (
 )
 from punchthrough.traversal.keys import CheckCredentials, derive_credentials, recipient_ufrag
 from punchthrough.traversal.monitor import DirectMonitor, Verdict
-from punchthrough.traversal.stages import STAGES, NatHints, Plan, StageRecord, Waterfall, plan
+from punchthrough.traversal.stages import STAGES, StageRecord, Waterfall
 
 __all__ = [
     "STAGES",
@@ -38,12 +39,10 @@ __all__ = [
     "ConsentResponse",
     "DirectMonitor",
     "LocalCandidates",
-    "NatHints",
     "PairNominated",
     "PairState",
     "PairSucceeded",
     "PeerSeen",
-    "Plan",
     "RemoteCandidate",
     "RoundFailed",
     "StageRecord",
@@ -55,7 +54,6 @@ __all__ = [
     "derive_credentials",
     "make_candidates",
     "pair_priority",
-    "plan",
     "recipient_ufrag",
     "remote_candidates",
 ]

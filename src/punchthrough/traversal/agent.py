@@ -25,19 +25,20 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final, Protocol
 
-from punchthrough.netio import Address, DatagramSocket
+from punchthrough.netio import Address, DatagramSocket, Network
 from punchthrough.signal import (
     Candidate,
     Candidates,
     CandidateUpdate,
     CheckStart,
+    HardNatBirthdayStart,
+    HardNatProbe,
     Message,
     NatReportSummary,
 )
-from punchthrough.signal.messages import AllocationKind, Behavior
 from punchthrough.traversal.candidates import describe, remote_candidates
 from punchthrough.traversal.checks import (
     Action,
@@ -50,9 +51,12 @@ from punchthrough.traversal.checks import (
     RoundFailed,
     Transmit,
 )
+from punchthrough.traversal.hard import HardStages
+from punchthrough.traversal.hardnat.plan import HARD_STAGES, Budget, StagePlan, plan_stages
+from punchthrough.traversal.hardnat.summary import APD, NatSummary
 from punchthrough.traversal.keys import derive_credentials
 from punchthrough.traversal.monitor import DirectMonitor, Verdict
-from punchthrough.traversal.stages import MappingHint, NatHints, Waterfall, plan
+from punchthrough.traversal.stages import MappingHint, Waterfall
 
 if TYPE_CHECKING:
     from punchthrough.transport.path import Path, PathManager
@@ -71,13 +75,10 @@ RETRY_DEAD: Final = (1.0, 30.0)
 #: Retry back-off after a round in which nothing answered (the pair may need another stage;
 #: networks also change): first, cap.
 RETRY_FAILED: Final = (30.0, 300.0)
-
-NAT_MAPPING_TEXT: Final[dict[MappingHint, Behavior]] = {
-    "independent": "endpoint-independent",
-    # Two servers at different IPs saw different ports: at least address-dependent.
-    "dependent": "address-dependent",
-    "unknown": "unknown",
-}
+#: Hard stages start after the hole punch's first checks: one pacing gap (checks.PACING) per
+#: pair, plus this margin.
+PACING_GUARD: Final = 0.010
+HARD_START_DELAY: Final = 0.05
 
 
 @dataclass
@@ -96,6 +97,8 @@ class LocalCandidates:
     public_ip: str | None = None
     #: Why there is no mapped candidate (for the report): "no gateway configured", ...
     port_mapping_note: str = "no port-mapping gateway configured"
+    #: Our NAT as the stage planner sees it (sent to the peer as ``NatReportSummary``).
+    summary: NatSummary = field(default_factory=lambda: NatSummary(udp=True))
 
 
 class DirectHost(Protocol):
@@ -108,6 +111,14 @@ class DirectHost(Protocol):
     def local_candidates(self) -> LocalCandidates: ...
 
     def register_ufrag(self, ufrag: str, agent: TraversalAgent | None) -> None: ...
+
+    @property
+    def network(self) -> Network | None: ...
+
+    @property
+    def budget(self) -> Budget: ...
+
+    def sample_servers(self) -> list[Address]: ...
 
 
 class ConnectionSide(Protocol):
@@ -126,6 +137,8 @@ class ConnectionSide(Protocol):
 
     def quic_rtt(self) -> float | None: ...
 
+    def direct_packet(self, data: bytes, addr: Address) -> None: ...
+
 
 class TraversalAgent:
     """Direct-path traversal for one connection. Created once the relayed connection is usable."""
@@ -143,7 +156,17 @@ class TraversalAgent:
         self.waterfall = Waterfall()
         self.stats: Counter[str] = Counter()
         self.remote_generation = -1
-        self.remote_hints = NatHints()
+        #: The peer's NAT summary (None until its ``NatReportSummary`` arrived).
+        self.remote_summary: NatSummary | None = None
+        #: Evidence from the peer's checks that it maps endpoint-dependently (prflx ports).
+        self._remote_dependent = False
+        self._remote_port_mapping = False
+        #: Sockets checks may go out on: the main socket and the hard stages' extra sockets.
+        self._sockets: dict[Address, DatagramSocket] = {self.base: host.sock}
+        self.hard = HardStages(self)
+        #: Hard stages to start (loop time) once the hole punch's first checks are out.
+        self._hard_start_at: float | None = None
+        self._hard_backoff: float | None = None
         self._remote_srflx: set[Address] = set()
         self._remote_mapped: set[Address] = set()
         self._have_remote = False
@@ -169,14 +192,15 @@ class TraversalAgent:
         conn.add_control_handler(CandidateUpdate, self._on_candidates)
         conn.add_control_handler(CheckStart, self._on_check_start)
         conn.add_control_handler(NatReportSummary, self._on_nat_report)
-        self.waterfall.skip("port-prediction", "not implemented yet (issue 6)")
-        self.waterfall.skip("birthday", "not implemented yet (issue 6)")
+        conn.add_control_handler(HardNatBirthdayStart, self._on_birthday_start)
+        conn.add_control_handler(HardNatProbe, self._on_probe)
         self._send_candidates()
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self.hard.close()
         self._host.register_ufrag(self.credentials.local_ufrag, None)
         if self._timer is not None:
             self._timer.cancel()
@@ -195,31 +219,10 @@ class TraversalAgent:
         cands = tuple(local.candidates)
         if first:
             self._conn.send_control(Candidates(candidates=cands))
-            self._conn.send_control(self._nat_summary(local))
+            self._conn.send_control(local.summary.to_signal())
         else:
             self._conn.send_control(CandidateUpdate(generation=local.generation, candidates=cands))
         self.stats["candidates_sent"] += 1
-
-    @staticmethod
-    def _nat_summary(local: LocalCandidates) -> NatReportSummary:
-        protocols = (
-            (local.mapped_protocol,)
-            if local.mapped is not None and local.mapped_protocol in ("nat-pmp", "pcp", "upnp")
-            else ()
-        )
-        sequential = local.allocation == "sequential" and bool(local.delta)
-        allocation: AllocationKind = (
-            "sequential" if sequential else "random" if local.allocation == "random" else "unknown"
-        )
-        return NatReportSummary(
-            udp=True,
-            mapping=NAT_MAPPING_TEXT[local.mapping],
-            filtering="unknown",
-            allocation=allocation,
-            delta=local.delta if sequential else None,
-            public_ip=local.public_ip,
-            port_mapping=protocols,  # type: ignore[arg-type]
-        )
 
     def local_candidates_changed(self) -> None:
         """The endpoint re-gathered (network change, new mapping): tell the peer, re-check."""
@@ -247,10 +250,7 @@ class TraversalAgent:
         remote = remote_candidates(cands)
         self._remote_srflx = {r.address for r in remote if r.kind == "srflx"}
         self._remote_mapped = {r.address for r in remote if r.kind == "mapped"}
-        if self._remote_mapped:
-            self.remote_hints = NatHints(
-                self.remote_hints.mapping, self.remote_hints.allocation, port_mapping=True
-            )
+        self._remote_port_mapping = bool(self._remote_mapped)
         now = self._loop.time()
         self.engine.set_remote_candidates(remote, now)
         self._have_remote = True
@@ -262,18 +262,73 @@ class TraversalAgent:
     def _on_nat_report(self, msg: Message) -> None:
         if not isinstance(msg, NatReportSummary):
             return
-        mapping: MappingHint = "unknown"
-        if msg.mapping == "endpoint-independent":
-            mapping = "independent"
-        elif msg.mapping in ("address-dependent", "address-and-port-dependent"):
-            mapping = "dependent"
-        if self.remote_hints.mapping == "dependent":
-            mapping = "dependent"  # evidence from its checks (prflx) outranks a guess
-        self.remote_hints = NatHints(
-            mapping,
-            msg.allocation,
-            port_mapping=bool(msg.port_mapping) or self.remote_hints.port_mapping,
-        )
+        self.remote_summary = NatSummary.from_signal(msg)
+        self.stats["nat_reports_received"] += 1
+        self._rearm()
+
+    def _on_birthday_start(self, msg: Message) -> None:
+        if isinstance(msg, HardNatBirthdayStart) and not self._on_direct():
+            self.hard.on_birthday_start(msg, self.plan().get("birthday"))
+            self._rearm()
+
+    def _on_probe(self, msg: Message) -> None:
+        if isinstance(msg, HardNatProbe) and not self._on_direct():
+            self.hard.on_probe(msg, self.plan().get("port-prediction"))
+            self._rearm()
+
+    # -- the stage plan ------------------------------------------------------------------------
+    @property
+    def call_id(self) -> str:
+        """Both sides know it: the dialer's username fragment."""
+        ufrag = self.credentials.local_ufrag if self.controlling else self.credentials.remote_ufrag
+        return f"c{ufrag}"
+
+    @property
+    def budget(self) -> Budget:
+        return self._host.budget
+
+    @property
+    def network(self) -> Network:
+        net = self._host.network
+        if net is None:
+            raise OSError("no network to open sockets on")
+        return net
+
+    def local_summary(self) -> NatSummary:
+        s = self._host.local_candidates.summary
+        if self.waterfall["port-mapping"].status == "failed":
+            s = s.without_port_mapping()
+        return s
+
+    def _remote_view(self) -> NatSummary:
+        r = self.remote_summary or NatSummary(udp=True)
+        if self._remote_dependent and r.mapping == "unknown":
+            r = replace(r, mapping=APD)
+        if self._remote_port_mapping and not r.port_mapping:
+            r = replace(r, port_mapping=("pcp",))
+        if self.waterfall["port-mapping"].status == "failed":
+            r = r.without_port_mapping()
+        return r
+
+    def plan(self) -> dict[str, StagePlan]:
+        """The waterfall's stages for this pair, from both NAT summaries (plan_stages)."""
+        plans = plan_stages(self.local_summary(), self._remote_view(), budget=self.budget)
+        return {p.stage: p for p in plans}
+
+    def sample_servers(self) -> list[Address]:
+        return self._host.sample_servers()
+
+    def remote_public_endpoint(self) -> Address | None:
+        """The peer's server-reflexive endpoint (the one its endpoint-independent NAT shows
+        everyone)."""
+        srflx = sorted(self._remote_srflx)
+        return srflx[0] if srflx else None
+
+    def owd(self) -> float:
+        return self._owd()
+
+    def send_control(self, msg: Message) -> None:
+        self._conn.send_control(msg)
 
     def _owd(self) -> float:
         rtt = self._conn.quic_rtt()
@@ -319,18 +374,54 @@ class TraversalAgent:
         self.engine.round = max(self.engine.round, self._pending_round - 1)
         self.engine.start_round(now)
         local = self._host.local_candidates
-        hints = NatHints(local.mapping, local.allocation, port_mapping=local.mapped is not None)
-        p = plan(hints, self.remote_hints)
-        if "port-mapping" in p.run:
+        p = self.plan()
+        if p["port-mapping"].runs:
             self.waterfall.start("port-mapping", now)
         else:
-            self.waterfall.skip("port-mapping", self._port_mapping_reason(local))
+            self.waterfall.skip(
+                "port-mapping", f"{p['port-mapping'].reason} (ours: {local.port_mapping_note})"
+            )
         self.waterfall.start("hole-punch", now)
+        self.waterfall.apply(p.values())
+        # The hard stages that need not wait for the punch start once its first checks are out
+        # (a sequential NAT's prediction burst must not interleave with new punch flows).
+        if any(p[s].runs and not p[s].after for s in HARD_STAGES):
+            self._hard_start_at = now + len(self.engine.pairs) * PACING_GUARD + HARD_START_DELAY
         self.stats["rounds"] += 1
         log.debug("round %d: checking %d pairs", self.engine.round, len(self.engine.pairs))
 
-    def _port_mapping_reason(self, local: LocalCandidates) -> str:
-        return f"no port-mapped candidate on either side (ours: {local.port_mapping_note})"
+    def _start_hard(self, now: float, *, punch_failed: bool) -> None:
+        """Start our initiating role of every hard stage the plan runs now."""
+        if self._closed or self._on_direct() or not self._have_remote:
+            return
+        if self.remote_summary is None:
+            self._hard_start_at = now + HARD_START_DELAY  # its report is on the way
+            return
+        p = self.plan()
+        for stage in HARD_STAGES:
+            sp = p[stage]
+            if not sp.runs or (sp.after and not punch_failed):
+                continue
+            if sp.role == "mutual":
+                self.waterfall.skip(
+                    stage,
+                    "both sides sequential: mutual prediction is not attempted yet (flaky); "
+                    "the call stays on the relay",
+                    needed=True,
+                )
+                continue
+            self.hard.start(sp, now)
+
+    def hard_stage_failed(self, stage: str, now: float) -> None:
+        """A hard stage ended without a path: retry later with back-off (dialer and acceptor
+        alike: each starts only its own initiating role)."""
+        if self._closed or self._on_direct():
+            return
+        first, cap = RETRY_FAILED
+        delay = first if self._hard_backoff is None else min(self._hard_backoff * 2, cap)
+        self._hard_backoff = delay
+        self._hard_start_at = now + delay
+        self._rearm()
 
     def _on_direct(self) -> bool:
         current = self._conn.paths.current
@@ -348,6 +439,32 @@ class TraversalAgent:
 
     def owns(self, txid: bytes) -> bool:
         return self.engine.owns(txid)
+
+    # -- the hard stages' sockets ------------------------------------------------------------
+    def adopt_socket(self, local: Address, sock: DatagramSocket) -> None:
+        """An extra socket (hard stage) checks and the direct path may use."""
+        self._sockets[local] = sock
+
+    def forget_socket(self, local: Address) -> None:
+        """An extra socket closed: no checks, pairs or direct path on it any more."""
+        if local == self.base:
+            return
+        self._sockets.pop(local, None)
+        self.engine.remove_base(local)
+        paths = self._conn.paths
+        for path in [p for p in paths.paths if p.kind == "direct" and p.local == local]:
+            paths.remove(path, "its socket closed")
+
+    def probe(self, local: Address, remote: Address, kind: str) -> None:
+        """One check of a hard stage (sent once, from ``local``)."""
+        if self._closed:
+            return
+        self._transmit(self.engine.probe(local, remote, self._loop.time(), kind))
+        self._rearm()
+
+    def quic_on_extra(self, data: bytes, addr: Address) -> None:
+        """A QUIC packet on a hard stage's socket: the connection takes it from known paths."""
+        self._conn.direct_packet(data, addr)
 
     def heard(self, path: Path) -> None:
         """A QUIC packet for this connection arrived on a direct path."""
@@ -381,7 +498,10 @@ class TraversalAgent:
         self._rearm()
 
     def _transmit(self, t: Transmit) -> None:
-        sock = self._host.sock
+        sock = self._sockets.get(t.local)
+        if sock is None:
+            self.stats["check_no_socket"] += 1
+            return
         log.debug("check to %s (%d bytes)", describe(t.remote), len(t.data))
         try:
             sock.sendto(t.data, t.remote)
@@ -395,7 +515,7 @@ class TraversalAgent:
         path = Path.direct(local, remote)
         paths = self._conn.paths
         if not paths.has(path):
-            sock = self._host.sock
+            sock = self._sockets.get(local, self._host.sock)
 
             def send(data: bytes, _remote: Address = remote) -> None:
                 sock.sendto(data, _remote)
@@ -415,8 +535,11 @@ class TraversalAgent:
         ):
             # Same public IP, another port than any it announced: its NAT mapped its checks
             # to us anew, i.e. it maps endpoint-dependently.
-            h = self.remote_hints
-            self.remote_hints = NatHints("dependent", h.allocation, h.port_mapping)
+            self._remote_dependent = True
+        stage = self.hard.stage_of(local, remote, "")
+        if stage is not None:
+            # A verified check on a hard stage's socket: that socket won; close the others now.
+            self.hard.succeeded(stage, local)
         direct = self._direct
         if (
             direct is not None
@@ -427,6 +550,9 @@ class TraversalAgent:
             self._recovered()
 
     def _strategy(self, pair: CandidatePair) -> str:
+        stage = self.hard.stage_of(pair.local, pair.remote, pair.remote_kind)
+        if stage is not None:
+            return stage
         local = self._host.local_candidates
         if pair.remote_kind == "mapped" or pair.remote in self._remote_mapped:
             return "port-mapping"
@@ -436,7 +562,15 @@ class TraversalAgent:
 
     def _succeeded(self, pair: CandidatePair, now: float) -> None:
         strategy = self._strategy(pair)
-        if strategy == "port-mapping":
+        if strategy in HARD_STAGES:
+            self.waterfall.succeed(strategy, now, pair.describe())
+            self.hard.succeeded(strategy, pair.local)
+            if self.waterfall["hole-punch"].status == "started":
+                self.waterfall.fail("hole-punch", now, f"the {strategy} stage answered first")
+            for other in HARD_STAGES:
+                if other != strategy and self.waterfall[other].status == "pending":
+                    self.waterfall.skip(other, f"not needed: the {strategy} stage found a path")
+        elif strategy == "port-mapping":
             self.waterfall.succeed("port-mapping", now, pair.describe())
             self.waterfall.skip("hole-punch", "port mapping answered first")
             if self.waterfall["hole-punch"].status == "started":
@@ -445,8 +579,9 @@ class TraversalAgent:
             self.waterfall.succeed("hole-punch", now, pair.describe())
             if self.waterfall["port-mapping"].status == "started":
                 self.waterfall.fail("port-mapping", now, "the hole punch answered first")
-        for stage in ("port-prediction", "birthday"):
-            self.waterfall.skip(stage, "not needed: a direct path was found")
+        for stage in HARD_STAGES:
+            if self.waterfall[stage].status == "pending":
+                self.waterfall.skip(stage, "not needed: a direct path was found")
         if not self._on_direct():
             self._switch(pair, now, strategy, "check succeeded")
 
@@ -475,6 +610,7 @@ class TraversalAgent:
         if self.waterfall.direct_at is None:
             self.waterfall.direct_at = now
             self.waterfall.strategy = strategy
+        self._hard_start_at = None
         self.upgrades += 1
         # New connection ID for the new path, but only once the overlap's packets (old CID)
         # have arrived through the relay: the RETIRE_CONNECTION_ID frame races ahead on the
@@ -517,24 +653,24 @@ class TraversalAgent:
         log.info("direct path lost (%s); back on the relay", reason)
 
     def _round_failed(self, action: RoundFailed, now: float) -> None:
-        local = self._host.local_candidates
-        hints = NatHints(local.mapping, local.allocation, port_mapping=local.mapped is not None)
-        p = plan(hints, self.remote_hints)
         if self.waterfall["port-mapping"].status == "started":
             self.waterfall.fail("port-mapping", now, "no port-mapped candidate answered")
+        p = self.plan()  # without the failed port mapping now
         reason = action.reason
-        if p.needed:
-            reason += f"; needed: {' / '.join(p.needed)}"
-        elif "stays on the relay" in p.skip.get("birthday", ""):
-            reason += "; " + p.skip["birthday"]
-        elif hints.mapping == "unknown" or self.remote_hints.mapping == "unknown":
+        needed = [s for s in HARD_STAGES if p[s].needed]
+        if needed:
+            reason += f"; needed: {' / '.join(needed)}"
+        elif "relay" in p["relay"].reason and "stays on the relay" in p["relay"].reason:
+            reason += "; " + p["birthday"].reason
+        elif self.local_summary().mapping == "unknown" or self._remote_view().mapping == "unknown":
             reason += "; NAT mapping unknown on a side (give STUN servers to learn it)"
         self.waterfall.fail("hole-punch", now, reason)
-        for stage in ("port-prediction", "birthday"):
+        for stage in HARD_STAGES:
             rec = self.waterfall[stage]
             if rec.status == "skipped" and "not needed: a direct path" in rec.reason:
                 rec.status = "pending"
-        self.waterfall.apply(p)
+        self.waterfall.apply(p.values())
+        self._start_hard(now, punch_failed=True)
         if self.controlling and self._retry_at is None and not self._on_direct():
             first, cap = RETRY_FAILED
             delay = first if self._retry_delay is None else min(self._retry_delay * 2, cap)
@@ -552,6 +688,8 @@ class TraversalAgent:
             times.append(self._retry_at)
         if self._cid_change_at is not None:
             times.append(self._cid_change_at)
+        if self._hard_start_at is not None:
+            times.append(self._hard_start_at)
         if self._on_direct() and self._direct_pair is not None:
             times.append(self.monitor.next_deadline(self._loop.time()))
         due = min((t for t in times if t is not None), default=None)
@@ -576,6 +714,9 @@ class TraversalAgent:
                 self._propose_round()
         if self._cid_change_at is not None and now >= self._cid_change_at:
             self._change_cid()
+        if self._hard_start_at is not None and now >= self._hard_start_at:
+            self._hard_start_at = None
+            self._start_hard(now, punch_failed=self.waterfall["hole-punch"].status == "failed")
         actions = self.engine.poll(now)
         self._run(actions, now)
         if self._on_direct() and self._direct_pair is not None:

@@ -83,6 +83,10 @@ CONSENT_TIMEOUT: Final = 2.0
 MAX_PAIRS: Final = 128
 #: Outstanding transactions kept (bounded memory whatever the peer does).
 MAX_TRANSACTIONS: Final = 512
+#: Ceilings of :meth:`CheckEngine.raise_limits`: a birthday attack's 4096 probes (the
+#: planner's cap) plus 1024 pinholes, each of which may become a pair.
+MAX_PAIRS_CAP: Final = 8192
+MAX_TRANSACTIONS_CAP: Final = 8192
 #: 487 Role Conflict (RFC 8445 section 7.3.1.1).
 ROLE_CONFLICT: Final = 487
 
@@ -210,6 +214,16 @@ class CheckEngine:
     _nominating: CandidatePair | None = None
     _round_failed_reported: bool = True
     _next_first_send: float = 0.0
+    #: Bounds (raised, still bounded, while a birthday attack runs: :meth:`raise_limits`).
+    max_pairs: int = MAX_PAIRS
+    max_transactions: int = MAX_TRANSACTIONS
+    #: Sockets that accept checks but are never paired with every remote candidate (the hard
+    #: stages' extra sockets: a verified request there still gets a triggered check back).
+    probe_bases: set[Address] = field(default_factory=set)
+    #: (local, remote) -> kind of the hard-stage probes sent there: the peer's triggered check
+    #: from a probed address is that stage's success, not a peer-reflexive hole punch (bounded
+    #: like the pairs: MAX_PAIRS_CAP).
+    probed: dict[tuple[Address, Address], str] = field(default_factory=dict)
 
     # -- configuration -----------------------------------------------------------------------
     def add_base(self, local: Address) -> None:
@@ -218,6 +232,47 @@ class CheckEngine:
             self.bases.append(local)
             for rc in self.remote:
                 self._pair(local, rc)
+
+    def add_probe_base(self, local: Address) -> None:
+        """An extra socket (birthday / prediction) checks may arrive on; no automatic pairs."""
+        self.probe_bases.add(local)
+
+    def remove_base(self, local: Address) -> None:
+        """A socket closed: forget its pairs and transactions (nothing can arrive there now)."""
+        self.probe_bases.discard(local)
+        if local in self.bases:
+            self.bases.remove(local)
+        for key in [k for k in self.probed if k[0] == local]:
+            del self.probed[key]
+        for key in [k for k in self.pairs if k[0] == local]:
+            pair = self.pairs.pop(key)
+            if self.nominated is pair:
+                self.nominated = None
+        for txid in [t for t, tx in self._tx.items() if tx.pair.local == local]:
+            del self._tx[txid]
+
+    def raise_limits(self, pairs: int, transactions: int) -> None:
+        """Allow more pairs / outstanding transactions (a birthday attack sends ~1000 probes),
+        never less than the defaults."""
+        self.max_pairs = max(MAX_PAIRS, min(pairs, MAX_PAIRS_CAP))
+        self.max_transactions = max(MAX_TRANSACTIONS, min(transactions, MAX_TRANSACTIONS_CAP))
+
+    def probe(self, local: Address, remote: Address, now: float, kind: str) -> Transmit:
+        """One check to an address nobody offered (a predicted port, a birthday probe or a
+        pinhole opener), sent once and not retransmitted; a verified answer makes it a
+        succeeded pair like any other (``remote_kind`` = ``kind``)."""
+        pair = self.pairs.get((local, remote))
+        if pair is None:
+            prio = pair_priority(candidate_priority("prflx"), candidate_priority("prflx"))
+            pair = CandidatePair(local, remote, kind, prio)
+        if len(self.probed) < MAX_PAIRS_CAP:
+            self.probed[(local, remote)] = kind
+        txid, msg = self._request(use_candidate=False)
+        self._track(txid, _Tx(pair, "probe", now, now + CONSENT_TIMEOUT))
+        pair.last_sent_at = now
+        self.stats[f"sent_{kind}"] += 1
+        data = encode(msg, integrity_key=self.credentials.key, fingerprint=True)
+        return Transmit(local, remote, data)
 
     def set_remote_candidates(self, cands: Iterable[RemoteCandidate], now: float) -> None:
         """The peer's (new) candidate set; pairs are added for new addresses.
@@ -236,7 +291,7 @@ class CheckEngine:
         pair = self.pairs.get((local, rc.address))
         if pair is not None:
             return pair
-        if len(self.pairs) >= MAX_PAIRS:
+        if len(self.pairs) >= self.max_pairs:
             self.stats["pairs_capped"] += 1
             return None
         mine = candidate_priority("host")
@@ -386,7 +441,7 @@ class CheckEngine:
         return Transmit(pair.local, pair.remote, data)
 
     def _track(self, txid: bytes, tx: _Tx) -> None:
-        if len(self._tx) >= MAX_TRANSACTIONS:
+        if len(self._tx) >= self.max_transactions:
             oldest = min(self._tx, key=lambda t: self._tx[t].sent_at)
             del self._tx[oldest]
             self.stats["transactions_evicted"] += 1
@@ -471,13 +526,14 @@ class CheckEngine:
             Transmit(local, remote, self._success_response(msg.transaction_id, remote)),
             PeerSeen(local, remote),
         ]
-        if local not in self.bases:
+        if local not in self.bases and local not in self.probe_bases:
             self.stats["requests_unknown_base"] += 1
             return out
         pair = self.pairs.get((local, remote))
         if pair is None:
             prio = ice.priority if ice.priority is not None else candidate_priority("prflx")
-            pair = self._pair(local, RemoteCandidate(remote, "prflx", prio))
+            kind = self.probed.get((local, remote), "prflx")
+            pair = self._pair(local, RemoteCandidate(remote, kind, prio))
             if pair is None:
                 return out
             self.stats["prflx_learned"] += 1
@@ -539,6 +595,10 @@ class CheckEngine:
             # Not from where the request went (RFC 8445 section 7.2.5.2.1): not this path.
             self.stats["dropped_asymmetric"] += 1
             return []
+        if tx.purpose == "probe":
+            # A probe's pair joins the engine only once it is answered (bounded: one per
+            # outstanding transaction).
+            pair = self.pairs.setdefault(pair.key, pair)
         del self._tx[msg.transaction_id]
         if msg.message_class is MessageClass.ERROR_RESPONSE:
             self.stats["error_responses"] += 1
