@@ -9,10 +9,26 @@ on the same IP) on the public segment. Per trial, conntrack is flushed on both r
   (first verified direct check, from the caller process's loop start) and ``strategy``;
 - aioice: bench/aioice_peer.py in each host namespace (controlling = host a). Each peer gathers
   host, server-reflexive (our STUN server 198.51.100.1:3478) and relayed (coturn TURN)
-  candidates, exchanges them through files, then runs aioice's connectivity checks. Reported:
-  the nominated pair's candidate types (``path`` direct unless one side is a TURN relay
-  candidate), ``total_ms`` from the peer process's loop start to connected (gathering, the
-  file exchange and the checks) and ``connect_ms`` (the checks alone).
+  candidates, exchanges them through files as an offer/answer (the controlled answerer starts
+  its checks when it has the offer, the controlling offerer ``signal_ms`` = max(RTT,
+  MIN_SIGNAL_MS) later, when the answer would reach it through a signalling server; see
+  aioice_peer.py for why the lab needs that offset), then runs aioice's connectivity checks.
+  Reported per trial: the nominated pair's candidate types on both sides (``pair_types``,
+  ``controlled_pair_types``; ``path`` direct unless one side is a TURN relay candidate, and
+  None unless *both* sides completed ICE),
+  ``total_ms`` from "both peer processes up" (the later of their loop starts) to the
+  controlling side connected (gathering, the exchange with signal_ms, the checks) and
+  ``connect_ms`` (the checks alone, from the offerer's connect() call); the same for the
+  controlled side (``controlled_*``); ``both_ms``, the later of the two ``total_ms``.
+
+coturn is started with ``--denied-peer-ip 10.0.0.0-10.255.255.255`` (the lab's private LAN range,
+as a production coturn denies private ranges). Without it aioice's TURN fallback never works:
+aioice pairs its relayed candidate with the other peer's private host candidate (10.0.N.2) too,
+so coturn's relay socket sends a check to 10.0.N.2; the public namespace has no route there, the
+send fails with ENETUNREACH, and coturn marks the relay socket to be closed on any send error,
+which deletes the whole allocation (log: "udp send: Network is unreachable", then "closed (2nd
+stage) ... reason: general"), taking every relay pair down with it. Denied, the peer is refused
+with 403 at ChannelBind and nothing is sent. (On the Internet such a packet is silently dropped.)
 
 ICE has no port prediction nor birthday attack, so on symmetric NATs aioice either falls back to
 TURN or (when a peer-reflexive candidate happens to work) connects direct; that is the contrast.
@@ -47,16 +63,26 @@ PAIRS = [
     ("open", "apdm-random"),
     ("apdm-random", "apdm-random"),
 ]
+#: The lab hosts' private (LAN) range: never a valid TURN peer from the public segment.
+DENIED_PEERS = "10.0.0.0-10.255.255.255"
 PEER_SCRIPT = Path(__file__).with_name("aioice_peer.py")
 PEER_TIMEOUT = 60.0
+#: One-way signalling delay of the answer (offer/answer exchange). It must exceed 2 router delays
+#: (= RTT / 2 here) to keep the peers' first checks from crossing inside the routers' delay
+#: queues (aioice_peer.py); one RTT is used, 20 ms when the lab has no delay.
+MIN_SIGNAL_MS = 20.0
 
 
 def _turn_argv(workdir: Path) -> list[str]:
+    # --denied-peer-ip: see the module docstring (coturn drops an allocation on a failed relay
+    # send, and the public segment has no route to the hosts' private 10.x host candidates).
+    # Logging goes to stdout, which Lab.spawn writes to <workdir>/turn-bench.log (a --log-file of
+    # that same path would collide with it and coturn would date-suffix its own file).
     return [
         "turnserver", "-n", "--lt-cred-mech", "--user", "u:p", "--realm", "r",
         "-L", TURN[0], "--relay-ip", TURN[0], "--listening-port", str(TURN[1]),
         "--min-port", "49152", "--max-port", "49999", "--no-tls", "--no-dtls", "--no-cli",
-        "--no-stdout-log", "--log-file", str(workdir / "turn-bench.log"),
+        "--denied-peer-ip", DENIED_PEERS, "-v", "--log-file", "stdout",
         "--pidfile", str(workdir / "turn-bench.pid"), "--userdb", str(workdir / "turn-bench.db"),
     ]  # fmt: skip
 
@@ -72,7 +98,7 @@ def _last_json(text: str) -> dict[str, Any]:
     return {"error": f"no JSON: {text[-300:]!r}"}
 
 
-def _aioice_trial(cell: Any, trial: int) -> dict[str, Any]:
+def _aioice_trial(cell: Any, trial: int, signal_ms: float) -> dict[str, Any]:
     lab = cell.lab
     ha, hb = lab.hosts
     for h in (ha, hb):
@@ -85,6 +111,7 @@ def _aioice_trial(cell: Any, trial: int) -> dict[str, Any]:
             sys.executable, str(PEER_SCRIPT), role,
             "--stun", f"{STUN[0]}:{STUN[1]}", "--turn", f"{TURN[0]}:{TURN[1]}",
             "--out", str(d / f"{me}.json"), "--in", str(d / f"{other}.json"),
+            "--signal-ms", str(signal_ms),
         ]  # fmt: skip
         procs.append(
             h.popen(argv, name=f"aioice-{role}-{trial}", stdout=subprocess.PIPE,
@@ -103,15 +130,30 @@ def _aioice_trial(cell: Any, trial: int) -> dict[str, Any]:
             res = {"error": "peer timed out"}
         results.append(res)
     a, b = results
+    up = max(a.get("t0", 0.0), b.get("t0", 0.0))
+
+    def since_up(r: dict[str, Any]) -> float | None:
+        t = r.get("t_connected")
+        return round((t - up) * 1000, 1) if isinstance(t, float) and up else None
+
+    both = "connect_ms" in a and "connect_ms" in b
     return {
-        "path": a.get("path") if "connect_ms" in a else None,
+        # a trial counts as connected only when both sides completed ICE
+        "path": a.get("path") if both else None,
         "pair_types": [a.get("local_type"), a.get("remote_type")],
+        "controlled_pair_types": [b.get("local_type"), b.get("remote_type")],
         "gather_ms": a.get("gather_ms"),
         "connect_ms": a.get("connect_ms"),
-        "total_ms": a.get("total_ms"),
+        "controlled_connect_ms": b.get("connect_ms"),
+        "total_ms": since_up(a),
+        "controlled_total_ms": since_up(b),
+        # both ends connected: the connection is usable in both directions from here
+        "both_ms": max(since_up(a) or 0.0, since_up(b) or 0.0) if both else None,
         "echo_rtt_ms": a.get("echo_rtt_ms"),
         "local_types": [a.get("local_types"), b.get("local_types")],
-        "error": a.get("error") or b.get("error"),
+        "error": a.get("error") or b.get("error") or a.get("echo_error"),
+        "fail_ms": a.get("fail_ms") or b.get("fail_ms"),
+        "controlling_path": a.get("path"),
         "controlled_path": b.get("path"),
     }
 
@@ -156,7 +198,8 @@ def bench_aioice_lab(
                     lambda ns=lab.pub_ns: udp_listening(ns, *TURN), timeout=10, what="coturn TURN"
                 )
                 ours = [_ours_trial(cell, t) for t in range(trials)]
-                theirs = [_aioice_trial(cell, t) for t in range(trials)]
+                signal_ms = max(rtt_ms or 0.0, MIN_SIGNAL_MS)
+                theirs = [_aioice_trial(cell, t, signal_ms) for t in range(trials)]
             finally:
                 lab.stop(turn)
         rows.append(
@@ -171,12 +214,19 @@ def bench_aioice_lab(
                 "ours_connected_ms_median": _med([r.get("connected_ms") for r in ours]),
                 "aioice_total_ms_median": _med([r.get("total_ms") for r in theirs]),
                 "aioice_checks_ms_median": _med([r.get("connect_ms") for r in theirs]),
+                "aioice_both_ms_median": _med([r.get("both_ms") for r in theirs]),
                 "ours": ours,
                 "aioice": theirs,
                 "wall_s": round(time.monotonic() - t0, 1),
             }
         )
-    return {"how": __doc__, "rtt_ms": rtt_ms, "pairs_run": len(rows), "cells": rows}
+    return {
+        "how": __doc__,
+        "rtt_ms": rtt_ms,
+        "signal_ms": max(rtt_ms or 0.0, MIN_SIGNAL_MS),
+        "pairs_run": len(rows),
+        "cells": rows,
+    }
 
 
 if __name__ == "__main__":

@@ -124,8 +124,9 @@ def matrix(
             "--rtt",
             min=0.0,
             max=2000.0,
-            help="Direct-path round-trip time in ms (sim: rtt/4 one-way on each WAN link; "
-            "the relayed RTT is then 2x; lab: not applied yet).",
+            help="Direct-path round-trip time in ms (sim: rtt/4 one-way on each WAN link, "
+            "the relayed RTT is then 2x; lab: each router delays every packet rtt/4 with an "
+            "NFQUEUE delayer, no netem, so direct and relayed RTT are both rtt; 0: no delay).",
         ),
     ] = sim_backend.DEFAULT_RTT_MS,
     duration: Annotated[
