@@ -126,30 +126,51 @@ def test_time_to_direct_series_only_direct_timed_trials_in_pair_order() -> None:
     assert got == [("a : b", [7.0]), ("b : b", [5.0])]
 
 
-def test_birthday_data_bins_attempts_and_curve_is_the_formula() -> None:
-    def att(probes: int, ok: bool) -> TrialResult:
+def test_birthday_data_is_p_won_within_m_probes_per_cell_and_curve_is_the_formula() -> None:
+    def att(a: str, probes: int, ok: bool, est: int = 4096) -> TrialResult:
         return TrialResult(
-            "x",
+            a,
             "y",
             0,
             "direct" if ok else "relay",
             None,
             "birthday",
             0,
-            birthday=BirthdayAttempt(256, probes, 4096, ok),
+            birthday=BirthdayAttempt(256, probes, est, ok),
         )
 
-    trials = [att(1024, True), att(1024, True), att(100, False), att(120, True)]
-    data = plots.birthday_data(trials, bins=8)
-    assert data.measured and (data.sockets, data.range_size, data.max_probes) == (256, 4096, 1024)
-    assert [(b.lo, b.hi, b.attempts, b.successes) for b in data.bins] == [
-        (1, 128, 2, 1),
-        (897, 1024, 2, 2),
+    # cell x: two won late, one lost after its whole budget, one won early
+    trials = [
+        att("x", 1024, True),
+        att("x", 1000, True),
+        att("x", 1024, False),
+        att("x", 120, True),
     ]
-    for m, p in data.curve(points=11):
+    trials += [att("z", 10, True, est=900)]
+    data = plots.birthday_data(trials, bins=8, ranges={("x", "y"): 4096})
+    assert data.measured and data.max_probes == 1024
+    x, z = data.curves
+    assert (x.label, x.sockets, x.range_size, x.range_known) == ("x : y", 256, 4096, True)
+    # every attempt counts at every m (an attack stops only when it wins or its budget ends):
+    # no survivor bias, the failure weighs on every point
+    assert [(p.probes, p.attempts, p.successes) for p in x.points] == [
+        (128, 4, 1),
+        (256, 4, 1),
+        (384, 4, 1),
+        (512, 4, 1),
+        (640, 4, 1),
+        (768, 4, 1),
+        (896, 4, 1),
+        (1024, 4, 3),
+    ]
+    assert x.points[-1].rate == 0.75 and x.points[-1].ci95[0] < 0.75 < x.points[-1].ci95[1]
+    for m, p in x.curve(1024, points=11):
         assert p == pytest.approx(1 - math.exp(-256 * m / 4096))
+    # no true range given: the attempts' estimate, flagged as such
+    assert (z.range_size, z.range_known) == (900, False)
+    assert all(p.successes == 1 for p in z.points)
     empty = plots.birthday_data([])
-    assert not empty.measured and empty.range_size == 64512 and empty.sockets == 256
+    assert not empty.measured and empty.max_probes == 1024
 
 
 def test_plots_are_skipped_with_a_note_without_matplotlib(

@@ -176,7 +176,14 @@ def matrix(
     run = _run_with_progress(runner, chosen, n_trials, out, err, jobs)
     document = run.to_json()
     (out / "matrix.json").write_text(json.dumps(document, indent=2) + "\n")
-    plots = write_plots(run.results, run.pairs, out, title=f"time to direct ({backend})")
+    ranges = sim_backend.true_port_ranges(run.pairs) if backend == "sim" else None
+    plots = write_plots(
+        run.results,
+        run.pairs,
+        out,
+        title=f"time to direct ({backend})",
+        birthday_ranges=ranges,
+    )
     notes = [*run.notes, *plots.notes]
     (out / "matrix.html").write_text(render_html(document, notes=notes, order=known))
     if as_json:

@@ -4,9 +4,11 @@ Two figures:
 
 - ``time_to_direct.png``: per cell, the distribution of time to direct over the trials that
   ended direct (box plot plus every point).
-- ``birthday.png``: birthday-attack success against probes sent, measured (Wilson 95 % bars
-  per bin) next to the theoretical ``1 - exp(-n m / N)``. Without birthday data in the run, the
-  theoretical curve alone for the default attack (n = 256 sockets, N = 64512 ports), with a note.
+- ``birthday.png``: per cell with birthday attacks, the measured probability of having won
+  within m probes (Wilson 95 % bars) next to the theoretical ``1 - exp(-n m / N)``, N the hard
+  NAT's true port range when the backend knows it (the simulator), else the attempts' estimate.
+  Without birthday data in the run, the theoretical curve alone for the default attack
+  (n = 256 sockets, N = 64512 ports), with a note.
 
 The data preparation is pure (and tested without matplotlib); only :func:`write_plots` draws.
 """
@@ -16,12 +18,12 @@ from __future__ import annotations
 import importlib
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from punchthrough.matrix.model import TrialResult
+from punchthrough.matrix.model import BirthdayAttempt, TrialResult
 from punchthrough.nat.allocation import DEFAULT_PORT_RANGE
 from punchthrough.traversal.hardnat.plan import BIRTHDAY_PROBES, BIRTHDAY_SOCKETS
 from punchthrough.traversal.hardnat.stats import success_probability, wilson_interval
@@ -57,17 +59,12 @@ def time_to_direct_series(
 
 
 @dataclass(frozen=True)
-class BirthdayBin:
-    """Attempts whose probe count fell in [lo, hi]: how many, how many won."""
+class BirthdayPoint:
+    """Of ``attempts`` attacks, ``successes`` had won by the time ``probes`` probes were out."""
 
-    lo: int
-    hi: int
+    probes: int
     attempts: int
     successes: int
-
-    @property
-    def centre(self) -> float:
-        return (self.lo + self.hi) / 2
 
     @property
     def rate(self) -> float:
@@ -79,48 +76,76 @@ class BirthdayBin:
 
 
 @dataclass(frozen=True)
-class BirthdayData:
-    """The measured points and the parameters of the theoretical curve drawn next to them."""
+class BirthdayCurve:
+    """One cell's birthday attacks: the measured P(won within m probes) next to the formula.
 
+    An attack stops only when it wins or its budget ends, so "won within m probes" is known for
+    every attempt at every m up to the budget: the measured points are an unbiased estimate of
+    the probability the formula ``1 - exp(-n m / N)`` gives, not a survivor-biased one.
+    """
+
+    label: str
     sockets: int
     range_size: int
-    max_probes: int
-    bins: list[BirthdayBin] = field(default_factory=list)
+    #: True when ``range_size`` is the NAT's real range (the simulator's profile), False when
+    #: it is the attempts' own estimate from four port samples.
+    range_known: bool
+    points: list[BirthdayPoint] = field(default_factory=list)
 
     @property
-    def measured(self) -> bool:
-        return bool(self.bins)
+    def attempts(self) -> int:
+        return self.points[0].attempts if self.points else 0
 
-    def curve(self, points: int = CURVE_POINTS) -> list[tuple[float, float]]:
-        """(m, 1 - exp(-n m / N)) for m from 0 to ``max_probes``."""
-        top = max(1, self.max_probes)
+    def curve(self, top: int, points: int = CURVE_POINTS) -> list[tuple[float, float]]:
+        """(m, 1 - exp(-n m / N)) for m from 0 to ``top``."""
+        top = max(1, top)
         return [
             (m, success_probability(self.sockets, m, self.range_size))
             for m in (round(top * i / (points - 1)) for i in range(points))
         ]
 
 
-def birthday_data(trials: Sequence[TrialResult], bins: int = BIRTHDAY_BINS) -> BirthdayData:
-    """Bin every birthday attempt of the run by probes sent; the curve uses the median sockets
-    and range size of the attempts (defaults when there are none)."""
-    attempts = [t.birthday for t in trials if t.birthday is not None]
-    if not attempts:
-        return BirthdayData(BIRTHDAY_SOCKETS, DEFAULT_RANGE_SIZE, BIRTHDAY_PROBES)
-    sockets = round(statistics.median(x.sockets for x in attempts))
-    sizes = [x.range_size for x in attempts if x.range_size]
-    size = round(statistics.median(sizes)) if sizes else DEFAULT_RANGE_SIZE
-    top = max(x.probes for x in attempts)
-    width = max(1, math.ceil(top / bins))
-    counts: dict[int, list[int]] = {}
-    for x in attempts:
-        k = min(bins - 1, (x.probes - 1) // width) if x.probes > 0 else 0
-        slot = counts.setdefault(k, [0, 0])
-        slot[0] += 1
-        slot[1] += int(x.success)
-    binned = [
-        BirthdayBin(k * width + 1, (k + 1) * width, n, s) for k, (n, s) in sorted(counts.items())
-    ]
-    return BirthdayData(max(1, sockets), max(1, size), top, binned)
+@dataclass(frozen=True)
+class BirthdayData:
+    """Every cell's curve (none: the formula alone for the default attack)."""
+
+    max_probes: int
+    curves: list[BirthdayCurve] = field(default_factory=list)
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.curves)
+
+
+def birthday_data(
+    trials: Sequence[TrialResult],
+    bins: int = BIRTHDAY_BINS,
+    ranges: Mapping[tuple[str, str], int] | None = None,
+) -> BirthdayData:
+    """Per cell with birthday attempts: P(won within m probes) at ``bins`` evenly spaced m.
+
+    ``ranges`` gives a cell's true port-range size N when the backend knows it; otherwise the
+    curve uses the median of the attempts' own estimates (and says so)."""
+    cells: dict[tuple[str, str], list[BirthdayAttempt]] = {}
+    for t in trials:
+        if t.birthday is not None:
+            cells.setdefault((t.a, t.b), []).append(t.birthday)
+    if not cells:
+        return BirthdayData(BIRTHDAY_PROBES)
+    top = max(x.probes for attempts in cells.values() for x in attempts)
+    grid = sorted({max(1, math.ceil(top * k / bins)) for k in range(1, bins + 1)})
+    curves = []
+    for (a, b), attempts in cells.items():
+        sockets = max(1, round(statistics.median(x.sockets for x in attempts)))
+        known = (ranges or {}).get((a, b))
+        sizes = [x.range_size for x in attempts if x.range_size]
+        size = known or (round(statistics.median(sizes)) if sizes else DEFAULT_RANGE_SIZE)
+        points = [
+            BirthdayPoint(m, len(attempts), sum(1 for x in attempts if x.success and x.probes <= m))
+            for m in grid
+        ]
+        curves.append(BirthdayCurve(f"{a} : {b}", sockets, max(1, size), known is not None, points))
+    return BirthdayData(top, curves)
 
 
 # -- drawing -----------------------------------------------------------------------------------
@@ -167,39 +192,50 @@ def _time_to_direct(
 
 
 def _birthday(plt: Any, data: BirthdayData, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     try:
-        xs, ys = zip(*data.curve(), strict=True)
-        ax.plot(
-            xs,
-            ys,
-            color="tab:gray",
-            label=f"theory 1 - exp(-n m / N), n = {data.sockets}, N = {data.range_size}",
-        )
-        if data.measured:
-            centres = [b.centre for b in data.bins]
-            rates = [b.rate for b in data.bins]
-            err = [
-                [b.rate - b.ci95[0] for b in data.bins],
-                [b.ci95[1] - b.rate for b in data.bins],
-            ]
-            ax.errorbar(
-                centres,
-                rates,
-                yerr=err,
-                fmt="o",
-                color="tab:red",
-                capsize=3,
-                label=f"measured ({sum(b.attempts for b in data.bins)} attempts, Wilson 95%)",
+        if not data.measured:
+            default = BirthdayCurve("default", BIRTHDAY_SOCKETS, DEFAULT_RANGE_SIZE, True)
+            xs, ys = zip(*default.curve(data.max_probes), strict=True)
+            ax.plot(
+                xs,
+                ys,
+                color="tab:gray",
+                label=f"1 - exp(-n m / N), n = {default.sockets}, N = {default.range_size}",
             )
-            ax.set_title("birthday attack: success against probes sent")
-        else:
             ax.set_title("birthday attack: theory only (no birthday attempts in this run)")
+        for i, c in enumerate(data.curves):
+            color = f"C{i % 10}"
+            xs, ys = zip(*c.curve(data.max_probes), strict=True)
+            n_text = f"N = {c.range_size}" + ("" if c.range_known else " (estimated)")
+            ax.plot(
+                xs,
+                ys,
+                color=color,
+                alpha=0.6,
+                label=f"{c.label}: theory, n = {c.sockets}, {n_text}",
+            )
+            ax.errorbar(
+                [p.probes for p in c.points],
+                [p.rate for p in c.points],
+                yerr=[
+                    [p.rate - p.ci95[0] for p in c.points],
+                    [p.ci95[1] - p.rate for p in c.points],
+                ],
+                fmt="o",
+                color=color,
+                capsize=3,
+                label=f"{c.label}: measured, {c.attempts} attempts (Wilson 95%)",
+            )
+        if data.measured:
+            ax.set_title(
+                "birthday attack: P(direct within m probes), measured and 1 - exp(-n m / N)"
+            )
         ax.set_xlabel("probes sent by the easy side (m)")
-        ax.set_ylabel("P(direct path)")
+        ax.set_ylabel("P(won within m probes)")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="lower right", fontsize=7)
         fig.tight_layout()
         fig.savefig(path, dpi=DPI)
     finally:
@@ -212,6 +248,7 @@ def write_plots(
     out_dir: Path,
     *,
     title: str = "time to direct per NAT pair",
+    birthday_ranges: Mapping[tuple[str, str], int] | None = None,
 ) -> PlotReport:
     """Write the PNGs that have data into ``out_dir``; the report says what was skipped, why."""
     report = PlotReport()
@@ -229,7 +266,7 @@ def write_plots(
         report.files.append(path)
     else:
         report.notes.append(f"{TIME_TO_DIRECT_PNG} skipped: no trial ended on a direct path")
-    data = birthday_data(trials)
+    data = birthday_data(trials, ranges=birthday_ranges)
     path = out_dir / BIRTHDAY_PNG
     _birthday(plt, data, path)
     report.files.append(path)

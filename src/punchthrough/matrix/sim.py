@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
 from punchthrough.matrix.backend import TrialRunner
 from punchthrough.matrix.model import TrialResult, trial_error, trial_from_call, trial_seed
+from punchthrough.sim.nat import PROFILES as SIM_PROFILES
 from punchthrough.sim.scenario import run_call_scenario
 
 #: WAN links a direct round trip crosses (two each way); see the module docstring.
@@ -35,6 +36,22 @@ def one_way_ms(rtt_ms: float) -> float:
     if rtt_ms < 0:
         raise ValueError("rtt_ms must be >= 0")
     return rtt_ms / WAN_LINKS_PER_DIRECT_RTT
+
+
+def true_port_ranges(pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """Per pair with exactly one endpoint-dependent NAT (the birthday's hard side): the size of
+    that NAT's real port range, which the simulator knows and a peer can only estimate."""
+    out: dict[tuple[str, str], int] = {}
+    for a, b in pairs:
+        hard = [
+            cfg
+            for cfg in (SIM_PROFILES.get(a), SIM_PROFILES.get(b))
+            if cfg is not None and cfg.mapping != "eim"
+        ]
+        if len(hard) == 1:
+            lo, hi = hard[0].port_range
+            out[(a, b)] = hi - lo + 1
+    return out
 
 
 @dataclass
