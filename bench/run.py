@@ -15,6 +15,11 @@ What is measured today (the foundation issue):
   coturn's TURN relay at the same message rate, server pinned to one core: CPU per message.
 - ``birthday.json`` (bench/birthday.py): birthday-attack success over seeded trials of the pure
   model against 1 - exp(-n*m/N) with Wilson intervals; CPU and heap per attempt.
+- ``hardnat_sim.json`` (bench/hardnat_sim.py): the hard-NAT stages end to end in the simulator
+  (real endpoints, relay, QUIC, virtual time): port prediction vs a sequential NAT at background
+  churn 0/1/5/10 flows/s, the birthday attack at n=256 and m=256/512/1024 against
+  1 - exp(-n*m/R), success with Wilson intervals and p50/p95 time to direct; CPU and heap of one
+  attempt.
 - ``connect_lab.json`` (root; bench/connect_lab.py): time to the relayed connection, first echo
   and direct path for a cone pair in the lab at a stated RTT (NFQUEUE router delay), against the
   round trips needed.
@@ -22,7 +27,7 @@ What is measured today (the foundation issue):
   NAT pair: which pairs each gets direct, and how fast.
 
 Each JSON holds trial counts and a ``how`` text saying how it was measured.
-`--only NAME[,NAME]` runs a subset.
+`--only NAME[,NAME]` runs a subset (``hardnat`` is short for ``hardnat_sim``).
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+#: Short names accepted by ``--only`` (``--only hardnat`` runs ``hardnat_sim``).
+ALIASES: dict[str, str] = {"hardnat": "hardnat_sim"}
 
 
 def _env() -> dict[str, Any]:
@@ -241,6 +249,7 @@ def main() -> None:
     import aioice_lab
     import birthday
     import connect_lab
+    import hardnat_sim
     import relay_vs_coturn
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -250,6 +259,7 @@ def main() -> None:
         ("relay", bench_relay),
         ("relay_vs_coturn", relay_vs_coturn.bench_relay_vs_coturn),
         ("birthday", birthday.bench_birthday),
+        ("hardnat_sim", hardnat_sim.bench_hardnat_sim),
     ]
     if os.geteuid() == 0:
         jobs.append(("netcheck_lab", lambda: bench_netcheck_lab(args.trials)))
@@ -266,7 +276,7 @@ def main() -> None:
     else:
         print("not root: skipping the lab benchmarks", file=sys.stderr)
     if args.only:
-        wanted = set(args.only.split(","))
+        wanted = {ALIASES.get(n, n) for n in args.only.split(",")}
         unknown = wanted - {name for name, _ in jobs}
         if unknown:
             ap.error(f"unknown or unavailable benchmarks: {sorted(unknown)}")

@@ -13,9 +13,11 @@ runner = CliRunner()
 
 
 def test_demo_json_tells_the_story_in_order() -> None:
-    res = runner.invoke(app, ["demo", "--json", "--duration", "3"])
+    """`make demo` = `punchthrough demo` with no arguments: the hard pair, the birthday attack."""
+    res = runner.invoke(app, ["demo", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
+    assert (data["nat_a"], data["nat_b"]) == ("eim-apdf", "apdm-random")
     events = [e["event"] for e in data["timeline"]]
     times = [e["t_ms"] for e in data["timeline"]]
     assert times == sorted(times)
@@ -26,14 +28,52 @@ def test_demo_json_tells_the_story_in_order() -> None:
             "registered",
             "connect to",
             "connected",
-            "first frame",
-            "call ended",
+            "hole punch started",
+            "birthday attack started: 256 sockets on bob's side, alice probing random ports",
+            "birthday attack hit after",
+            "path relay -> direct",
+            "call ended on direct",
         )
     ]
-    assert order == sorted(order)
+    assert order == sorted(order), events
+    assert any(e.startswith("port-prediction skipped:") for e in events), events
     call = data["call"]
-    assert call["frames_sent"] == 150 and call["frames_lost"] == 0
+    assert call["path"] == "direct" and call["strategy"] == "birthday", call["traversal"]
+    assert call["frames_sent"] == 500 and call["frames_lost"] == 0
+    assert [c["to"] for c in call["path_changes"]] == ["direct"]
     assert data["netcheck"]["alice"]["mapping"] == "endpoint-independent"
+    assert data["netcheck"]["bob"]["port_allocation"]["kind"] == "random"
+
+
+def test_demo_table_shows_the_birthday_stage() -> None:
+    res = runner.invoke(app, ["demo", "--duration", "8"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())  # rich wraps long rows
+    assert "alice (eim-apdf) <-> bob (apdm-random)" in text
+    assert "birthday attack started: 256 sockets" in text
+    assert "path relay -> direct" in text
+    assert "path at the end: direct; frames lost 0 of 400" in text
+
+
+def test_demo_accepts_nat_a_and_nat_b() -> None:
+    """`--nat-a/--nat-b` (issue 5's names) are aliases of `--a/--b`; an easy pair punches."""
+    res = runner.invoke(
+        app, ["demo", "--json", "--nat-a", "eim-apdf", "--nat-b", "eim-apdf", "--duration", "3"]
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert (data["nat_a"], data["nat_b"]) == ("eim-apdf", "eim-apdf")
+    assert data["call"]["strategy"] == "hole-punch" and data["call"]["frames_lost"] == 0
+    events = [e["event"] for e in data["timeline"]]
+    assert any(e.startswith("birthday skipped: not needed") for e in events), events
+    assert not any(e.startswith("birthday attack") for e in events), events
+
+
+def test_demo_two_random_nats_say_why_they_stay_on_the_relay() -> None:
+    r = run_call_scenario("apdm-random", "apdm-random", seed=1, duration=3.0)
+    assert r["call"]["path"] == "relay" and r["call"]["frames_lost"] == 0
+    skipped = [e["event"] for e in r["timeline"] if e["event"].startswith("birthday skipped:")]
+    assert len(skipped) == 1 and "staying on the relay" in skipped[0], skipped
 
 
 def test_demo_is_deterministic_per_seed() -> None:
@@ -58,3 +98,10 @@ def test_jitter_makes_seeds_differ_and_is_reported() -> None:
     assert all(r["jitter_ms"] == 8.0 for r in runs)
     rtts = {r["call"]["rtt_ms"]["p95"] for r in runs}
     assert len(rtts) > 1  # without jitter all three would be identical (tested above)
+
+
+def test_demo_says_why_a_call_cannot_start() -> None:
+    """A peer whose UDP is blocked never reaches the relay: one line, not a traceback."""
+    res = runner.invoke(app, ["demo", "--nat-b", "udp-blocked", "--duration", "1"])
+    assert res.exit_code == 1, res.output
+    assert "the call could not start: no relay registered us" in res.output

@@ -1,8 +1,10 @@
 """``punchthrough demo``: the main job in the simulator, as a readable timeline.
 
-Two peers behind NATs, the real netcheck, relay, Endpoint and echo-session code in virtual time
-(no root, no network, a second or two of real time): what each side learned about its NAT, when
-the call worked over the relay, when (and how) it moved to a direct path.
+Two peers behind NATs (by default the hard pair eim-apdf vs apdm-random, which only the birthday
+attack connects directly), the real netcheck, relay, Endpoint and echo-session code in virtual
+time (no root, no network, a second or two of real time): what each side learned about its NAT,
+when the call worked over the relay, which traversal stages ran or were skipped (and why), when
+(and how) it moved to a direct path.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import typer
 from rich.table import Table
 
 from punchthrough.cli.render import make_console
+from punchthrough.endpoint import EndpointError
 from punchthrough.sim.nat import PROFILES
 from punchthrough.sim.scenario import run_call_scenario
 
+#: The hard pair (issue 6): an endpoint-independent NAT against a symmetric one with random
+#: ports. Hole punching cannot open it; the birthday attack does, behind the relayed call.
 DEFAULT_A = "eim-apdf"
-DEFAULT_B = "eim-apdf"
+DEFAULT_B = "apdm-random"
 
 
 def _timeline_table(result: dict[str, Any]) -> Table:
@@ -51,8 +56,12 @@ def _traversal_table(call: dict[str, Any]) -> Table:
 
 
 def demo(
-    nat_a: Annotated[str, typer.Option("--a", help="alice's NAT profile.")] = DEFAULT_A,
-    nat_b: Annotated[str, typer.Option("--b", help="bob's NAT profile.")] = DEFAULT_B,
+    nat_a: Annotated[
+        str, typer.Option("--a", "--nat-a", help="alice's NAT profile (the caller).")
+    ] = DEFAULT_A,
+    nat_b: Annotated[
+        str, typer.Option("--b", "--nat-b", help="bob's NAT profile (the callee).")
+    ] = DEFAULT_B,
     seed: Annotated[int, typer.Option(help="Simulator seed (same seed, same run).")] = 1,
     duration: Annotated[float, typer.Option(min=0.0, max=600.0, help="Call length (s).")] = 10.0,
     one_way_ms: Annotated[
@@ -67,9 +76,13 @@ def demo(
             raise typer.BadParameter(
                 f"unknown NAT profile {name!r}; choose from {', '.join(PROFILES)}"
             )
-    result = run_call_scenario(
-        nat_a, nat_b, seed=seed, duration=duration, one_way_ms=one_way_ms, trace=trace
-    )
+    try:
+        result = run_call_scenario(
+            nat_a, nat_b, seed=seed, duration=duration, one_way_ms=one_way_ms, trace=trace
+        )
+    except EndpointError as exc:  # e.g. udp-blocked: the peer cannot even reach the relay
+        typer.echo(f"demo: the call could not start: {exc}", err=True)
+        raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return

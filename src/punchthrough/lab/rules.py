@@ -40,6 +40,9 @@ class RouterOptions:
     seq_delta: int = 1
     adm_base: int = DEFAULT_ADM_BASE
     adm_count: int = DEFAULT_ADM_COUNT
+    #: apdm-random: inclusive UDP port range the router picks its random ports from (``None``:
+    #: the kernel's, 1024-65535). A narrow range makes the birthday attack quick to test.
+    random_port_range: tuple[int, int] | None = None
 
     def validate(self) -> None:
         """Raise ValueError for options the kernel would reject or silently misapply."""
@@ -58,6 +61,12 @@ class RouterOptions:
             self.adm_base >= MIN_PORT and self.adm_base + self.adm_count - 1 <= MAX_PORT
         ):
             raise ValueError("adm port range out of range")
+        if self.random_port_range is not None:
+            lo, hi = self.random_port_range
+            if not MIN_PORT <= lo <= hi <= MAX_PORT:
+                raise ValueError(
+                    f"random_port_range {lo}-{hi} must be within {MIN_PORT}..{MAX_PORT}"
+                )
 
 
 def _map(pairs: Sequence[tuple[int, int]]) -> str:
@@ -98,10 +107,13 @@ def nat_ruleset(
             [f"{lan} masquerade"],
         )
     elif name == "apdm-random":
+        rules = [f"{lan} masquerade fully-random"]
+        if opts.random_port_range is not None:
+            # a port range needs the l4proto match (natlab README); other protocols as before
+            lo, hi = opts.random_port_range
+            rules.insert(0, f"{lan} meta l4proto udp masquerade to :{lo}-{hi} fully-random")
         nat += _chain(
-            "postrouting",
-            "type nat hook postrouting priority srcnat; policy accept;",
-            [f"{lan} masquerade fully-random"],
+            "postrouting", "type nat hook postrouting priority srcnat; policy accept;", rules
         )
     elif name in ("eim-eif", "eim-adf"):
         # mapped (public) udp port -> internal ip . port, refreshed by outbound traffic

@@ -44,6 +44,75 @@ class Timeline:
         )
 
 
+#: Skip reasons the agent gives once another stage has won (traversal/agent.py); every other
+#: skip is decided when the stages are planned.
+_SKIPPED_AFTER_A_WIN = ("found a path", "direct path was found", "answered first")
+
+
+def _stage_started(st: dict[str, Any], me: str, peer: str) -> str:
+    stage = st["stage"]
+    if stage == "birthday":
+        hard, easy = (me, peer) if st.get("role") == "hard" else (peer, me)
+        text = f"birthday attack started: {st.get('sockets')} sockets on {hard}'s side"
+        if st.get("scan_range"):
+            lo, hi = st["scan_range"]
+            text += f", {easy} probing random ports {lo}-{hi} of {hard}'s NAT"
+        if st.get("range_size"):
+            text += f" (estimated port range {st['range_size']})"
+        return text
+    if stage == "port-prediction":
+        if st.get("role") == "predicting":
+            window = st.get("window") or []
+            span = f" ports {min(window)}-{max(window)}" if window else ""
+            return f"port prediction started: {me} checks {peer}'s predicted{span}"
+        return f"port prediction started: {me} samples its NAT and opens the target flow"
+    if stage == "hole-punch":
+        return "hole punch started: checking every candidate pair"
+    return f"{stage} started"
+
+
+def stage_events(
+    traversal: dict[str, Any], base_ms: float, me: str = "alice", peer: str = "bob"
+) -> list[dict[str, Any]]:
+    """Timeline rows for the waterfall's stages from one side's traversal report.
+
+    ``base_ms``: when that side's connection started, on the timeline's clock (the report's
+    times count from there). A stage that ran gives a row when it started and one when it
+    ended; a stage skipped when the stages were planned (at the first round of checks) gives a
+    row then, with the reason; one skipped because another stage already won gives it at the
+    switch.
+    """
+    rows: list[dict[str, Any]] = []
+    stages = [s for s in traversal.get("stages", []) if s.get("stage") != "relay"]
+    planned = next(
+        (s["started_ms"] for s in stages if s["stage"] == "hole-punch" and "started_ms" in s),
+        None,
+    )
+
+    def row(t: float, what: str, **detail: Any) -> None:
+        rows.append({"t_ms": round(base_ms + t, 1), "actor": me, "event": what} | detail)
+
+    for st in stages:  # starts first: at one moment, a stage starts before others are skipped
+        if st.get("started_ms") is not None:
+            row(st["started_ms"], _stage_started(st, me, peer))
+    for st in stages:
+        stage, status = st["stage"], st.get("status")
+        if status == "skipped":
+            reason = st.get("reason", "")
+            after_win = any(w in reason for w in _SKIPPED_AFTER_A_WIN)
+            at = traversal.get("direct_ms") if after_win else planned
+            if at is not None:
+                row(at, f"{stage} skipped: {reason}")
+        elif status == "failed" and st.get("at_ms") is not None:
+            row(st["at_ms"], f"{stage} ended: {st.get('reason', 'failed')}")
+        elif status == "succeeded" and st.get("at_ms") is not None:
+            what = f"{stage} succeeded"
+            if stage == "birthday" and st.get("probes_sent") is not None:
+                what = f"birthday attack hit after {st['probes_sent']} probes"
+            row(st["at_ms"], what, pair=st.get("pair"))
+    return rows
+
+
 def _place(world: World, name: str, nat: str, n: int, wan: Link, lan: Link) -> Host:
     cfg = profile(nat)
     if cfg is None:
@@ -145,6 +214,9 @@ async def _scenario(
                     "event": "first frame echoed back",
                 }
             )
+        # what the waterfall tried, from alice's traversal report (before the path changes,
+        # so a stage's success is listed ahead of the switch it caused at the same moment)
+        tl.events.extend(stage_events(result.get("traversal") or {}, base, "alice", "bob"))
         for change in result["path_changes"]:
             tl.events.append(
                 {

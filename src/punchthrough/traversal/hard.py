@@ -75,6 +75,9 @@ PREDICTION_MAX: Final = 4.0
 TIME_SLACK: Final = 1e-6
 #: Attempts of one hard stage per connection (each one costs sockets and probes).
 MAX_ATTEMPTS: Final = 3
+#: While an attempt waits, it looks this often whether another stage already moved the call
+#: onto a direct path (then it stops: its sockets close, its pending sends are cancelled).
+STOP_POLL: Final = 0.1
 
 
 @dataclass
@@ -90,6 +93,12 @@ class _Attempt:
     target: Address | None = None
     #: The main socket won (its own pinhole towards ``target`` was hit, see ``stage_of``).
     main_won: bool = False
+    #: Birthday easy side: the hard side's public IP every probe goes to.
+    target_ip: str | None = None
+    #: Loop time the attempt began.
+    started: float = 0.0
+    #: Another stage moved the call onto a direct path while this attempt ran: its name.
+    beaten_by: str | None = None
 
 
 class HardStages:
@@ -130,6 +139,20 @@ class HardStages:
             and (not a.done or a.main_won)
         ):
             return "birthday"
+        # The easy side's view of the same: while it attacks, a pair from its main socket to the
+        # hard side's IP can only have been opened by one of the attack's pinholes (that NAT
+        # maps endpoint-dependently, so the plain punch cannot reach it). A pinhole may answer
+        # a hole-punch check: a kernel NAT gives a new flow a port already in use towards
+        # another remote (the reply tuples differ), so a pinhole can take the port of a server-
+        # reflexive candidate the punch is checking. Seen on Linux `masquerade fully-random`.
+        if (
+            a is not None
+            and a.role == "easy"
+            and a.target_ip == remote[0]
+            and local == self._agent.base
+            and (not a.done or a.main_won)
+        ):
+            return "birthday"
         return None
 
     def start(self, plan: StagePlan, now: float) -> None:
@@ -152,6 +175,11 @@ class HardStages:
         if plan is None or not plan.runs or plan.role != "easy" or self.active("birthday"):
             agent.stats["birthday_start_refused"] += 1
             return
+        if self._call_is_direct():
+            # a path won while the peer's start was on its way (one of its first pinholes
+            # may have answered our hole punch): probing now would only cost
+            agent.stats["birthday_start_refused_direct"] += 1
+            return
         remote = agent.remote_summary
         if remote is None or remote.public_ip is None:
             agent.stats["birthday_start_refused"] += 1
@@ -171,6 +199,9 @@ class HardStages:
             return
         if plan is None or not plan.runs or plan.role != "predicting":
             agent.stats["prediction_probe_refused"] += 1
+            return
+        if self._call_is_direct():
+            agent.stats["prediction_probe_refused_direct"] += 1
             return
         try:
             probe = parse_probe(msg)
@@ -197,7 +228,7 @@ class HardStages:
         a.wake.set()
 
     def _new_attempt(self, stage: str, role: str) -> _Attempt:
-        a = _Attempt(stage, role)
+        a = _Attempt(stage, role, started=self._loop.time())
         self._attempts[stage] = a
         self._all.append(a)
         return a
@@ -277,22 +308,55 @@ class HardStages:
 
         return receive
 
+    def _call_is_direct(self) -> bool:
+        """The call runs on a direct path now (the agent starts our own initiating roles only
+        on the relay; the peer's start messages are checked with this)."""
+        return self._agent._on_direct()
+
+    def _beaten(self, a: _Attempt) -> str | None:
+        """The stage (not ``a``'s) that moved the call onto a direct path since ``a`` began."""
+        for name, rec in self._agent.waterfall.records.items():
+            if (
+                name not in (a.stage, "relay")
+                and rec.status == "succeeded"
+                and rec.at is not None
+                and rec.at >= a.started
+            ):
+                return name
+        return None
+
     async def _wait(self, a: _Attempt, until: float | None) -> None:
-        """Sleep until loop time ``until`` or until the attempt is stopped."""
-        if a.done:
-            return
-        # One microsecond of slack: a deadline computed as start + offset may round to just
-        # above the loop time that a timer for it fires at.
-        timeout = None if until is None else max(0.0, until - self._loop.time()) + TIME_SLACK
-        a.wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(a.wake.wait(), timeout)
+        """Sleep until loop time ``until`` or until the attempt is stopped.
+
+        An attempt another stage has beaten is stopped here (``beaten_by`` set, ``done``): the
+        agent tells this object only of hard stages' wins, so a hole punch or port mapping that
+        lands while an attack runs is noticed within :data:`STOP_POLL`.
+        """
+        while not a.done:
+            beaten = self._beaten(a)
+            if beaten is not None:
+                a.beaten_by, a.done = beaten, True
+                for idx, sock in list(a.sockets.items()):
+                    self._close_socket(a, idx, sock)
+                return
+            # One microsecond of slack: a deadline computed as start + offset may round to just
+            # above the loop time that a timer for it fires at.
+            left = None if until is None else max(0.0, until - self._loop.time()) + TIME_SLACK
+            step = STOP_POLL if left is None else min(STOP_POLL, left)
+            a.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(a.wake.wait(), step)
+            if step == left:
+                return
 
     def _finish(self, stage: str, ok: bool, reason: str) -> None:
         agent = self._agent
         now = self._loop.time()
         if ok:
             return  # the agent records the success when it switches the call
+        a = self._attempts.get(stage)
+        if a is not None and a.beaten_by is not None:
+            reason = f"the {a.beaten_by} stage answered first"
         if agent.waterfall[stage].status == "started":
             agent.waterfall.fail(stage, now, reason)
             agent.hard_stage_failed(stage, now)
@@ -371,6 +435,7 @@ class HardStages:
         assert hard.public_ip is not None
         m = budget.birthday_probes
         a = self._new_attempt("birthday", "easy")
+        a.target_ip = hard.public_ip
         now = self._loop.time()
         agent.waterfall.start("birthday", now)
         rec = agent.waterfall["birthday"]
@@ -495,7 +560,9 @@ class HardStages:
                     break
             if not a.done:
                 await self._wait(a, t0 + PREDICTION_MAX)
-            if not a.done:
+            if a.beaten_by is not None:
+                self._finish("port-prediction", False, "")
+            elif not a.done:
                 self._finish(
                     "port-prediction",
                     False,
@@ -535,7 +602,9 @@ class HardStages:
             rec.details["checks_sent"] = sent
             end = now + (sched[-1].t_offset if sched else 0.0) + PREDICTION_GRACE + BURST_GAP
             await self._wait(a, end)
-            if not a.done:
+            if a.beaten_by is not None:
+                self._finish("port-prediction", False, "")
+            elif not a.done:
                 self._finish(
                     "port-prediction",
                     False,
