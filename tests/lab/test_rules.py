@@ -41,6 +41,17 @@ def test_sequential_delta_and_wrap() -> None:
         RouterOptions(seq_delta=0).validate()
 
 
+def test_random_port_range_narrows_udp_only() -> None:
+    text = _rules("apdm-random", random_port_range=(50000, 54095))
+    assert "meta l4proto udp masquerade to :50000-54095 fully-random" in text
+    # other protocols keep the kernel's range, and the default has no range at all
+    assert text.count("masquerade fully-random") == 1
+    assert "masquerade to :" not in _rules("apdm-random")
+    for bad in ((0, 10), (60000, 50000), (50000, 70000)):
+        with pytest.raises(ValueError):
+            RouterOptions(random_port_range=bad).validate()
+
+
 def test_timeouts_follow_udp_timeout_and_loss_threshold() -> None:
     assert _rules("eim-eif").count("timeout 120s") == 1
     assert _rules("eim-adf", udp_timeout=7).count("timeout 7s") == 2
