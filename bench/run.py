@@ -23,8 +23,8 @@ What is measured today (the foundation issue):
 - ``connect_lab.json`` (root; bench/connect_lab.py): time to the relayed connection, first echo
   and direct path for a cone pair in the lab at a stated RTT (NFQUEUE router delay), against the
   round trips needed.
-- ``aioice_lab.json`` (root; bench/aioice_lab.py): aioice against ours on the same lab hosts per
-  NAT pair: which pairs each gets direct, and how fast.
+- ``aioice_lab.json`` (root; bench/aioice_lab.py): aioice against ours on the same lab hosts,
+  every UDP NAT pair (``--aioice-subset``: 7 of them): which pairs each gets direct, how fast.
 
 Each JSON holds trial counts and a ``how`` text saying how it was measured.
 `--only NAME[,NAME]` runs a subset (``hardnat`` is short for ``hardnat_sim``).
@@ -242,7 +242,9 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=3, help="lab trials per profile")
     ap.add_argument("--only", default="", help="comma-separated benchmark names to run")
     ap.add_argument(
-        "--aioice-all-pairs", action="store_true", help="every UDP NAT pair, not the subset"
+        "--aioice-subset",
+        action="store_true",
+        help="aioice on a 7-pair subset (aioice_lab.PAIRS) instead of every UDP NAT pair",
     )
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -265,7 +267,7 @@ def main() -> None:
         jobs.append(("netcheck_lab", lambda: bench_netcheck_lab(args.trials)))
         jobs.append(("connect_lab", connect_lab.bench_connect_lab))
         pairs = aioice_lab.PAIRS
-        if args.aioice_all_pairs:
+        if not args.aioice_subset:
             from itertools import combinations_with_replacement
 
             from punchthrough.lab import PROFILE_NAMES, PROFILES
