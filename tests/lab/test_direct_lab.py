@@ -417,17 +417,11 @@ def _after(words: list[str], key: str) -> list[str]:
 #: A router "reboot" on the callee's side: its forward path drops all UDP for this long, then
 #: its conntrack table is flushed and it forwards again (empty NAT, nothing in flight).
 REBOOT_S = 0.2
-#: Measured: 150-159 of 500 frames lost, max gap 4.3-4.5 s (direct -> relay at +0.4 s, direct
-#: again at ~5.05 s from the call's start). The callee only echoes, so once its NAT is empty it
-#: sends nothing at all (its router's conntrack table stays empty for > 3 s): the caller's
-#: frames die at the callee's NAT on the direct path AND on the relay path (the relay's binding
-#: was flushed too; relay PINGs come every 10 s) until the callee's next direct keepalive (5 s
-#: period) re-creates its mapping. A plain `conntrack -F` (no down time) shows the same in 7 of
-#: 9 runs; in the other 2 an echo in flight re-opened the NAT at once (0 lost).
-REBOOT_CALLEE_BUG = (
-    "after the receive-only side's NAT forgets its bindings nothing re-opens them until its "
-    "5 s keepalive: ~4 s of frames lost on both the direct and the relay path"
-)
+#: The callee only echoes, so once its NAT is empty nothing of its own re-opens it: it must notice
+#: the silence (traversal.monitor: probes after a few frame intervals; at its fallback a PING on
+#: the relay and a relay keepalive every 0.5 s until answered). Measured: 11 of 500 frames lost,
+#: max gap 238-240 ms, the call never left the direct path (5 of 5 runs). Before: 150-159 lost,
+#: max gap 4.3-4.5 s (nothing re-opened the NAT until the callee's 5 s keepalive).
 
 
 @pytest.mark.parametrize(
@@ -435,9 +429,7 @@ REBOOT_CALLEE_BUG = (
     [
         "drop-rule",
         "conntrack-flush-caller",
-        pytest.param(
-            "reboot-callee", marks=pytest.mark.xfail(strict=True, reason=REBOOT_CALLEE_BUG)
-        ),
+        "reboot-callee",
     ],
 )
 def test_direct_path_dies_mid_call(call_lab: Callable[..., CallLab], fault: str) -> None:
@@ -519,16 +511,11 @@ def test_direct_path_dies_mid_call(call_lab: Callable[..., CallLab], fault: str)
 
 # -- 3. NAT bindings shorter than the call -----------------------------------------------------
 SHORT_TIMEOUT_S = 3  # conntrack UDP timeouts on both routers (natlab eim-apdf-short-timeout)
-#: Measured: frame 1 (t = 4 s) lost, direct -> relay at 4.4 s, direct again at 5.1 s.
-KEEPALIVE_BUG = (
-    "direct-path keepalive (traversal.monitor.KEEPALIVE, 5 s; QUIC PING keepalive_interval 5 s) "
-    "is longer than the short-timeout profile's 3 s binding lifetime"
-)
-#: Measured: connected_ms 6232 (18 ms when the listener is fresh).
-RELAY_KEEPALIVE_BUG = (
-    "relay registration keepalive (keepalive_ms = idle/3 = 10 s) is longer than the 3 s binding "
-    "lifetime: an idle listener is unreachable through the relay until its next PING"
-)
+#: Keepalives hold the bindings (traversal.monitor.KEEPALIVE, 2 s: consent checks on the direct
+#: path, STUN keepalives on each relay flow). Before (5 s direct keepalive, 10 s relay PING):
+#: "sparse" lost frame 1 and fell back to the relay at 4.4 s; "idle-listener" connected only
+#: after 6232 ms (the listener's relay binding had expired). Measured now: 0 lost and no path
+#: change in every case, idle-listener connected_ms 526-536 (5 runs of each).
 
 
 @pytest.mark.parametrize(
@@ -536,17 +523,9 @@ RELAY_KEEPALIVE_BUG = (
     [
         pytest.param(PPS, 10.0, 0.0, id="media"),
         # one frame every 4 s: between frames only keepalives can hold the bindings
-        pytest.param(
-            0.25, 12.0, 0.0, id="sparse", marks=pytest.mark.xfail(strict=True, reason=KEEPALIVE_BUG)
-        ),
+        pytest.param(0.25, 12.0, 0.0, id="sparse"),
         # the listener sits idle longer than its NAT keeps the relay binding before the call
-        pytest.param(
-            PPS,
-            4.0,
-            SHORT_TIMEOUT_S + 1.5,
-            id="idle-listener",
-            marks=pytest.mark.xfail(strict=True, reason=RELAY_KEEPALIVE_BUG),
-        ),
+        pytest.param(PPS, 4.0, SHORT_TIMEOUT_S + 1.5, id="idle-listener"),
     ],
 )
 def test_short_nat_binding_lifetime_keeps_the_call_direct(

@@ -41,6 +41,13 @@ from punchthrough.traversal import (
 from punchthrough.traversal.checks import MAX_PAIRS, MAX_TRANSACTIONS, Action
 from punchthrough.traversal.hardnat.plan import plan_stages
 from punchthrough.traversal.hardnat.summary import NatSummary
+from punchthrough.traversal.monitor import (
+    KEEPALIVE,
+    KEEPALIVE_MAX,
+    KEEPALIVE_MIN,
+    RX_STREAM_PACKETS,
+    keepalive_for_lifetime,
+)
 
 A = TypeVar("A")
 BINDING = bytes(range(32))
@@ -287,6 +294,63 @@ def test_monitor_probes_suspects_then_declares_death_but_never_for_an_idle_call(
     assert m.poll(12.0 + m.dead_threshold) is Verdict.DEAD
     assert m.dead_threshold < 0.5  # "within a few hundred milliseconds" at a 40 ms RTT
     assert m.next_deadline(12.5) > 12.5
+
+
+def test_a_receive_only_side_probes_when_a_streaming_peer_goes_quiet() -> None:
+    """It sends nothing of its own, so only the receive-side rule can notice the silence."""
+    m = DirectMonitor()
+    m.reset(0.0, rtt=0.002)
+    t = 0.0
+    for _ in range(RX_STREAM_PACKETS + 2):  # a 50 pps stream
+        t += 0.02
+        m.heard(t)
+    assert m.streaming and m.rx_gap == pytest.approx(0.02)
+    assert m.rx_threshold == pytest.approx(0.08)  # 4 frame gaps, at least the probe threshold
+    assert not m.want_probe(t + 0.07)
+    assert m.next_deadline(t + 0.01) == pytest.approx(t + 0.08)
+    assert m.want_probe(t + 0.08)
+    m.probed(t + 0.08)
+    assert m.rx_probes == 1 and m.unanswered_since == pytest.approx(t + 0.08)
+    # unanswered: the usual escalation from the probe on
+    assert m.poll(t + 0.08 + m.suspect_threshold + 1e-9) is Verdict.SUSPECT
+    assert m.poll(t + 0.08 + m.dead_threshold + 1e-9) is Verdict.DEAD
+
+
+def test_a_peer_that_merely_paused_costs_one_probe() -> None:
+    m = DirectMonitor()
+    m.reset(0.0, rtt=0.04)
+    t = 0.0
+    for _ in range(RX_STREAM_PACKETS):
+        t += 0.02
+        m.heard(t)
+    due = m.rx_deadline()
+    assert due is not None
+    m.probed(due)
+    assert m.heard(due + 0.04) is False  # answered: no suspicion to clear
+    assert not m.streaming and m.rx_deadline() is None  # the peer is idle: no more rx probes
+    assert not m.want_probe(due + 1.0)
+    assert m.want_probe(due + KEEPALIVE)  # only the keepalive from now on
+    # an idle peer (gaps longer than RX_STREAM_GAP) never counts as streaming
+    m.reset(10.0)
+    for i in range(1, 20):
+        m.heard(10.0 + i * 0.5)
+    assert not m.streaming
+
+
+def test_keepalive_interval_rule() -> None:
+    assert keepalive_for_lifetime(3.0) == pytest.approx(KEEPALIVE)  # the default: lab's 3 s
+    assert keepalive_for_lifetime(30.0) == pytest.approx(20.0)  # Linux unreplied UDP flow
+    assert keepalive_for_lifetime(120.0) == KEEPALIVE_MAX
+    assert keepalive_for_lifetime(0.1) == KEEPALIVE_MIN
+    with pytest.raises(ValueError):
+        keepalive_for_lifetime(0)
+    from punchthrough.endpoint import EndpointConfig
+
+    assert EndpointConfig().nat_keepalive == KEEPALIVE
+    with pytest.raises(ValueError):
+        EndpointConfig(nat_keepalive=0)
+    with pytest.raises(ValueError):
+        EndpointConfig(nat_keepalive=60.0)  # not below the idle timeout
 
 
 def test_waterfall_records_the_planners_choice() -> None:

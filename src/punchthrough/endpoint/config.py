@@ -17,6 +17,7 @@ from punchthrough.identity import Identity, apply_identity
 from punchthrough.relay.frames import MAX_RELAY_PAYLOAD
 from punchthrough.transport.demux import QUIC_CID_LENGTH
 from punchthrough.traversal.hardnat.plan import Budget
+from punchthrough.traversal.monitor import KEEPALIVE
 
 #: ALPN of end-to-end peer connections (RFC 7301); the relay control plane uses its own.
 PEER_ALPN: Final = "punchthrough/1"
@@ -49,10 +50,17 @@ class EndpointConfig:
     #: is lost. 30 s: long enough to ride out a relay fail-over, short enough to notice a dead
     #: peer during a call.
     idle_timeout: float = 30.0
-    #: PING interval while idle. Well below the idle timeout (3 missed PINGs still leave time)
-    #: and below Linux conntrack's 30 s unreplied UDP timeout, so NAT bindings of the current
-    #: path survive a silent call.
+    #: QUIC PING interval while idle: keeps the QUIC connection (idle timeout) alive, well below
+    #: the idle timeout (3 missed PINGs still leave time). NAT bindings are refreshed more often,
+    #: by :attr:`nat_keepalive`.
     keepalive_interval: float = 5.0
+    #: Keepalive interval of every NAT binding the endpoint depends on: consent checks on a
+    #: direct path (whatever the traffic) and a STUN keepalive on each relay flow. Must stay
+    #: below the shortest UDP binding lifetime on the way; the default (2 s) suits lifetimes
+    #: down to 3 s. Derive it from a known lifetime with
+    #: :func:`punchthrough.traversal.monitor.keepalive_for_lifetime`. The endpoint also checks its
+    #: local addresses this often (network changes).
+    nat_keepalive: float = KEEPALIVE
     #: How long a dialer waits, by default, for a usable connection.
     connect_timeout: float = 10.0
     #: How long an acceptor waits for the dialer's ``PeerAuth`` after the TLS handshake.
@@ -78,6 +86,8 @@ class EndpointConfig:
     def __post_init__(self) -> None:
         if not 0 < self.keepalive_interval < self.idle_timeout:
             raise ValueError("keepalive_interval must be positive and below idle_timeout")
+        if not 0 < self.nat_keepalive < self.idle_timeout:
+            raise ValueError("nat_keepalive must be positive and below idle_timeout")
         for name in ("connect_timeout", "auth_timeout", "relay_timeout", "close_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

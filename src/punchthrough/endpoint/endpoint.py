@@ -10,6 +10,20 @@ connection, anything else nobody owns is dropped and counted.
 
     async with Endpoint.bind(identity, relays=[("198.51.100.20", 3478)]) as ep:
         conn = await ep.connect(peer_id)
+
+Network changes. The endpoint keeps its NAT bindings alive (each relay client's STUN keepalive,
+every ``config.nat_keepalive``) and watches for a changed network, cheaply:
+
+- the set of local addresses, every ``nat_keepalive`` (a new address, a lost one: Wi-Fi to
+  cellular, a DHCP renumbering, a link that went down and came back);
+- a relay that sees us at a new address (NAT reboot or rebinding, a new network behind the same
+  private address) or answers again after unanswered keepalives (the network came back);
+- a send error on the main socket, or a direct path a connection's monitor found dead: these only
+  make the endpoint look now (addresses, a keepalive to each relay), they change nothing alone.
+
+A change runs :meth:`Endpoint.network_changed`: a QUIC PING to every relay (the registration
+follows our new address), a re-gather, a new candidate generation, and every connection's
+``CandidateUpdate`` plus new checks (``TraversalAgent.local_candidates_changed``).
 """
 
 from __future__ import annotations
@@ -18,8 +32,9 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Generator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from types import TracebackType
 from typing import Any, Final
 
@@ -36,7 +51,7 @@ from punchthrough.endpoint.errors import (
 from punchthrough.identity import Identity, PeerId
 from punchthrough.nat.allocation import PortAllocation, classify_port_allocation
 from punchthrough.nat.behavior import filtering_behavior
-from punchthrough.netio import Address, DatagramSocket, Network, UdpNetwork
+from punchthrough.netio import Address, DatagramReceiver, DatagramSocket, Network, UdpNetwork
 from punchthrough.portmap import PortMapError, PortMapper, PortMapping
 from punchthrough.relay import (
     NOTICE_RATE_LIMITED,
@@ -85,6 +100,52 @@ GATHER_RTO: Final = 0.25
 #: a CHANGE-REQUEST answer, at least :data:`FILTER_WAIT_MIN` (netcheck's own figures).
 FILTER_WAIT_RTTS: Final = 4.0
 FILTER_WAIT_MIN: Final = 0.5
+#: Hints that the network may have changed (a send error, a dead direct path) make the endpoint
+#: look at most this often.
+SUSPECT_DEBOUNCE: Final = 0.5
+#: How long a network-change re-gather waits for each relay's fresh STUN answer.
+REFRESH_TIMEOUT: Final = 1.0
+
+
+class _WatchedSocket:
+    """The main socket, with a hook on send errors (the kernel's ENETUNREACH, EADDRNOTAVAIL,
+    ICMP errors: ``send_errors`` grows, or ``sendto`` raises). Everything else passes through."""
+
+    def __init__(self, sock: DatagramSocket, on_error: Callable[[str], None]) -> None:
+        self._sock = sock
+        self._on_error = on_error
+        self._errors = sock.send_errors
+
+    @property
+    def local_address(self) -> Address:
+        return self._sock.local_address
+
+    @property
+    def closed(self) -> bool:
+        return self._sock.closed
+
+    @property
+    def send_errors(self) -> int:
+        return self._sock.send_errors
+
+    def sendto(self, data: bytes, addr: Address) -> None:
+        try:
+            self._sock.sendto(data, addr)
+        except OSError as exc:
+            if not self._sock.closed:
+                self._on_error(f"send to {addr[0]}:{addr[1]} failed: {exc}")
+            raise
+        errors = self._sock.send_errors
+        if errors != self._errors:
+            self._errors = errors
+            self._on_error(f"send errors on the main socket ({errors})")
+
+    def set_receiver(self, receiver: DatagramReceiver | None) -> None:
+        self._sock.set_receiver(receiver)
+
+    def close(self) -> None:
+        self._sock.close()
+
 
 RelaySpec = Address | str
 
@@ -146,7 +207,10 @@ class Endpoint:
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self.identity = identity
-        self._sock = sock
+        self._sock: DatagramSocket = _WatchedSocket(
+            sock, lambda reason: self.network_suspect(reason)
+        )
+        sock = self._sock
         self.network = network
         self.mux = DatagramMux(sock)
         #: STUN client on the main socket (netcheck and candidate gathering use it).
@@ -173,6 +237,16 @@ class Endpoint:
         self._pending_admission = 0
         self._closed = False
         self._stats: Counter[str] = Counter()
+        #: Network watch: local addresses last seen, hint debounce, re-gathers in progress.
+        self._last_ips: set[str] = set()
+        self._last_suspect = -math.inf
+        self._watch_task: asyncio.Task[None] | None = None
+        self._bg_tasks: set[asyncio.Task[Any]] = set()
+        self._regather_lock = asyncio.Lock()
+        self._change_reasons: list[str] = []
+        self._regathering = False
+        #: ``(loop time, reason)`` of every network change acted upon (re-gathers).
+        self.network_events: list[tuple[float, str]] = []
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -227,6 +301,7 @@ class Endpoint:
                     await ep._start_port_mapping(net, gateway, upnp=upnp)
                 await ep._start_relays(relay_addrs)
                 await ep.gather()
+                ep._start_network_watch()
             except BaseException:
                 await ep.close()
                 raise
@@ -253,7 +328,11 @@ class Endpoint:
 
     async def _register(self, addr: Address) -> None:
         client = await RelayClient.connect(
-            self.mux, addr, self.identity, timeout=self.config.relay_timeout
+            self.mux,
+            addr,
+            self.identity,
+            timeout=self.config.relay_timeout,
+            nat_keepalive=self.config.nat_keepalive,
         )
         if self._closed:
             await client.close()
@@ -266,9 +345,10 @@ class Endpoint:
         self._relays[addr] = client
         if previous is not None and previous != client.observed_address:
             # Re-registered and seen from elsewhere: our NAT or network changed under us.
-            self._loop.create_task(self.network_changed())
+            self._network_event(f"re-registered with relay {addr[0]}:{addr[1]} from a new address")
         client.set_receiver(lambda src, payload: self._relay_data(addr, src, payload))
         client.set_notice_handler(lambda code, peer: self._relay_notice(addr, code, peer))
+        client.set_network_handler(self._network_event)
         log.info(
             "registered with relay %s:%d as %s (seen as %s:%d)",
             *addr,
@@ -304,7 +384,11 @@ class Endpoint:
             await asyncio.sleep(delay)
             try:
                 client = await RelayClient.connect(
-                    self.mux, addr, self.identity, timeout=self.config.relay_timeout
+                    self.mux,
+                    addr,
+                    self.identity,
+                    timeout=self.config.relay_timeout,
+                    nat_keepalive=self.config.nat_keepalive,
                 )
             except (RelayError, OSError) as exc:
                 log.info("relay %s:%d still unavailable: %s", *addr, exc)
@@ -565,6 +649,8 @@ class Endpoint:
                 if agent.owns(msg.transaction_id):
                     agent.handle_stun(data, local, addr)
                     return True
+            if addr in self._relays:
+                return False  # a relay's answer to its client's NAT keepalive (next handler)
             self._stats["checks_unknown_transaction"] += 1
             return True
         return False
@@ -632,9 +718,10 @@ class Endpoint:
         seen: dict[str, Address] = {}
         samples: list[Address] = []  # in the order the mappings were made
         for addr, client in self._relays.items():
-            srflx.append((client.observed_address, addr[0]))
-            seen[addr[0]] = client.observed_address
-            samples.append(client.observed_address)
+            # where the relay sees us now (registration, then kept fresh by its keepalives)
+            srflx.append((client.mapped_address, addr[0]))
+            seen[addr[0]] = client.mapped_address
+            samples.append(client.mapped_address)
         results: list[tuple[Address, Any]] = []
         if self.stun_servers:
 
@@ -759,16 +846,101 @@ class Endpoint:
             self._stats["nat_summary_errors"] += 1
             return NatSummary(udp=True, mapping=report["mapping"])  # type: ignore[arg-type]
 
-    async def network_changed(self) -> None:
-        """Our network may have changed (new address, socket error, NAT reboot): re-gather,
-        and if the candidates changed tell every connection's peer (``CandidateUpdate``) and
-        check again."""
+    # -- network changes -----------------------------------------------------------------------
+    @property
+    def nat_keepalive(self) -> float:
+        """Keepalive interval of our NAT bindings (``config.nat_keepalive``)."""
+        return self.config.nat_keepalive
+
+    def _spawn(self, coro: Any) -> None:
+        task = self._loop.create_task(coro)
+        self._bg_tasks.add(task)
+        task.add_done_callback(self._bg_tasks.discard)
+
+    def _start_network_watch(self) -> None:
+        self._last_ips = set(self._host_ips())
+        if self._watch_task is None and not self._closed:
+            self._watch_task = self._loop.create_task(self._watch_network())
+
+    async def _watch_network(self) -> None:
+        """Every ``nat_keepalive``: have our local addresses changed? (Cheap: no packet.)"""
+        while not self._closed:
+            await asyncio.sleep(self.config.nat_keepalive)
+            changed = self._addresses_changed()
+            if changed is not None:
+                await self.network_changed(changed)
+
+    def _addresses_changed(self) -> str | None:
+        """What changed in our local addresses since last looked (``None``: nothing)."""
+        ips = set(self._host_ips())
+        if ips == self._last_ips:
+            return None
+        gone, new = sorted(self._last_ips - ips), sorted(ips - self._last_ips)
+        self._last_ips = ips
+        parts = ([f"new address {', '.join(new)}"] if new else []) + (
+            [f"lost address {', '.join(gone)}"] if gone else []
+        )
+        return "local addresses changed: " + "; ".join(parts)
+
+    def network_suspect(self, reason: str) -> None:
+        """A hint that the network may have changed (a send error, a direct path found dead):
+        look now (our addresses, a keepalive to each relay, which reports a new mapping or a
+        relay answering again), at most every :data:`SUSPECT_DEBOUNCE`. Never re-gathers by
+        itself."""
+        now = self._loop.time()
+        if self._closed or now - self._last_suspect < SUSPECT_DEBOUNCE:
+            return
+        self._last_suspect = now
+        self._stats["network_suspicions"] += 1
+        log.debug("checking the network: %s", reason)
+        self._spawn(self._check_network())
+
+    async def _check_network(self) -> None:
+        changed = self._addresses_changed()
+        if changed is not None:
+            await self.network_changed(changed)
+            return
+        clients = [c for c in self._relays.values() if not c.closed]
+        # A changed mapping or a relay answering again calls _network_event.
+        await asyncio.gather(*(c.refresh(REFRESH_TIMEOUT) for c in clients))
+
+    def _network_event(self, reason: str) -> None:
+        """A relay client saw a change (new mapping, answers again): re-gather, unless a
+        re-gather already under way covers it (it refreshes every relay first)."""
+        if self._closed or self._regathering:
+            return
+        self._spawn(self.network_changed(reason))
+
+    async def network_changed(self, reason: str = "network changed") -> None:
+        """Our network changed (new address, NAT reboot or rebinding, a relay reachable again,
+        a new port mapping): PING every relay (the registration follows our new address), ask
+        each where it sees us now, re-gather, and start a new candidate generation (even when
+        the candidates look the same: the paths may not be), which every connection sends to
+        its peer (``CandidateUpdate``) before checking again. Concurrent calls coalesce."""
         if self._closed:
             return
-        before = self._local.generation
-        await self.gather()
-        self._stats["regathers"] += 1
-        if self._local.generation != before:
+        self._change_reasons.append(reason)
+        async with self._regather_lock:
+            if self._closed or not self._change_reasons:
+                return  # a re-gather that started after this call covered it
+            reasons, self._change_reasons = self._change_reasons, []
+            self._regathering = True
+            try:
+                clients = [c for c in self._relays.values() if not c.closed]
+                for client in clients:
+                    client.ping()
+                await asyncio.gather(*(c.refresh(REFRESH_TIMEOUT) for c in clients))
+                before = self._local.generation
+                await self.gather()
+                if self._local.generation == before:
+                    self._local.generation += 1
+            finally:
+                self._regathering = False
+            self._last_ips = set(self._host_ips())
+            self._stats["regathers"] += 1
+            text = "; ".join(dict.fromkeys(reasons))
+            self.network_events.append((self._loop.time(), text))
+            log.info("network changed (%s): candidate generation %d", text, self._local.generation)
             for agent in list(self._ufrags.values()):
                 agent.local_candidates_changed()
 
@@ -816,6 +988,12 @@ class Endpoint:
             conns = list(self._connections)
             if conns:
                 await asyncio.gather(*(c.close(reason) for c in conns), return_exceptions=True)
+            watchers = list(self._bg_tasks)
+            if self._watch_task is not None:
+                watchers.append(self._watch_task)
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
             for task in self._relay_tasks.values():
                 task.cancel()
             await asyncio.gather(*self._relay_tasks.values(), return_exceptions=True)

@@ -3,8 +3,24 @@ receive DATA frames.
 
 The control connection (QUIC, ALPN ``punchthrough-relay/1``) runs through the caller's
 :class:`~punchthrough.transport.demux.DatagramMux`, so it leaves from the same socket (the same
-NAT mapping) as the DATA frames; the relay binds the registration to that mapping. QUIC PINGs
-every ``keepalive_ms`` (told by the relay) keep both the registration and the NAT mapping alive.
+NAT mapping) as the DATA frames; the relay binds the registration to that mapping.
+
+Two keepalives, for two different lifetimes:
+
+- QUIC PINGs every ``keepalive_ms`` (told by the relay, 10 s) keep the *control connection*
+  alive (the relay's 30 s QUIC idle timeout);
+- a STUN Binding request every ``nat_keepalive`` keeps our *NAT's binding* of the relay flow
+  alive: NATs forget idle UDP bindings after as little as a few seconds (the lab's short-timeout
+  profile: 3 s), and a listener whose binding expired cannot be reached through the relay until
+  it sends again. Off unless asked for; an :class:`~punchthrough.endpoint.Endpoint` always asks
+  (``EndpointConfig.nat_keepalive``, 2 s; the rule is in ``punchthrough.traversal.monitor``).
+  A STUN answer costs the relay a parse and a reply, no QUIC decryption. It also says where the
+  relay sees us now: at a new address (our NAT rebooted or rebound, our network changed) the
+  client sends a QUIC PING at once, so the registration follows (validated QUIC migration), and
+  tells its owner (:meth:`RelayClient.set_network_handler`); so does an answer after unanswered
+  keepalives (the network came back). An unanswered keepalive is repeated every 0.5 s, which
+  also re-opens a binding the NAT forgot as soon as it forwards again.
+
 All waits are bounded and all timing comes from the running loop (simulator compatible).
 """
 
@@ -57,6 +73,16 @@ from punchthrough.signal import (
     read_message,
     write_message,
 )
+from punchthrough.stun import (
+    Message,
+    MessageClass,
+    Method,
+    StunDecodeError,
+    XorMappedAddress,
+    decode_message,
+    encode,
+    new_transaction_id,
+)
 from punchthrough.transport.demux import DatagramMux
 from punchthrough.transport.quic import QuicDriver, QuicStreamWriter
 
@@ -67,16 +93,25 @@ log = logging.getLogger(__name__)
 DEFAULT_IDLE_TIMEOUT: Final = 30.0
 #: Peer ids seen in received frames, cached to avoid building one object per frame.
 _PEER_CACHE_SIZE: Final = 1024
+#: An unanswered STUN keepalive is sent again this often until answered.
+NAT_KEEPALIVE_RTO: Final = 0.5
 
 DataReceiver = Callable[[PeerId, bytes], None]
 NoticeHandler = Callable[[int, PeerId], None]
+#: Called with a reason when the relay sees us at a new address or answers again.
+NetworkHandler = Callable[[str], None]
 
 
 class RelayClient:
     """A registration with one relay. Build with :meth:`connect`; end with :meth:`close`."""
 
     def __init__(
-        self, mux: DatagramMux, relay_addr: Address, identity: Identity, idle_timeout: float
+        self,
+        mux: DatagramMux,
+        relay_addr: Address,
+        identity: Identity,
+        idle_timeout: float,
+        nat_keepalive: float | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._mux = mux
@@ -91,6 +126,16 @@ class RelayClient:
         self._keepalive: asyncio.TimerHandle | None = None
         self._keepalive_interval = idle_timeout / 3
         self._ping_uid = 0
+        #: STUN keepalive of the NAT binding (None: off), its outstanding transaction, and how
+        #: many keepalives in a row went unanswered.
+        self._nat_keepalive = nat_keepalive
+        self._nat_timer: asyncio.TimerHandle | None = None
+        self._nat_retx: asyncio.TimerHandle | None = None
+        self._nat_tx: bytes | None = None
+        self._nat_misses = 0
+        self._mapped: Address | None = None
+        self._mapped_waiters: list[asyncio.Future[Address | None]] = []
+        self._network_handler: NetworkHandler | None = None
         self._receiver: DataReceiver | None = None
         self._notice_handler: NoticeHandler | None = None
         self._peers: dict[bytes, PeerId] = {}
@@ -114,6 +159,9 @@ class RelayClient:
                     "dropped_no_receiver",
                     "send_errors",
                     "keepalives",
+                    "nat_keepalives",
+                    "nat_keepalives_unanswered",
+                    "rebindings",
                 ),
                 0,
             )
@@ -129,15 +177,20 @@ class RelayClient:
         timeout: float = 5.0,
         relay_peer_id: PeerId | None = None,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        nat_keepalive: float | None = None,
     ) -> RelayClient:
         """Open the control connection through ``mux``, register, return when registered.
 
         ``relay_peer_id`` pins the relay's identity (optional: relays are usually known by
         address only; the data plane is end-to-end encrypted either way). Raises
         :class:`RelayTimeout`, :class:`RelayRegistrationError` (the relay said no) or
-        :class:`RelayError`/:class:`RelayClosed`.
+        :class:`RelayError`/:class:`RelayClosed`. ``nat_keepalive``: seconds between STUN
+        keepalives of our NAT's binding (``None``: none, only the QUIC PINGs every
+        ``keepalive_ms``).
         """
-        self = cls(mux, relay_addr, identity, idle_timeout)
+        if nat_keepalive is not None and nat_keepalive <= 0:
+            raise ValueError("nat_keepalive must be positive")
+        self = cls(mux, relay_addr, identity, idle_timeout, nat_keepalive)
         try:
             async with asyncio.timeout(timeout):
                 await self._register(relay_peer_id)
@@ -193,8 +246,12 @@ class RelayClient:
             raise RelayError(f"unexpected reply to registration: {type(reply).__name__}")
         self._control = (reader, writer)
         self._observed = (reply.observed_ip, reply.observed_port)
+        self._mapped = self._observed
         self._keepalive_interval = min(reply.keepalive_ms / 1000, self._idle_timeout / 3)
         self._arm_keepalive()
+        if self._nat_keepalive is not None:
+            self._mux.add_stun_handler(self._on_stun)
+            self._arm_nat_keepalive()
 
     async def lookup(self, peer_id: PeerId, *, timeout: float = 5.0) -> tuple[Address, ...]:
         """Relay addresses where ``peer_id`` is registered, as this relay knows (empty: none).
@@ -241,14 +298,132 @@ class RelayClient:
 
     def _send_keepalive(self) -> None:
         self._keepalive = None
+        if self.closed:
+            return
+        self.ping()
+        self._stats["keepalives"] += 1
+        self._arm_keepalive()
+
+    def ping(self) -> None:
+        """A QUIC PING on the control connection now. After our address changed this is what
+        moves the registration (the relay follows a validated QUIC migration)."""
         driver = self._driver
         if driver is None or self.closed:
             return
         self._ping_uid += 1
         driver.connection.send_ping(self._ping_uid)
         driver.transmit()
-        self._stats["keepalives"] += 1
-        self._arm_keepalive()
+
+    # -- NAT keepalive (STUN) ------------------------------------------------------------------
+    def _arm_nat_keepalive(self) -> None:
+        if not self.closed and self._nat_keepalive is not None:
+            self._nat_timer = self._loop.call_later(self._nat_keepalive, self._nat_tick)
+
+    def _nat_tick(self) -> None:
+        self._nat_timer = None
+        if self.closed:
+            return
+        self._send_nat_keepalive()
+        self._arm_nat_keepalive()
+
+    def _send_nat_keepalive(self) -> None:
+        if self._nat_tx is not None:  # the previous one (and its retransmission) unanswered
+            self._nat_misses += 1
+            self._stats["nat_keepalives_unanswered"] += 1
+        self._nat_tx = new_transaction_id()
+        self._send_stun(self._nat_tx)
+        self._stats["nat_keepalives"] += 1
+        if self._nat_retx is not None:
+            self._nat_retx.cancel()
+        self._nat_retx = self._loop.call_later(NAT_KEEPALIVE_RTO, self._nat_retransmit)
+
+    def _nat_retransmit(self) -> None:
+        # Every RTO until answered (the next keepalive starts a new transaction): a binding the
+        # NAT forgot (a reboot, an outage) is re-opened, and the relay's answer seen, within
+        # half a second of the network forwarding again rather than at the next keepalive.
+        self._nat_retx = None
+        if self._nat_tx is not None and not self.closed:
+            self._send_stun(self._nat_tx)
+            self._nat_retx = self._loop.call_later(NAT_KEEPALIVE_RTO, self._nat_retransmit)
+
+    def _send_stun(self, txid: bytes) -> None:
+        data = encode(Message(Method.BINDING, MessageClass.REQUEST, txid), fingerprint=True)
+        try:
+            self._sock.sendto(data, self.relay_address)
+        except OSError:
+            self._stats["send_errors"] += 1
+
+    def _on_stun(self, data: bytes, addr: Address) -> bool:
+        """The answer to our STUN keepalive (a mux STUN handler: others pass through)."""
+        txid = self._nat_tx
+        if txid is None or addr != self.relay_address or data[8:20] != txid:
+            return False
+        try:
+            msg = decode_message(data)
+        except StunDecodeError:
+            return False
+        if msg.method != Method.BINDING or msg.message_class is not MessageClass.SUCCESS_RESPONSE:
+            return False
+        xma = msg.get(XorMappedAddress)
+        if xma is None:
+            return False
+        self._nat_tx = None
+        if self._nat_retx is not None:
+            self._nat_retx.cancel()
+            self._nat_retx = None
+        misses, self._nat_misses = self._nat_misses, 0
+        old, self._mapped = self._mapped, xma.address
+        for fut in self._mapped_waiters:
+            if not fut.done():
+                fut.set_result(xma.address)
+        self._mapped_waiters.clear()
+        if old is not None and xma.address != old:
+            self._stats["rebindings"] += 1
+            self.ping()  # move the registration to where we are now
+            self._notify(
+                f"relay {self.relay_address[0]}:{self.relay_address[1]} sees us at "
+                f"{xma.address[0]}:{xma.address[1]} (was {old[0]}:{old[1]})"
+            )
+        elif misses:
+            self._notify(
+                f"relay {self.relay_address[0]}:{self.relay_address[1]} answers again after "
+                f"{misses} unanswered keepalive(s)"
+            )
+        return True
+
+    def _notify(self, reason: str) -> None:
+        log.info("%s", reason)
+        handler = self._network_handler
+        if handler is not None:
+            try:
+                handler(reason)
+            except Exception:
+                log.exception("relay network handler failed")
+
+    def set_network_handler(self, cb: NetworkHandler | None) -> None:
+        """``cb(reason)`` when the relay sees us at a new address, or answers again after
+        unanswered keepalives (the owner re-gathers its candidates)."""
+        self._network_handler = cb
+
+    async def refresh(self, timeout: float = 1.0) -> Address | None:
+        """A STUN keepalive now; returns where the relay sees us (``None``: no answer within
+        ``timeout``, or keepalives are off). Any change is also reported to the handler."""
+        if self.closed or self._nat_keepalive is None:
+            return None
+        fut: asyncio.Future[Address | None] = self._loop.create_future()
+        self._mapped_waiters.append(fut)
+        if self._nat_tx is None:
+            self._send_nat_keepalive()
+        else:
+            self._send_stun(self._nat_tx)  # one is outstanding: send it again
+        try:
+            async with asyncio.timeout(timeout):
+                return await fut
+        except TimeoutError:
+            return None
+        finally:
+            if fut in self._mapped_waiters:
+                self._mapped_waiters.remove(fut)
 
     # -- data plane ------------------------------------------------------------------------------
     def send(self, dest: PeerId, payload: bytes) -> None:
@@ -311,6 +486,13 @@ class RelayClient:
         return self._observed
 
     @property
+    def mapped_address(self) -> Address:
+        """Our address as the relay sees it now (the registration's, updated by keepalives)."""
+        if self._mapped is None:
+            raise RelayError("not registered")
+        return self._mapped
+
+    @property
     def peer_id(self) -> PeerId:
         return self._identity.peer_id
 
@@ -342,6 +524,16 @@ class RelayClient:
         if self._keepalive is not None:
             self._keepalive.cancel()
             self._keepalive = None
+        for timer in (self._nat_timer, self._nat_retx):
+            if timer is not None:
+                timer.cancel()
+        self._nat_timer = self._nat_retx = None
+        self._nat_tx = None
+        for fut in self._mapped_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._mapped_waiters.clear()
+        self._mux.remove_stun_handler(self._on_stun)
         self._mux.remove_relay_source(self.relay_address)
         driver = self._driver
         if driver is not None and not from_driver:

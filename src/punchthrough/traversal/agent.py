@@ -15,7 +15,12 @@ Timeline of one call (dialer = controlling, acceptor = controlled):
    The dialer nominates the best pair; both settle on it.
 4. The monitor keeps the path alive and watches it; when it goes silent the call returns to the
    relay (mirrored first while only suspected), and the dialer retries in the background with
-   exponential back-off, via a new ``CheckStart``.
+   exponential back-off, via a new ``CheckStart``. A suspicion also sends a QUIC PING (mirrored
+   onto the relay: a side whose NAT forgot its bindings re-opens the relay's too) and asks the
+   endpoint to look at its network (``DirectHost.network_suspect``).
+5. A network change (the endpoint re-gathered: new address, NAT rebinding, a relay that answers
+   again) reaches :meth:`TraversalAgent.local_candidates_changed`: ``CandidateUpdate`` to the
+   peer, then a new round at once (dialer on the relay), or a consent check now (on direct).
 """
 
 from __future__ import annotations
@@ -120,6 +125,16 @@ class DirectHost(Protocol):
 
     def sample_servers(self) -> list[Address]: ...
 
+    @property
+    def nat_keepalive(self) -> float:
+        """Keepalive interval of the NAT bindings of a direct path (``monitor.KEEPALIVE``)."""
+        ...
+
+    def network_suspect(self, reason: str) -> None:
+        """A path died or a send failed: the endpoint should check its network now (cheap:
+        local addresses, a keepalive to each relay) and re-gather if something changed."""
+        ...
+
 
 class ConnectionSide(Protocol):
     """What the agent needs from its :class:`~punchthrough.endpoint.Connection`."""
@@ -139,6 +154,14 @@ class ConnectionSide(Protocol):
 
     def direct_packet(self, data: bytes, addr: Address) -> None: ...
 
+    def ping(self) -> None:
+        """Send a QUIC PING now (current path, and any path mirrored onto)."""
+        ...
+
+    def path_switched(self) -> None:
+        """The current path changed: restart QUIC's probe back-off (it grew on the old path)."""
+        ...
+
 
 class TraversalAgent:
     """Direct-path traversal for one connection. Created once the relayed connection is usable."""
@@ -152,7 +175,7 @@ class TraversalAgent:
         self.engine = CheckEngine(self.credentials, controlling=self.controlling)
         self.base: Address = host.sock.local_address
         self.engine.add_base(self.base)
-        self.monitor = DirectMonitor()
+        self.monitor = DirectMonitor(keepalive=host.nat_keepalive)
         self.waterfall = Waterfall()
         self.stats: Counter[str] = Counter()
         self.remote_generation = -1
@@ -225,12 +248,22 @@ class TraversalAgent:
         self.stats["candidates_sent"] += 1
 
     def local_candidates_changed(self) -> None:
-        """The endpoint re-gathered (network change, new mapping): tell the peer, re-check."""
+        """The endpoint re-gathered after a network change (new address, NAT rebinding, a new
+        port mapping, a relay reachable again): tell the peer (``CandidateUpdate``), and check
+        again at once. On the relay the dialer proposes a round now (the acceptor's update makes
+        the dialer do so); on a direct path a consent check goes out now, so a path the change
+        broke is noticed within the monitor's few hundred milliseconds."""
         if self._closed:
             return
         self._send_candidates()
-        if self.controlling and self._have_remote and not self._on_direct():
+        self.stats["network_changes"] += 1
+        now = self._loop.time()
+        if self._on_direct():
+            self._probe_now(now)
+        elif self.controlling and self._have_remote:
+            self._retry_delay = None
             self._propose_round()
+        self._rearm()
 
     def _on_candidates(self, msg: Message) -> None:
         if isinstance(msg, CandidateUpdate):
@@ -256,7 +289,11 @@ class TraversalAgent:
         self._have_remote = True
         self.stats["candidates_received"] += 1
         if self.controlling and not self._on_direct():
+            self._retry_delay = None
             self._propose_round()
+        elif isinstance(msg, CandidateUpdate) and self._on_direct():
+            # The peer's network changed under the call: is our path still there?
+            self._probe_now(now)
         self._rearm()
 
     def _on_nat_report(self, msg: Message) -> None:
@@ -468,8 +505,14 @@ class TraversalAgent:
 
     def heard(self, path: Path) -> None:
         """A QUIC packet for this connection arrived on a direct path."""
-        if path == self._direct and self._on_direct() and self.monitor.heard(self._loop.time()):
+        if path != self._direct or not self._on_direct():
+            return
+        mon = self.monitor
+        if mon.heard(self._loop.time()):
             self._recovered()
+        rx = mon.rx_deadline()
+        if rx is not None and (self._timer is None or self._timer.when() > rx + 1e-6):
+            self._rearm()  # the peer started streaming: watch for its silence
 
     def sent(self) -> None:
         """A QUIC packet just went out on the current path."""
@@ -594,7 +637,8 @@ class TraversalAgent:
         paths = self._conn.paths
         previous = paths.current
         path = self._path_for(pair.local, pair.remote)
-        paths.switch_to(path, f"{reason}: {pair.describe()}")
+        if paths.switch_to(path, f"{reason}: {pair.describe()}"):
+            self._conn.path_switched()
         self._direct, self._direct_pair = path, pair
         rtt = self._conn.quic_rtt() or 2 * DEFAULT_OWD
         overlap = max(OVERLAP_MIN, 2 * rtt)
@@ -640,8 +684,8 @@ class TraversalAgent:
         relay = self._relay_path()
         paths = self._conn.paths
         paths.stop_mirror()
-        if relay is not None:
-            paths.switch_to(relay, reason)
+        if relay is not None and paths.switch_to(relay, reason):
+            self._conn.path_switched()
         self.fallbacks += 1
         self.engine.reset()
         self.monitor.verdict = Verdict.DEAD
@@ -650,6 +694,10 @@ class TraversalAgent:
             delay = first if self._retry_delay is None else min(self._retry_delay * 2, cap)
             self._retry_delay = delay
             self._retry_at = now + delay
+        # Something on the relay now: if our NAT forgot its bindings (a reboot), this re-opens
+        # the relay's, so the peer's packets (it falls back too) reach us there.
+        self._conn.ping()
+        self._host.network_suspect(f"direct path lost: {reason}")
         log.info("direct path lost (%s); back on the relay", reason)
 
     def _round_failed(self, action: RoundFailed, now: float) -> None:
@@ -694,7 +742,11 @@ class TraversalAgent:
             times.append(self.monitor.next_deadline(self._loop.time()))
         due = min((t for t in times if t is not None), default=None)
         if self._timer is not None:
-            if due is not None and math.isclose(self._timer.when(), due, abs_tol=1e-6):
+            # Never postpone a pending wake-up: _fire recomputes everything, so an early one is
+            # harmless, while a deadline that passed before its timer ran (a send in the same
+            # loop iteration calls this first) is no longer among the future times and would be
+            # pushed back on every send: at 50 packets/s the fallback never came (lab, 1 in 12).
+            if due is not None and self._timer.when() <= due + 1e-6:
                 return
             self._timer.cancel()
             self._timer = None
@@ -723,20 +775,31 @@ class TraversalAgent:
             self._watch(now)
         self._rearm()
 
+    def _probe_now(self, now: float) -> None:
+        """One consent check on the direct path now (the monitor escalates if unanswered)."""
+        pair = self._direct_pair
+        if pair is None or not self._on_direct():
+            return
+        self.monitor.probed(now)
+        self._transmit(self.engine.consent(pair, now))
+        self.stats["consent_checks"] += 1
+
     def _watch(self, now: float) -> None:
         pair = self._direct_pair
         assert pair is not None
         mon = self.monitor
         if mon.want_probe(now):
-            mon.probed(now)
-            self._transmit(self.engine.consent(pair, now))
-            self.stats["consent_checks"] += 1
+            self._probe_now(now)
         before = mon.verdict
         verdict = mon.poll(now)
         if verdict is Verdict.SUSPECT and before is not Verdict.SUSPECT:
             relay = self._relay_path()
             if relay is not None:
                 self._conn.paths.mirror(relay, math.inf)
+                # An ack-eliciting packet on both paths: the relay's copy re-opens our NAT's
+                # relay binding if it was forgotten, so the peer can fall back to us.
+                self._conn.ping()
+            self._host.network_suspect("direct path silent")
             self.stats["suspicions"] += 1
         elif verdict is Verdict.DEAD:
             self._fall_back(
