@@ -348,3 +348,25 @@ def test_forged_checks_and_responses_never_move_the_call() -> None:
     assert counts["dropped_bad_integrity"] >= 100  # right USERNAME, wrong key
     assert counts["ep_checks_unknown_username"] >= 100  # wrong USERNAME: dropped unanswered
     assert counts["ep_checks_unknown_transaction"] >= 200  # forged responses
+
+
+def test_bind_does_not_wait_for_the_filtering_test() -> None:
+    """The RFC 5780 filtering test waits up to 0.5 s for answers an APDF NAT drops: it runs
+    behind the call, and only the NAT summary (sent to the peer when it is final) waits for it;
+    a call made meanwhile still punches and the peer's late summary still drives the plan."""
+
+    async def body(world: World, ea: Endpoint, eb: Endpoint) -> dict[str, Any]:
+        local = ea.local_candidates
+        pending = (local.summary_ready, local.summary.filtering)
+        await ea.summary_ready()
+        final = (local.summary_ready, local.summary.filtering)
+        return {"pending": pending, "final": final}
+
+    got = run(with_world("eim-apdf", "eim-apdf", body), seed=1)
+    assert got["pending"] == (False, "unknown")
+    assert got["final"] == (True, "address-and-port-dependent")
+    # and the whole call still goes direct by the hole punch at the usual time
+    result = run(with_world("eim-apdf", "eim-apdf", echo), seed=1)
+    report = result["traversal"]
+    assert result["path"] == "direct" and report["strategy"] == "hole-punch"
+    assert result["frames_lost"] == 0

@@ -242,6 +242,9 @@ class Endpoint:
         self._last_suspect = -math.inf
         self._watch_task: asyncio.Task[None] | None = None
         self._bg_tasks: set[asyncio.Task[Any]] = set()
+        #: The background RFC 5780 filtering test of the latest gather (see ``gather``).
+        self._filter_task: asyncio.Task[None] | None = None
+        self._filter_round = 0
         self._regather_lock = asyncio.Lock()
         self._change_reasons: list[str] = []
         self._regathering = False
@@ -764,11 +767,54 @@ class Endpoint:
             mapper.mapping.protocol if mapper is not None and mapper.mapping is not None else None
         )
         local.public_ip = srflx[0][0][0] if srflx else None
-        filtering = "unknown"
-        if mapping == "independent":
-            filtering = await self._filtering_test(results)
-        local.summary = self._summary(samples, mapping, filtering, allocation, delta)
+        local.summary = self._summary(samples, mapping, "unknown", allocation, delta)
+        self._filter_round += 1
+        if self._filter_task is not None:
+            self._filter_task.cancel()
+            self._filter_task = None
+        if mapping == "independent" and any(r.other_address for _, r in results):
+            # The filtering test waits up to FILTER_WAIT_MIN for answers a filtering NAT drops:
+            # run it behind the call instead of before it. Only the NAT summary waits for it
+            # (connections send theirs when it is ready); candidates and the hole punch don't.
+            local.summary_ready = False
+            self._filter_task = self._loop.create_task(
+                self._finish_filtering(
+                    self._filter_round, results, samples, mapping, allocation, delta
+                )
+            )
+        else:
+            local.summary_ready = True
         return local
+
+    async def _finish_filtering(
+        self,
+        round_: int,
+        results: list[tuple[Address, Any]],
+        samples: list[Address],
+        mapping: MappingHint,
+        allocation: str,
+        delta: int | None,
+    ) -> None:
+        try:
+            filtering = await self._filtering_test(results)
+        except Exception:  # a bug here must not leave the summary pending forever
+            log.exception("filtering test failed")
+            filtering = "unknown"
+        if round_ != self._filter_round or self._closed:
+            return  # a newer gather superseded this one
+        local = self._local
+        local.summary = self._summary(samples, mapping, filtering, allocation, delta)
+        local.summary_ready = True
+        self._filter_task = None
+        for agent in set(self._ufrags.values()):
+            agent.local_summary_ready()
+
+    async def summary_ready(self) -> None:
+        """Wait for the running filtering test (the NAT summary is final afterwards)."""
+        task = self._filter_task
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
 
     async def _filtering_test(self, results: list[tuple[Address, Any]]) -> str:
         """RFC 5780 section 4.4 tests II and III from a fresh socket (the main socket has
@@ -991,6 +1037,8 @@ class Endpoint:
             watchers = list(self._bg_tasks)
             if self._watch_task is not None:
                 watchers.append(self._watch_task)
+            if self._filter_task is not None:
+                watchers.append(self._filter_task)
             for task in watchers:
                 task.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)

@@ -104,6 +104,8 @@ class LocalCandidates:
     port_mapping_note: str = "no port-mapping gateway configured"
     #: Our NAT as the stage planner sees it (sent to the peer as ``NatReportSummary``).
     summary: NatSummary = field(default_factory=lambda: NatSummary(udp=True))
+    #: False while the endpoint's filtering test still runs (the summary is not final yet).
+    summary_ready: bool = True
 
 
 class DirectHost(Protocol):
@@ -242,10 +244,18 @@ class TraversalAgent:
         cands = tuple(local.candidates)
         if first:
             self._conn.send_control(Candidates(candidates=cands))
-            self._conn.send_control(local.summary.to_signal())
+            if local.summary_ready:
+                self._conn.send_control(local.summary.to_signal())
         else:
             self._conn.send_control(CandidateUpdate(generation=local.generation, candidates=cands))
         self.stats["candidates_sent"] += 1
+
+    def local_summary_ready(self) -> None:
+        """The endpoint's filtering test ended: send (or resend) our NAT summary."""
+        if self._closed or self._sent_generation < 0:
+            return  # the first Candidates carry it
+        self._conn.send_control(self._host.local_candidates.summary.to_signal())
+        self.stats["nat_reports_sent_late"] += 1
 
     def local_candidates_changed(self) -> None:
         """The endpoint re-gathered after a network change (new address, NAT rebinding, a new
@@ -301,6 +311,17 @@ class TraversalAgent:
             return
         self.remote_summary = NatSummary.from_signal(msg)
         self.stats["nat_reports_received"] += 1
+        if self.waterfall["hole-punch"].status != "pending" and not self._on_direct():
+            # It came after the round started (the peer's filtering test runs behind the
+            # call): re-plan, and start the hard stages the plan now runs.
+            p = self.plan()
+            self.waterfall.apply(p.values())
+            punch_failed = self.waterfall["hole-punch"].status == "failed"
+            if self._hard_start_at is None and any(
+                p[s].runs and (punch_failed or not p[s].after) and not self.hard.active(s)
+                for s in HARD_STAGES
+            ):
+                self._hard_start_at = self._loop.time() + HARD_START_DELAY
         self._rearm()
 
     def _on_birthday_start(self, msg: Message) -> None:

@@ -252,6 +252,11 @@ def _hard_stages(
                     f"{b.birthday_sockets} sockets",
                 ),
             }
+        maps = (
+            "maps endpoint-dependently"
+            if hard.mapping in (AD, APD)
+            else "has an unknown mapping (no report yet)"
+        )
         why_alloc = (
             "its ports are random"
             if hard.allocation == "random"
@@ -261,7 +266,7 @@ def _hard_stages(
             "port-prediction": StagePlan(
                 "port-prediction",
                 "skip",
-                f"the {h} NAT maps endpoint-dependently and {why_alloc}: nothing to predict",
+                f"the {h} NAT {maps} and {why_alloc}: nothing to predict",
             ),
             "birthday": _birthday(h, e, hard, b, after, cond, punch_failed),
         }
