@@ -34,15 +34,7 @@ pytestmark = pytest.mark.lab
 RELAY: tuple[str, int] = (A.RELAY_PRIMARY, A.STUN_PORT)
 RELAY_TEXT = f"{RELAY[0]}:{RELAY[1]}"
 #: Our lab STUN server's RFC 5780 addresses (as in test_endpoint_lab): mapping behaviour.
-STUN_ARGS = [
-    arg
-    for addr in (
-        f"{A.OUR_STUN_PRIMARY}:{A.STUN_PORT}",
-        f"{A.OUR_STUN_ALT}:{A.STUN_PORT}",
-        f"{A.OUR_STUN_PRIMARY}:{A.STUN_ALT_PORT}",
-    )
-    for arg in ("--stun", addr)
-]
+STUN_ARGS = [arg for addr in A.PEER_STUN_SERVERS for arg in ("--stun", addr)]
 PPS = 50  # connect's default: one 160-byte frame per 20 ms
 #: Seconds a process may take beyond its call (start-up, connect, stragglers); a bound, not a
 #: figure: a hang fails the test instead of stalling it.

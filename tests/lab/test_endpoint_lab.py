@@ -43,15 +43,7 @@ PPS = 50
 #: all its calls at once (each host has its own router): ~15 s per round.
 ROUNDS = (1, 2, 3, 4, 5, 6)
 #: Our lab STUN server's RFC 5780 addresses: with the relay, 4 mapping samples per endpoint.
-STUN_ARGS = [
-    arg
-    for addr in (
-        f"{A.OUR_STUN_PRIMARY}:{A.STUN_PORT}",
-        f"{A.OUR_STUN_ALT}:{A.STUN_PORT}",
-        f"{A.OUR_STUN_PRIMARY}:{A.STUN_ALT_PORT}",
-    )
-    for arg in ("--stun", addr)
-]
+STUN_ARGS = [arg for addr in A.PEER_STUN_SERVERS for arg in ("--stun", addr)]
 #: Same rule as the simulator test (kept in one place there).
 EDM = {"adm", "apdm-sequential", "apdm-random"}
 APDF = {"eim-apdf", "adm", "apdm-sequential", "apdm-random"}

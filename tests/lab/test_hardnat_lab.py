@@ -58,15 +58,7 @@ RELAY: tuple[str, int] = (A.RELAY_PRIMARY, A.STUN_PORT)
 RELAY_TEXT = f"{RELAY[0]}:{RELAY[1]}"
 #: Our lab STUN server's RFC 5780 addresses (as in test_endpoint_lab): with the relay, four
 #: mapping samples per endpoint, enough to tell sequential from random allocation.
-STUN_ARGS = [
-    arg
-    for addr in (
-        f"{A.OUR_STUN_PRIMARY}:{A.STUN_PORT}",
-        f"{A.OUR_STUN_ALT}:{A.STUN_PORT}",
-        f"{A.OUR_STUN_PRIMARY}:{A.STUN_ALT_PORT}",
-    )
-    for arg in ("--stun", addr)
-]
+STUN_ARGS = [arg for addr in A.PEER_STUN_SERVERS for arg in ("--stun", addr)]
 PPS = 50
 #: Seconds of frames per call: room for the relayed start, the stage and seconds of direct
 #: traffic after the switch (a lost frame at the switch would show).

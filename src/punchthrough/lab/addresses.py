@@ -21,6 +21,13 @@ STUN_ALT_PORT: Final = 3479  # RFC 5780 alternate port convention (primary + 1)
 # Our STUN server (RFC 5780 mode): {primary, alt} x {3478, 3479}.
 OUR_STUN_PRIMARY: Final = "198.51.100.1"
 OUR_STUN_ALT: Final = "198.51.100.2"
+#: Three of our STUN server's RFC 5780 endpoints: with the relay, four mapping samples per
+#: endpoint (``--stun`` for listen/connect), enough to tell sequential from random allocation.
+PEER_STUN_SERVERS: Final = (
+    f"{OUR_STUN_PRIMARY}:{STUN_PORT}",
+    f"{OUR_STUN_ALT}:{STUN_PORT}",
+    f"{OUR_STUN_PRIMARY}:{STUN_ALT_PORT}",
+)
 # Extra plain STUN endpoints so netcheck sees >= 5 distinct endpoints (second process).
 OUR_STUN_EXTRA: Final = ("198.51.100.3", "198.51.100.4")
 
