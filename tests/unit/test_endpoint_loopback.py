@@ -22,6 +22,7 @@ from punchthrough.endpoint import (
     run_echo_session,
     serve_endpoint,
 )
+from punchthrough.endpoint.probe import DEFAULT_FRAME_SIZE
 from punchthrough.identity import Identity, PeerId
 from punchthrough.identity import PeerIdMismatch as IdentityPeerIdMismatch
 from punchthrough.netio import Address, UdpNetwork
@@ -294,11 +295,14 @@ async def test_tampering_relay_cannot_alter_anything() -> None:
 
 
 async def test_tampered_packets_are_dropped_not_delivered() -> None:
-    """Every 4th 1-RTT packet altered: those are dropped by QUIC; no altered frame arrives."""
+    """Every 4th 1-RTT packet big enough to carry a call frame altered: those are dropped by
+    QUIC; no altered frame arrives. (Counting only frame-sized packets: which small packets,
+    ACKs and PINGs, fall between the frames depends on timing, and with every 4th of *all*
+    short packets a busy machine could flip only packets that carry no frame.)"""
     counter = {"n": 0}
 
     def every_fourth_short(p: bytes) -> bool:
-        if p[0] & 0x80:  # long header: leave the handshake alone
+        if p[0] & 0x80 or len(p) < DEFAULT_FRAME_SIZE:  # handshake, or too small for a frame
             return False
         counter["n"] += 1
         return counter["n"] % 4 == 0
@@ -314,7 +318,7 @@ async def test_tampered_packets_are_dropped_not_delivered() -> None:
             server.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await server
-        assert counter["n"] >= 50
+        assert counter["n"] >= 40  # frame-bearing packets both ways
         assert result["frames_corrupt"] == 0
         # datagrams are not retransmitted: frames in altered packets are lost, not altered
         assert 0 < result["frames_lost"] < result["frames_sent"]  # type: ignore[operator]
