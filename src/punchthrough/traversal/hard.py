@@ -2,7 +2,7 @@
 
 The plans are pure (:mod:`punchthrough.traversal.hardnat`); this module opens their sockets,
 turns their time offsets into loop time, sends their checks through the connection's check
-engine and closes everything on every path. Four roles, two of which start on their own:
+engine and closes everything on every path. Five roles, three of which start on their own:
 
 - birthday, ``hard`` side (starts): binds ``n`` sockets (hard cap), adds each as a probe base
   of the engine, opens one pinhole per socket towards the easy side's public endpoint and sends
@@ -18,6 +18,11 @@ engine and closes everything on every path. Four roles, two of which start on th
 - prediction, ``predicting`` side (on ``HardNatProbe``): checks the predicted window of the
   peer's target port from the main socket (its NAT maps endpoint-independently, so its own
   sends move nothing), 3 rounds 200 ms apart.
+- prediction, ``mutual`` (both NATs sequential; starts, or on the peer's ``HardNatProbe``):
+  fresh STUN samples on a fresh socket, our ``HardNatProbe`` out; with the peer's in, flow k
+  (its own fresh socket, one new allocation) checks the peer's predicted port of its flow k
+  (:func:`~.hardnat.prediction.mutual_schedule`); caps :data:`MUTUAL_MAX_SOCKETS`,
+  :data:`MUTUAL_MAX` seconds.
 
 Every send is a check of the same engine (MESSAGE-INTEGRITY under the call's key): a verified
 answer is a pair like any other, and the agent switches the call onto it.
