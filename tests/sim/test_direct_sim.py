@@ -53,15 +53,19 @@ def hard_strategy(a: str, b: str) -> str | None:
     one endpoint-dependent side against an endpoint-independent (APDF) one. The hash allocator
     (adm) is neither sequential nor random in 4 samples: the birthday attack does not care."""
     hard = [p for p in (a, b) if p in EDM]
+    if hard == ["apdm-sequential", "apdm-sequential"]:
+        return "port-prediction"  # mutual prediction: matched send order on both sides
     if len(hard) != 1:
         return None
     return "port-prediction" if hard[0] == "apdm-sequential" else "birthday"
 
 
 def needed_stage(a: str, b: str) -> list[str]:
-    """What the report must say a relayed pair would need (both sides endpoint-dependent)."""
-    if a == b == "apdm-sequential":
-        return ["port-prediction"]  # mutual prediction: planned, not attempted yet
+    """What the report must say a relayed pair would need (both sides endpoint-dependent).
+
+    Nothing today: the one pair a planned stage could still connect, sequential vs sequential,
+    goes direct by mutual prediction (see ``hard_strategy``)."""
+    del a, b
     return []
 
 

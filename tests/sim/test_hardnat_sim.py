@@ -147,3 +147,22 @@ def test_two_random_nats_stay_on_the_relay_and_say_why() -> None:
     assert bd["status"] == "skipped" and "staying on the relay" in bd["reason"]
     assert "P ~ n*m/(N1*N2)" in bd["reason"]
     assert r["peak_sockets"] <= 3  # no birthday sockets were opened
+
+
+def test_mutual_prediction_connects_two_sequential_nats() -> None:
+    """apdm-sequential vs apdm-sequential (delta 1, no churn) over 20 seeds: both sides take
+    fresh samples, swap HardNatProbe and send their k-th fresh flow to the peer's k-th."""
+    results = [
+        run(_call("apdm-sequential", "apdm-sequential", duration=8.0), seed=s) for s in range(20)
+    ]
+    ok = [r for r in results if r["path"] == "direct"]
+    print("mutual direct", len(ok), "of", len(results))
+    for r in results:
+        assert r["frames_lost"] == 0 and r["frames_corrupt"] == 0
+        assert r["sockets_after_call"] == [1, 1] and r["sockets_after_close"] == [0, 0]
+        assert r["peak_sockets"] <= 16 + 2
+    for r in ok:
+        assert r["traversal"]["strategy"] == "port-prediction"
+        pp = _stage(r, "port-prediction")
+        assert pp["status"] == "succeeded" and pp["role"] == "mutual"
+    assert len(ok) >= 18, [(r["path"], _stage(r, "port-prediction")) for r in results]

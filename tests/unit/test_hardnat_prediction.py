@@ -143,3 +143,32 @@ def test_mutual_sweeps_cover_churn_hypotheses() -> None:
     ports = list(dict.fromkeys(s.dest[1] for s in sends))
     # Sweep s uses flow index s+1 and hypothesis 0, +1, -1.
     assert ports == [60021, 60023, 60022]
+
+
+def test_mutual_socket_per_flow_makes_every_flow_one_allocation() -> None:
+    """Two sweeps' hypotheses can name the same port; from its own socket each flow is still
+    one new allocation, and re-sends of a flow stay on its socket (no new allocation)."""
+    b = SequentialProbe((60020,), 1, 0.0, "203.0.113.2")
+    sends = mutual_schedule(
+        b,
+        peer_churn=0.0,
+        controlling=True,
+        sweeps=3,
+        flows_per_sweep=4,
+        socket_per_flow=True,
+        socket=1,
+    )
+    by_socket: dict[int, set[tuple[str, int]]] = {}
+    for s in sends:
+        by_socket.setdefault(s.socket, set()).add(s.dest)
+    assert sorted(by_socket) == list(range(1, 13))
+    assert all(len(d) == 1 for d in by_socket.values())
+    # First sends come in flow order: socket k's first check precedes socket k+1's.
+    first = {}
+    for s in sends:
+        first.setdefault(s.socket, s.t_offset)
+    assert [k for k, _ in sorted(first.items(), key=lambda kv: (kv[1], kv[0]))] == list(
+        range(1, 13)
+    )
+    dests = [next(iter(d)) for _, d in sorted(by_socket.items())]
+    assert len(set(dests)) < len(dests)  # the collision one shared socket would have hidden

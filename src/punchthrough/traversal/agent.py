@@ -460,14 +460,6 @@ class TraversalAgent:
             sp = p[stage]
             if not sp.runs or (sp.after and not punch_failed):
                 continue
-            if sp.role == "mutual":
-                self.waterfall.skip(
-                    stage,
-                    "both sides sequential: mutual prediction is not attempted yet (flaky); "
-                    "the call stays on the relay",
-                    needed=True,
-                )
-                continue
             self.hard.start(sp, now)
 
     def hard_stage_failed(self, stage: str, now: float) -> None:

@@ -2,7 +2,7 @@
 
 The plans are pure (:mod:`punchthrough.traversal.hardnat`); this module opens their sockets,
 turns their time offsets into loop time, sends their checks through the connection's check
-engine and closes everything on every path. Four roles, two of which start on their own:
+engine and closes everything on every path. Five roles, three of which start on their own:
 
 - birthday, ``hard`` side (starts): binds ``n`` sockets (hard cap), adds each as a probe base
   of the engine, opens one pinhole per socket towards the easy side's public endpoint and sends
@@ -18,6 +18,11 @@ engine and closes everything on every path. Four roles, two of which start on th
 - prediction, ``predicting`` side (on ``HardNatProbe``): checks the predicted window of the
   peer's target port from the main socket (its NAT maps endpoint-independently, so its own
   sends move nothing), 3 rounds 200 ms apart.
+- prediction, ``mutual`` (both NATs sequential; starts, or on the peer's ``HardNatProbe``):
+  fresh STUN samples on a fresh socket, our ``HardNatProbe`` out; with the peer's in, flow k
+  (its own fresh socket, one new allocation) checks the peer's predicted port of its flow k
+  (:func:`~.hardnat.prediction.mutual_schedule`); caps :data:`MUTUAL_MAX_SOCKETS`,
+  :data:`MUTUAL_MAX` seconds.
 
 Every send is a check of the same engine (MESSAGE-INTEGRITY under the call's key): a verified
 answer is a pair like any other, and the agent switches the call onto it.
@@ -50,7 +55,10 @@ from punchthrough.traversal.hardnat.plan import StagePlan
 from punchthrough.traversal.hardnat.prediction import (
     BURST_GAP,
     PredictionError,
+    SequentialProbe,
+    churn_per_gap,
     make_probe,
+    mutual_schedule,
     parse_probe,
     predict_window,
     predicted_burst,
@@ -71,6 +79,19 @@ SAMPLE_RTO: Final = 0.25
 PREDICTION_GRACE: Final = 1.0
 #: The predicted side keeps its target flow (and fresh socket) this long at most.
 PREDICTION_MAX: Final = 4.0
+#: Mutual prediction (both sides sequential): flows per sweep, sweeps (churn hypotheses 0, +1,
+#: -1), so one fresh socket per flow; how long to wait for the peer's probe; the grace after the
+#: last check; the hard stop of one attempt (seconds since it began).
+MUTUAL_FLOWS_PER_SWEEP: Final = 4
+MUTUAL_SWEEPS: Final = 3
+MUTUAL_MAX_SOCKETS: Final = 16
+MUTUAL_PROBE_WAIT: Final = 3.0
+MUTUAL_GRACE: Final = 1.0
+MUTUAL_MAX: Final = 8.0
+#: A peer's probe that arrived before our own attempt began is used this long.
+MUTUAL_PROBE_FRESH: Final = 2.0
+#: While waiting for the peer's probe, look this often (loop time).
+MUTUAL_POLL: Final = 0.005
 #: See :meth:`HardStages._wait`.
 TIME_SLACK: Final = 1e-6
 #: Attempts of one hard stage per connection (each one costs sockets and probes).
@@ -99,6 +120,8 @@ class _Attempt:
     started: float = 0.0
     #: Another stage moved the call onto a direct path while this attempt ran: its name.
     beaten_by: str | None = None
+    #: Mutual prediction: the peer's fresh samples (its HardNatProbe).
+    peer_probe: SequentialProbe | None = None
 
 
 class HardStages:
@@ -115,6 +138,8 @@ class HardStages:
         self.locals: dict[Address, str] = {}
         self._closed = False
         self._rng = random.Random(random.getrandbits(64))
+        #: Mutual prediction: a peer's probe that came before our attempt (loop time received).
+        self._early_probe: tuple[SequentialProbe, float] | None = None
 
     # -- the agent's view --------
     def active(self, stage: str) -> bool:
@@ -166,6 +191,8 @@ class HardStages:
             self._spawn(self._birthday_hard(plan))
         elif plan.stage == "port-prediction" and plan.role == "predicted":
             self._spawn(self._predicted(plan))
+        elif plan.stage == "port-prediction" and plan.role == "mutual":
+            self._spawn(self._mutual(plan))
 
     def on_birthday_start(self, msg: HardNatBirthdayStart, plan: StagePlan | None) -> None:
         agent = self._agent
@@ -197,6 +224,9 @@ class HardStages:
         if msg.call_id != agent.call_id:
             agent.stats["hardnat_wrong_call_id"] += 1
             return
+        if plan is not None and plan.runs and plan.role == "mutual":
+            self._on_mutual_probe(msg, plan)
+            return
         if plan is None or not plan.runs or plan.role != "predicting":
             agent.stats["prediction_probe_refused"] += 1
             return
@@ -213,6 +243,30 @@ class HardStages:
             agent.stats["prediction_probe_refused"] += 1
             return
         self._spawn(self._predicting(probe.external_ip, predict_window(probe)))
+
+    def _on_mutual_probe(self, msg: HardNatProbe, plan: StagePlan) -> None:
+        """Both sides sequential: the peer's samples. Our running attempt takes them; with
+        none running, they start our attempt (the peer waits for our probe)."""
+        agent = self._agent
+        if self._call_is_direct():
+            agent.stats["prediction_probe_refused_direct"] += 1
+            return
+        try:
+            probe = parse_probe(msg)
+        except PredictionError as exc:
+            agent.stats["prediction_probe_refused"] += 1
+            log.info("prediction probe refused: %s", exc)
+            return
+        a = self._attempts.get("port-prediction")
+        if a is not None and not a.done and a.role == "mutual":
+            if a.peer_probe is None:
+                a.peer_probe = probe
+                a.wake.set()
+            else:
+                agent.stats["prediction_probe_refused"] += 1
+            return
+        self._early_probe = (probe, self._loop.time())
+        self.start(plan, self._loop.time())
 
     def succeeded(self, stage: str, local: Address) -> None:
         """The agent saw a verified answer for ``stage`` (on ``local``): stop, close losers."""
@@ -573,6 +627,137 @@ class HardStages:
             a.done = True
             if sock_client is not None:
                 sock_client.close()
+            for idx, sock in list(a.sockets.items()):
+                if idx != a.winner:
+                    self._close_socket(a, idx, sock)
+
+    # -- prediction, mutual (both sides sequential) --------
+    async def _mutual(self, plan: StagePlan) -> None:
+        """Fresh samples on a fresh socket, our HardNatProbe out, the peer's in; then flow k
+        (its own fresh socket: one new allocation on our NAT) checks the peer's predicted port
+        of its flow k (:func:`mutual_schedule`). The peer does the same the other way round."""
+        agent = self._agent
+        servers = agent.sample_servers()
+        local_summary = agent.local_summary()
+        if len(set(servers)) < 2 or not local_summary.delta:
+            return
+        a = self._new_attempt("port-prediction", "mutual")
+        early, self._early_probe = self._early_probe, None
+        if early is not None and self._loop.time() - early[1] <= MUTUAL_PROBE_FRESH:
+            a.peer_probe = early[0]
+        t_begin = self._loop.time()
+        agent.waterfall.start("port-prediction", t_begin)
+        rec = agent.waterfall["port-prediction"]
+        rec.details.update(role="mutual", delta=local_summary.delta)
+        flows = min(MUTUAL_FLOWS_PER_SWEEP * MUTUAL_SWEEPS, MUTUAL_MAX_SOCKETS - 1)
+        sample_client: StunClient | None = None
+        try:
+            try:
+                # Every socket first (binding allocates nothing): nothing slow may come between
+                # the last sample and the first flow.
+                sample_sock = await agent.network.bind(agent.base[0], 0)
+                a.sockets[0] = sample_sock
+                sample_client = StunClient(sample_sock, rto=SAMPLE_RTO)
+                sample_sock.set_receiver(self._receiver(sample_sock.local_address, sample_client))
+                local_of: dict[int, Address] = {}
+                for i in range(1, flows + 1):
+                    local_of[i] = await self._bind(a, i)
+                    agent.engine.add_probe_base(local_of[i])
+            except OSError as exc:
+                self._finish("port-prediction", False, f"could not open {flows + 1} sockets: {exc}")
+                return
+            agent.engine.raise_limits(flows * 4 + 64, flows * 4 + 64)
+            if a.done:
+                return
+            client = sample_client
+
+            async def sample(dest: Address) -> Address | None:
+                try:
+                    res = await client.binding(dest, timeout=SAMPLE_TIMEOUT)
+                except (StunError, OSError):
+                    return None
+                return res.mapped
+
+            tasks = []
+            for dest in dict.fromkeys(servers):
+                tasks.append(self._loop.create_task(sample(dest)))
+                await asyncio.sleep(0)  # send order is allocation order
+            last_sample_at = self._loop.time()
+            mapped = await asyncio.gather(*tasks)
+            sample_client.close()
+            sample_client = None
+            self._close_socket(a, 0, sample_sock)
+            ports = [m[1] for m in mapped if m is not None]
+            ip = next((m[0] for m in mapped if m is not None), None)
+            rec.details["samples"] = ports
+            if len(ports) < 2 or ip is None or a.done:
+                if not a.done:
+                    self._finish("port-prediction", False, "too few STUN samples answered")
+                return
+            agent.send_control(
+                make_probe(
+                    agent.call_id,
+                    ports,
+                    local_summary.delta,
+                    max(0, round(last_sample_at * 1000)),
+                    ip,
+                )
+            )
+            deadline = self._loop.time() + MUTUAL_PROBE_WAIT
+            while a.peer_probe is None and not a.done and self._loop.time() < deadline:
+                await self._wait(a, min(deadline, self._loop.time() + MUTUAL_POLL))
+            peer = a.peer_probe
+            if a.done:
+                if a.beaten_by is not None:
+                    self._finish("port-prediction", False, "")
+                return
+            if peer is None:
+                self._finish(
+                    "port-prediction",
+                    False,
+                    f"no port samples from the peer within {MUTUAL_PROBE_WAIT:g} s",
+                )
+                return
+            sched = mutual_schedule(
+                peer,
+                peer_churn=churn_per_gap(peer.ports, peer.delta),
+                flows_per_sweep=MUTUAL_FLOWS_PER_SWEEP,
+                sweeps=MUTUAL_SWEEPS,
+                controlling=agent.controlling,
+                socket=1,
+                socket_per_flow=True,
+            )
+            rec.details.update(peer_samples=list(peer.ports), flows=flows, peer_delta=peer.delta)
+            t0 = self._loop.time()
+            stop = t_begin + MUTUAL_MAX
+            sent = 0
+            for s in sched:
+                when = t0 + s.t_offset
+                if when > stop:
+                    break
+                await self._wait(a, when)
+                if a.done:
+                    break
+                loc = local_of.get(s.socket)
+                if loc is not None and s.socket in a.sockets:
+                    agent.probe(loc, s.dest, "port-prediction")
+                    sent += 1
+            rec.details["checks_sent"] = sent
+            end = t0 + (sched[-1].t_offset if sched else 0.0) + MUTUAL_GRACE
+            await self._wait(a, min(end, stop))
+            if a.beaten_by is not None:
+                self._finish("port-prediction", False, "")
+            elif not a.done:
+                self._finish(
+                    "port-prediction",
+                    False,
+                    f"no answer to {sent} checks from {flows} fresh flows to the peer's "
+                    f"predicted ports (our samples {ports}, the peer's {list(peer.ports)})",
+                )
+        finally:
+            a.done = True
+            if sample_client is not None:
+                sample_client.close()
             for idx, sock in list(a.sockets.items()):
                 if idx != a.winner:
                     self._close_socket(a, idx, sock)

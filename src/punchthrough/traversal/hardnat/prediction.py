@@ -264,6 +264,7 @@ def mutual_schedule(
     interval: float = CHECK_INTERVAL,
     pace: float = CHECK_PACE,
     socket: int = 0,
+    socket_per_flow: bool = False,
     port_range: tuple[int, int] = DEFAULT_PORT_RANGE,
 ) -> list[Send]:
     """Both sides sequential (rule 3): our k-th new flow goes to the peer's k-th flow's port.
@@ -273,6 +274,11 @@ def mutual_schedule(
     e_s in 0, +1, -1, +2, ... for the *combined* churn error; only the controlling side shifts
     its targets by e_s, so the two sides' hypotheses never cancel out. Flow indices run on
     across sweeps (each sweep's own flows consumed ports on both NATs).
+
+    ``socket_per_flow``: flow k is sent from socket ``socket + k - 1`` (its own fresh socket)
+    instead of every flow from ``socket``. Then every flow is one allocation even when two
+    sweeps' hypotheses name the same destination port (from one socket a repeated destination
+    allocates nothing, and the count of flows would drift from the peer's).
     """
     sweeps = max(1, min(sweeps, MAX_SWEEPS))
     flows_per_sweep = max(1, flows_per_sweep)
@@ -293,6 +299,7 @@ def mutual_schedule(
             port = predict_ports(peer.last, peer.delta, flow + shift, 0, port_range)[0]
             for r in range(checks_per_port):
                 t = s * sweep_time + r * interval + i * pace
-                out.append(Send(t, socket, (peer.external_ip, port), "check"))
+                sock = socket + flow - 1 if socket_per_flow else socket
+                out.append(Send(t, sock, (peer.external_ip, port), "check"))
     out.sort()
     return out[:MAX_CHECKS]
