@@ -1,8 +1,8 @@
 """The hard-NAT stages on real kernel NATs, through our real relay, with ``connect --json``.
 
-One lab of our own (four hosts, each behind its own router): ``eim-apdf`` (plain masquerade,
-the easy side), ``apdm-sequential`` (the natlab recipe: one counter, the next port for every new
-flow) and two ``apdm-random`` routers (``masquerade fully-random``). Our relay runs in the pub
+One lab of our own (five hosts, each behind its own router): ``eim-apdf`` (plain masquerade,
+the easy side), two ``apdm-sequential`` (the natlab recipe: one counter, the next port for every
+new flow) and two ``apdm-random`` routers (``masquerade fully-random``). Our relay runs in the pub
 namespace, our RFC 5780 STUN server beside it; every host runs ``listen --echo --json``, and the
 calls below are ``connect --json`` from another host, one call at a time (a sequential NAT's
 counter is moved by every flow of its host: a second call at once would be background churn).
@@ -72,7 +72,9 @@ READY_TIMEOUT_S = 15.0
 RANDOM_RANGE = (50000, 54095)
 NARROW = RouterOptions(random_port_range=RANDOM_RANGE)
 #: Host index of each role in the lab.
-EASY, SEQUENTIAL, RANDOM, RANDOM2 = 0, 1, 2, 3
+EASY, SEQUENTIAL, RANDOM, RANDOM2, SEQUENTIAL2 = 0, 1, 2, 3, 4
+#: Mutual prediction's caps (traversal.hard): a sample socket plus one per flow.
+MUTUAL_SOCKETS = 16
 BIRTHDAY_SOCKETS = 256  # the shipped Budget default
 
 
@@ -146,6 +148,7 @@ def hard_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HardLab]:
         HostSpec("apdm-sequential"),
         HostSpec("apdm-random", NARROW),
         HostSpec("apdm-random", NARROW),
+        HostSpec("apdm-sequential"),
     ]
     with Lab(hosts, coturn=False) as lab:
         relay = lab.spawn(
@@ -378,3 +381,22 @@ def test_two_random_nats_stay_on_the_relay_and_say_why(hard_lab: HardLab) -> Non
     assert c.caller_peak < 8 and c.listener_peak < 8, _summary(c)
     assert c.caller_late and max(c.caller_late) == 1, _summary(c)
     assert c.listener_late and max(c.listener_late) == 1, _summary(c)
+
+
+def test_mutual_prediction_connects_two_sequential_nats(hard_lab: HardLab) -> None:
+    """apdm-sequential vs apdm-sequential: mutual prediction (each side's k-th fresh flow to the
+    peer's predicted port of its k-th flow). The lab's sequential NATs see no other traffic (no
+    churn), the case the design calls "prediction, flaky" at its best; churn on a real NAT
+    breaks it (the simulator measures that)."""
+    c = call(hard_lab, SEQUENTIAL, SEQUENTIAL2, DIRECT_CALL_S)
+    r = _assert_clean_call(c, DIRECT_CALL_S)
+    assert r["path"] == "direct" and r["strategy"] == "port-prediction", _summary(c)
+    assert [ch["to"] for ch in r["path_changes"]] == ["direct"], _summary(c)
+    pp = _stage(r, "port-prediction")
+    assert pp["status"] == "succeeded" and pp["role"] == "mutual", pp
+    assert _stage(r, "birthday")["status"] == "skipped", _summary(c)
+    # both sides stay within the stage's socket cap (plus the main socket and the filtering
+    # test's), and only the main socket and the winner are left once it is over
+    for peak, late in ((c.caller_peak, c.caller_late), (c.listener_peak, c.listener_late)):
+        assert peak <= MUTUAL_SOCKETS + 2, _summary(c)
+        assert late and max(late) <= 2, _summary(c)
