@@ -56,6 +56,7 @@ from punchthrough.traversal.hardnat.prediction import (
     BURST_GAP,
     PredictionError,
     SequentialProbe,
+    Window,
     churn_per_gap,
     make_probe,
     mutual_schedule,
@@ -275,10 +276,7 @@ class HardStages:
             return
         a.winner = a.by_local.get(local)
         a.main_won = a.winner is None and local == self._agent.base
-        a.done = True
-        for idx, sock in list(a.sockets.items()):
-            if idx != a.winner:
-                self._close_socket(a, idx, sock)
+        self._release(a)
         a.wake.set()
 
     def _new_attempt(self, stage: str, role: str) -> _Attempt:
@@ -287,13 +285,26 @@ class HardStages:
         self._all.append(a)
         return a
 
+    def _release(self, a: _Attempt, *, keep_winner: bool = True) -> None:
+        """Stop an attempt and close its sockets (the winner's stays: it carries the path)."""
+        a.done = True
+        for idx, sock in list(a.sockets.items()):
+            if not (keep_winner and idx == a.winner):
+                self._close_socket(a, idx, sock)
+
+    def _end_unanswered(self, a: _Attempt, reason: str) -> None:
+        """The attempt's checks are out and its grace is over: record why it failed (another
+        stage winning first, or ``reason``), unless it already succeeded."""
+        if a.beaten_by is not None:
+            self._finish(a.stage, False, "")
+        elif not a.done:
+            self._finish(a.stage, False, reason)
+
     def ended(self, reason: str) -> None:
         """The call is over (hangup/close): stop every attempt and close every socket."""
         for a in self._all:
-            a.done = True
             a.winner = None
-            for idx, sock in list(a.sockets.items()):
-                self._close_socket(a, idx, sock)
+            self._release(a)
             a.wake.set()
 
     def close(self) -> None:
@@ -304,8 +315,7 @@ class HardStages:
         for task in self._tasks:
             task.cancel()
         for a in self._all:  # winners too: the call is over
-            for idx, sock in list(a.sockets.items()):
-                self._close_socket(a, idx, sock)
+            self._release(a, keep_winner=False)
 
     @property
     def open_sockets(self) -> int:
@@ -389,9 +399,8 @@ class HardStages:
         while not a.done:
             beaten = self._beaten(a)
             if beaten is not None:
-                a.beaten_by, a.done = beaten, True
-                for idx, sock in list(a.sockets.items()):
-                    self._close_socket(a, idx, sock)
+                a.beaten_by = beaten
+                self._release(a, keep_winner=False)
                 return
             # One microsecond of slack: a deadline computed as start + offset may round to just
             # above the loop time that a timer for it fires at.
@@ -475,10 +484,7 @@ class HardStages:
                     f"no probe hit one of the {n} pinholes within {hp.deadline - hp.start:.0f} s",
                 )
         finally:
-            a.done = True
-            for idx, sock in list(a.sockets.items()):
-                if idx != a.winner:
-                    self._close_socket(a, idx, sock)
+            self._release(a)
 
     # -- birthday, easy side --------
     async def _birthday_easy(
@@ -614,22 +620,15 @@ class HardStages:
                     break
             if not a.done:
                 await self._wait(a, t0 + PREDICTION_MAX)
-            if a.beaten_by is not None:
-                self._finish("port-prediction", False, "")
-            elif not a.done:
-                self._finish(
-                    "port-prediction",
-                    False,
-                    f"the peer's checks did not reach the predicted port within "
-                    f"{PREDICTION_MAX:g} s (samples {rec.details.get('samples')})",
-                )
+            self._end_unanswered(
+                a,
+                f"the peer's checks did not reach the predicted port within "
+                f"{PREDICTION_MAX:g} s (samples {rec.details.get('samples')})",
+            )
         finally:
-            a.done = True
             if sock_client is not None:
                 sock_client.close()
-            for idx, sock in list(a.sockets.items()):
-                if idx != a.winner:
-                    self._close_socket(a, idx, sock)
+            self._release(a)
 
     # -- prediction, mutual (both sides sequential) --------
     async def _mutual(self, plan: StagePlan) -> None:
@@ -745,28 +744,18 @@ class HardStages:
             rec.details["checks_sent"] = sent
             end = t0 + (sched[-1].t_offset if sched else 0.0) + MUTUAL_GRACE
             await self._wait(a, min(end, stop))
-            if a.beaten_by is not None:
-                self._finish("port-prediction", False, "")
-            elif not a.done:
-                self._finish(
-                    "port-prediction",
-                    False,
-                    f"no answer to {sent} checks from {flows} fresh flows to the peer's "
-                    f"predicted ports (our samples {ports}, the peer's {list(peer.ports)})",
-                )
+            self._end_unanswered(
+                a,
+                f"no answer to {sent} checks from {flows} fresh flows to the peer's "
+                f"predicted ports (our samples {ports}, the peer's {list(peer.ports)})",
+            )
         finally:
-            a.done = True
             if sample_client is not None:
                 sample_client.close()
-            for idx, sock in list(a.sockets.items()):
-                if idx != a.winner:
-                    self._close_socket(a, idx, sock)
+            self._release(a)
 
     # -- prediction, predicting side --------
-    async def _predicting(self, peer_ip: str, window: object) -> None:
-        from punchthrough.traversal.hardnat.prediction import Window
-
-        assert isinstance(window, Window)
+    async def _predicting(self, peer_ip: str, window: Window) -> None:
         agent = self._agent
         a = self._new_attempt("port-prediction", "predicting")
         now = self._loop.time()
@@ -787,14 +776,10 @@ class HardStages:
             rec.details["checks_sent"] = sent
             end = now + (sched[-1].t_offset if sched else 0.0) + PREDICTION_GRACE + BURST_GAP
             await self._wait(a, end)
-            if a.beaten_by is not None:
-                self._finish("port-prediction", False, "")
-            elif not a.done:
-                self._finish(
-                    "port-prediction",
-                    False,
-                    f"no answer from the {len(window.ports)} predicted ports of {peer_ip} "
-                    f"({sent} checks)",
-                )
+            self._end_unanswered(
+                a,
+                f"no answer from the {len(window.ports)} predicted ports of {peer_ip} "
+                f"({sent} checks)",
+            )
         finally:
             a.done = True
