@@ -176,8 +176,12 @@ def test_hole_punch_across_the_pair_matrix(nat_a: str, nat_b: str) -> None:
         assert report["strategy"] == stage
         assert _stage(result, stage)["status"] == "succeeded"
         assert [c["to"] for c in result["path_changes"]] == ["direct"]
-        # the hole punch cannot work here, and says why when it gives up
-        assert _stage(result, "hole-punch")["status"] == "failed"
+        # the hole punch cannot work here: it gave up and says why, or the hard stage
+        # overtook it while it still ran (then it names that stage)
+        hp = _stage(result, "hole-punch")
+        assert (hp["status"] == "failed" and "no answer" in hp["reason"]) or (
+            hp["status"] == "beaten" and hp["beaten_by"] == stage
+        ), hp
     else:
         assert result["path"] == "relay" and result["path_changes"] == []
         assert report["strategy"] is None and report["direct_ms"] is None

@@ -17,6 +17,7 @@ from punchthrough.identity import Identity, apply_identity
 from punchthrough.relay.frames import MAX_RELAY_PAYLOAD
 from punchthrough.transport.demux import QUIC_CID_LENGTH
 from punchthrough.traversal.hardnat.plan import Budget
+from punchthrough.traversal.host import TraversalSettings
 from punchthrough.traversal.monitor import KEEPALIVE
 
 #: ALPN of end-to-end peer connections (RFC 7301); the relay control plane uses its own.
@@ -94,6 +95,10 @@ class EndpointConfig:
         for name in ("datagram_send_queue", "datagram_recv_queue", "accept_backlog"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+
+    def traversal_settings(self) -> TraversalSettings:
+        """The part of this configuration each connection's traversal uses."""
+        return TraversalSettings(budget=self.hardnat_budget, nat_keepalive=self.nat_keepalive)
 
 
 def quic_configuration(

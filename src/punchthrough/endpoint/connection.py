@@ -71,7 +71,7 @@ from punchthrough.signal import (
 from punchthrough.transport.path import VIRTUAL_PEER_ADDRESS, Path, PathManager
 from punchthrough.transport.quic import QuicDriver, QuicStreamWriter
 from punchthrough.traversal.agent import DirectHost, TraversalAgent
-from punchthrough.traversal.stages import STAGES
+from punchthrough.traversal.race import DIRECT
 
 if TYPE_CHECKING:
     from punchthrough.netio import Address
@@ -160,6 +160,8 @@ class TraversalStage:
     needed: bool = False
     #: Stage figures (birthday: ``sockets``, ``probes_sent``, ``range_size``, ...).
     details: dict[str, object] = field(default_factory=dict)
+    #: Status ``beaten``: the stage that found a direct path first.
+    beaten_by: str | None = None
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"stage": self.stage, "status": self.status}
@@ -173,6 +175,8 @@ class TraversalStage:
             out["started_ms"] = self.started_ms
         if self.needed:
             out["needed"] = True
+        if self.beaten_by is not None:
+            out["beaten_by"] = self.beaten_by
         for k, v in self.details.items():
             out.setdefault(k, v)
         return out
@@ -212,7 +216,7 @@ class TraversalReport:
 
 
 #: Waterfall stages besides the relay, in the design's order.
-_DIRECT_STAGES: Final = tuple(s for s in STAGES if s != "relay")
+_DIRECT_STAGES: Final = tuple(str(s) for s in DIRECT)
 
 
 class _CidHook:
@@ -500,7 +504,12 @@ class Connection:
         """Look for a direct path behind the relayed call (candidates, checks, upgrade)."""
         if self._direct_host is None or self._driver is None or self._agent is not None:
             return
-        agent = TraversalAgent(self, self._direct_host, channel_binding(self._driver.connection))
+        agent = TraversalAgent(
+            self,
+            self._direct_host,
+            channel_binding(self._driver.connection),
+            self._config.traversal_settings(),
+        )
         self._agent = agent
         relay = next((str(p) for p in self.paths.paths if p.kind == "relay"), None)
         assert self.established_at is not None
@@ -796,13 +805,14 @@ class Connection:
             stages.append(
                 TraversalStage(
                     name,
-                    rec.status,
+                    str(rec.status),
                     rec.reason,
                     at_ms=self._ms(rec.at),
                     pair=rec.pair,
                     started_ms=self._ms(rec.started_at),
                     needed=rec.needed,
                     details=dict(rec.details),
+                    beaten_by=None if rec.beaten_by is None else str(rec.beaten_by),
                 )
             )
         return TraversalReport(

@@ -66,12 +66,12 @@ from punchthrough.stun import decode_message as decode_stun
 from punchthrough.transport.demux import DatagramMux, PacketKind, classify, quic_destination_cid
 from punchthrough.transport.path import Path
 from punchthrough.transport.quic import is_initial
-from punchthrough.traversal.agent import LocalCandidates, TraversalAgent
 from punchthrough.traversal.candidates import make_candidates
 from punchthrough.traversal.hardnat.plan import Budget
 from punchthrough.traversal.hardnat.summary import NatSummary
+from punchthrough.traversal.host import AgentHandle
 from punchthrough.traversal.keys import recipient_ufrag
-from punchthrough.traversal.stages import MappingHint
+from punchthrough.traversal.local import LocalCandidates, MappingHint
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ class Endpoint:
         self.mux.add_stun_handler(self._stun_check)
         #: Our candidates (shared by every connection), re-gathered on network changes.
         self._local = LocalCandidates()
-        self._ufrags: dict[str, TraversalAgent] = {}
+        self._ufrags: dict[str, AgentHandle] = {}
         self.port_mapper: PortMapper | None = None
         self._srflx_seen: dict[str, Address] = {}
         self.stun_servers: list[Address] = list(stun)
@@ -620,7 +620,7 @@ class Endpoint:
         """STUN servers for fresh port samples: our relays (they answer STUN) and --stun."""
         return list(dict.fromkeys([*self._relays, *self.stun_servers]))
 
-    def register_ufrag(self, ufrag: str, agent: TraversalAgent | None) -> None:
+    def register_ufrag(self, ufrag: str, agent: AgentHandle | None) -> None:
         """Route checks whose USERNAME names ``ufrag`` to ``agent`` (``None`` removes)."""
         if agent is None:
             self._ufrags.pop(ufrag, None)

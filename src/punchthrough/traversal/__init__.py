@@ -1,14 +1,13 @@
-"""Direct paths between peers: candidates, authenticated connectivity checks, the hole punch,
-path liveness, and the waterfall's stage bookkeeping.
+"""Direct paths between peers: candidates, authenticated connectivity checks, the waterfall.
 
 Sans-IO cores: :mod:`.candidates` (priorities, pairing), :mod:`.keys` (check credentials from
 the QUIC session), :mod:`.checks` (the check engine), :mod:`.monitor` (direct-path liveness),
-:mod:`.stages` (stage records), :mod:`.hardnat` (stage choice, port prediction, the birthday
-attack; pure). :mod:`.agent` runs them for one connection on the
-event loop.
+:mod:`.race` (the waterfall: every stage decision), :mod:`.hardnat` (stage choice, port
+prediction, the birthday attack; pure). Executors on the event loop: :mod:`.agent` (one
+connection's checks and paths) and :mod:`.hard` (the hard stages' sockets).
 """
 
-from punchthrough.traversal.agent import LocalCandidates, TraversalAgent
+from punchthrough.traversal.agent import TraversalAgent
 from punchthrough.traversal.candidates import (
     RemoteCandidate,
     candidate_priority,
@@ -27,27 +26,33 @@ from punchthrough.traversal.checks import (
     RoundFailed,
     Transmit,
 )
+from punchthrough.traversal.host import TraversalSettings
 from punchthrough.traversal.keys import CheckCredentials, derive_credentials, recipient_ufrag
+from punchthrough.traversal.local import LocalCandidates, MappingHint
 from punchthrough.traversal.monitor import DirectMonitor, Verdict
-from punchthrough.traversal.stages import STAGES, StageRecord, Waterfall
+from punchthrough.traversal.race import Race, Stage, StageRecord, Status, Waterfall
 
 __all__ = [
-    "STAGES",
     "CandidatePair",
     "CheckCredentials",
     "CheckEngine",
     "ConsentResponse",
     "DirectMonitor",
     "LocalCandidates",
+    "MappingHint",
     "PairNominated",
     "PairState",
     "PairSucceeded",
     "PeerSeen",
+    "Race",
     "RemoteCandidate",
     "RoundFailed",
+    "Stage",
     "StageRecord",
+    "Status",
     "Transmit",
     "TraversalAgent",
+    "TraversalSettings",
     "Verdict",
     "Waterfall",
     "candidate_priority",

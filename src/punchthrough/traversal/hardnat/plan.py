@@ -30,6 +30,7 @@ from typing import Final, Literal
 
 from punchthrough.traversal.hardnat.stats import poisson_cdf, success_probability
 from punchthrough.traversal.hardnat.summary import AD, APD, EI, NatSummary, Side
+from punchthrough.traversal.reasons import Why
 
 Stage = Literal["port-mapping", "hole-punch", "port-prediction", "birthday", "relay"]
 STAGE_ORDER: Final[tuple[Stage, ...]] = (
@@ -98,6 +99,8 @@ class StagePlan:
     stage: Stage
     action: Action
     reason: str
+    #: What ``reason`` says, for code (the prose is for the report).
+    code: Why = Why.NONE
     role: Role | None = None
     #: Estimated chance the stage connects on its own (None: cannot be estimated).
     probability: float | None = None
@@ -170,8 +173,8 @@ def plan_stages(
     if blocked:
         why = f"UDP is blocked on the {' and '.join(blocked)} side: no direct path can exist"
         for st in STAGE_ORDER[:-1]:
-            out[st] = StagePlan(st, "skip", why)
-        out["relay"] = StagePlan("relay", "run", f"the only path ({pair}): {why}")
+            out[st] = StagePlan(st, "skip", why, Why.UDP_BLOCKED)
+        out["relay"] = StagePlan("relay", "run", f"the only path ({pair}): {why}", Why.UDP_BLOCKED)
         return [out[s] for s in STAGE_ORDER]
 
     # 1. port mapping
@@ -182,11 +185,15 @@ def plan_stages(
             "port-mapping",
             "run",
             f"port mapping offered ({offers}): a mapped endpoint admits any peer",
+            Why.PORT_MAPPING_OFFERED,
             probability=1.0,
         )
     else:
         out["port-mapping"] = StagePlan(
-            "port-mapping", "skip", "no port-mapping gateway answered on either side"
+            "port-mapping",
+            "skip",
+            "no port-mapping gateway answered on either side",
+            Why.NO_PORT_MAPPING,
         )
 
     # 2. hole punch
@@ -201,13 +208,16 @@ def plan_stages(
         "hole-punch",
         "run",
         punch_reason,
+        Why.PUNCH_EXPECTED
+        if ok is True
+        else (Why.PUNCH_NOT_EXPECTED if ok is False else Why.PUNCH_MAY_WORK),
         probability=1.0 if ok is True else (0.0 if ok is False else None),
     )
 
     # 3./4. the hard stages
     if ok is True:
         for st in HARD_STAGES:
-            out[st] = StagePlan(st, "skip", f"not needed: {why}")
+            out[st] = StagePlan(st, "skip", f"not needed: {why}", Why.PUNCH_SUFFICES)
     else:
         out.update(_hard_stages(sides, b, punch_failed=ok is False, punch_why=why))
 
@@ -217,10 +227,13 @@ def plan_stages(
     )
     if direct:
         relay_reason = "carries the call from the start; direct stages upgrade it"
+        relay_code = Why.RELAY_FIRST
     else:
-        hard = out["birthday"] if "relay" in out["birthday"].reason else out["port-prediction"]
+        bd = out["birthday"]
+        hard = bd if bd.code is Why.STAYS_ON_RELAY else out["port-prediction"]
         relay_reason = f"the call stays on the relay ({pair}): {hard.reason}"
-    out["relay"] = StagePlan("relay", "run", relay_reason, probability=1.0)
+        relay_code = Why.STAYS_ON_RELAY
+    out["relay"] = StagePlan("relay", "run", relay_reason, relay_code, probability=1.0)
     return [out[s] for s in STAGE_ORDER]
 
 
@@ -238,8 +251,10 @@ def _hard_stages(
             # Only reachable when h's mapping is unknown: a dependent h would punch.
             why = f"{e} filtering admits the {h} side's new ports: the hole punch suffices"
             return {
-                "port-prediction": StagePlan("port-prediction", "skip", f"not needed: {why}"),
-                "birthday": StagePlan("birthday", "skip", f"not needed: {why}"),
+                "port-prediction": StagePlan(
+                    "port-prediction", "skip", f"not needed: {why}", Why.PUNCH_SUFFICES
+                ),
+                "birthday": StagePlan("birthday", "skip", f"not needed: {why}", Why.PUNCH_SUFFICES),
             }
         if hard.allocation == "sequential" and hard.delta:
             return {
@@ -250,6 +265,7 @@ def _hard_stages(
                     f"the {h} NAT allocates sequentially (delta {hard.delta:+d}): port "
                     f"prediction finds its port with a handful of checks instead of "
                     f"{b.birthday_sockets} sockets",
+                    Why.PREDICTION_CHEAPER,
                 ),
             }
         maps = (
@@ -267,6 +283,7 @@ def _hard_stages(
                 "port-prediction",
                 "skip",
                 f"the {h} NAT {maps} and {why_alloc}: nothing to predict",
+                Why.NOTHING_TO_PREDICT,
             ),
             "birthday": _birthday(h, e, hard, b, after, cond, punch_failed),
         }
@@ -275,7 +292,12 @@ def _hard_stages(
     if not (loc.dependent and rem.dependent):
         why = "mapping unknown on both sides" if not eim else "mapping unknown on a side"
         return {
-            st: StagePlan(st, "skip", f"{why}: no hard-NAT stage can be chosen; hole punch only")
+            st: StagePlan(
+                st,
+                "skip",
+                f"{why}: no hard-NAT stage can be chosen; hole punch only",
+                Why.MAPPING_UNKNOWN,
+            )
             for st in HARD_STAGES
         }
     n, m = b.birthday_sockets, b.birthday_probes
@@ -289,6 +311,7 @@ def _hard_stages(
         "both sides map endpoint-dependently: the birthday attack needs one "
         f"endpoint-independent side (both-random P ~ n*m/(N1*N2) = {p_both:.2g} with n={n}, "
         f"m={m}, N1={n1}, N2={n2})" + ("" if mutual else "; staying on the relay"),
+        Why.BOTH_DEPENDENT if mutual else Why.STAYS_ON_RELAY,
         probability=p_both,
     )
     if mutual:
@@ -301,6 +324,7 @@ def _hard_stages(
                 "run",
                 "both sides sequential: mutual prediction with matched send order; flaky "
                 "(every churned port on either NAT between the probe and the sweep breaks it)",
+                Why.STAGE_RUNS,
                 role="mutual",
                 probability=prob,
                 needed=True,
@@ -317,7 +341,7 @@ def _hard_stages(
             f"applies (P ~ {p_both:.2g}); staying on the relay"
         )
         return {
-            "port-prediction": StagePlan("port-prediction", "skip", why),
+            "port-prediction": StagePlan("port-prediction", "skip", why, Why.STAYS_ON_RELAY),
             "birthday": birthday_skip,
         }
     why = (
@@ -325,8 +349,8 @@ def _hard_stages(
         f"P ~ n*m/(N1*N2) = {p_both:.2g} (n={n}, m={m}, N1={n1}, N2={n2}); staying on the relay"
     )
     return {
-        "port-prediction": StagePlan("port-prediction", "skip", why),
-        "birthday": StagePlan("birthday", "skip", why, probability=p_both),
+        "port-prediction": StagePlan("port-prediction", "skip", why, Why.STAYS_ON_RELAY),
+        "birthday": StagePlan("birthday", "skip", why, Why.STAYS_ON_RELAY, probability=p_both),
     }
 
 
@@ -340,7 +364,7 @@ def _prediction_single(
     needed: bool,
 ) -> StagePlan:
     if not b.allow_prediction:
-        return StagePlan("port-prediction", "skip", "disabled by the budget")
+        return StagePlan("port-prediction", "skip", "disabled by the budget", Why.DISABLED)
     mean = b.assumed_churn * b.prediction_gap
     prob = poisson_cdf(b.prediction_steps, mean)
     role: Role = "predicted" if h == "local" else "predicting"
@@ -349,6 +373,7 @@ def _prediction_single(
         "run",
         f"{cond}the {h} NAT allocates sequentially (delta {hard.delta:+d}) and the {e} side maps "
         f"endpoint-independently: {e} checks the predicted window of the {h} side's next port",
+        Why.STAGE_RUNS,
         role=role,
         probability=prob,
         after=after,
@@ -388,12 +413,19 @@ def _birthday(
     }
     formula = f"P = 1 - exp(-n*m/N) = {prob:.3f} (n={n}, m={m}, N={size})"
     if not b.allow_birthday:
-        return StagePlan("birthday", "skip", f"disabled by the budget ({formula})", None, prob)
+        return StagePlan(
+            "birthday",
+            "skip",
+            f"disabled by the budget ({formula})",
+            Why.DISABLED,
+            probability=prob,
+        )
     if prob < b.min_birthday_probability:
         return StagePlan(
             "birthday",
             "skip",
             f"{formula} is below {b.min_birthday_probability:g}: not worth {n} sockets",
+            Why.UNLIKELY,
             probability=prob,
             params=params,
         )
@@ -404,6 +436,7 @@ def _birthday(
         f"{cond}the {h} NAT maps endpoint-dependently ({hard.allocation} ports) and the {e} "
         f"side maps endpoint-independently: {h} opens {n} pinholes towards {e}, {e} probes {m} "
         f"ports of the {h} IP; {formula}",
+        Why.STAGE_RUNS,
         role=role,
         probability=prob,
         after=after,
