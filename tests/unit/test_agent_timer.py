@@ -16,7 +16,7 @@ from punchthrough.netio import Address
 from punchthrough.signal import Message
 from punchthrough.sim import run
 from punchthrough.transport.path import Path, PathManager
-from punchthrough.traversal import CandidatePair
+from punchthrough.traversal import CandidatePair, PairSucceeded, TraversalSettings
 from punchthrough.traversal.agent import LocalCandidates, TraversalAgent
 from punchthrough.traversal.hardnat.plan import Budget
 
@@ -48,8 +48,6 @@ class FakeHost:
         self.sock = FakeSock()
         self.local_candidates = LocalCandidates()
         self.network = None
-        self.budget = Budget()
-        self.nat_keepalive = 2.0
         self.suspicions: list[str] = []
 
     def register_ufrag(self, ufrag: str, agent: object) -> None:
@@ -96,9 +94,10 @@ def test_a_send_right_after_a_passed_deadline_does_not_postpone_the_fallback() -
         loop = asyncio.get_running_loop()
         conn, host = FakeConn(loop.time), FakeHost()
         conn.paths.add(Path.relay(RELAY), lambda data: None)
-        agent = TraversalAgent(conn, host, b"b" * 32)
-        agent._switch(CandidatePair(BASE, PEER, "srflx", 1), loop.time(), "hole-punch", "test")
-        agent._rearm()  # as _run does after its actions
+        settings = TraversalSettings(budget=Budget(), nat_keepalive=2.0)
+        agent = TraversalAgent(conn, host, b"b" * 32, settings)
+        # the check engine reports a verified pair: the race moves the call onto it
+        agent._run([PairSucceeded(CandidatePair(BASE, PEER, "srflx", 1))], loop.time())
         await asyncio.sleep(1.0)  # the upgrade's overlap and CID change are over
         assert conn.paths.kind == "direct"
         agent.sent()  # the first packet nothing answers: the monitor's clock starts
