@@ -69,7 +69,13 @@ from punchthrough.signal import (
     read_message,
 )
 from punchthrough.transport.path import VIRTUAL_PEER_ADDRESS, Path, PathManager
-from punchthrough.transport.quic import QuicDriver, QuicStreamWriter
+from punchthrough.transport.quic import (
+    QuicDriver,
+    QuicStreamWriter,
+    reset_pto_backoff,
+    smoothed_rtt,
+    trim_pending_datagrams,
+)
 from punchthrough.traversal.agent import DirectHost, TraversalAgent
 from punchthrough.traversal.stages import STAGES
 
@@ -539,19 +545,14 @@ class Connection:
         driver = self._driver
         if driver is None or driver.closed or self._closed_exc is not None:
             return
-        loss = driver.connection._loss  # aioquic's QuicPacketRecovery
-        if loss._pto_count:
-            loss._pto_count = 0
+        if reset_pto_backoff(driver.connection):
             self._stats["pto_resets"] += 1
         driver.transmit()
 
     def quic_rtt(self) -> float | None:
         """QUIC's smoothed round-trip time on the current path (seconds), if measured."""
         driver = self._driver
-        if driver is None:
-            return None
-        rtt = getattr(getattr(driver.connection, "_loss", None), "_rtt_smoothed", None)
-        return rtt if isinstance(rtt, float) and rtt > 0 else None
+        return smoothed_rtt(driver.connection) if driver is not None else None
 
     @property
     def traversal(self) -> TraversalAgent | None:
@@ -740,11 +741,10 @@ class Connection:
             raise ValueError(
                 f"datagram of {len(data)} bytes exceeds the limit of {MAX_DATAGRAM_PAYLOAD} bytes"
             )
-        # aioquic keeps unsent datagrams in an unbounded deque (no public accessor): bound it.
-        pending: deque[bytes] = driver.connection._datagrams_pending
-        while len(pending) >= self._config.datagram_send_queue:
-            pending.popleft()
-            self._stats["datagrams_dropped_send"] += 1
+        # aioquic queues unsent datagrams without bound: keep our send queue's bound.
+        dropped = trim_pending_datagrams(driver.connection, self._config.datagram_send_queue)
+        if dropped:
+            self._stats["datagrams_dropped_send"] += dropped
         driver.connection.send_datagram_frame(bytes(data))
         self._stats["datagrams_sent"] += 1
         driver.transmit()
@@ -825,8 +825,8 @@ class Connection:
         out["path_stats"] = dict(self.paths.stats)
         driver = self._driver
         if driver is not None:
-            rtt = getattr(getattr(driver.connection, "_loss", None), "_rtt_smoothed", None)
-            if isinstance(rtt, float) and rtt > 0:
+            rtt = smoothed_rtt(driver.connection)
+            if rtt is not None:
                 out["rtt_ms"] = round(rtt * 1000.0, 2)
         if self.established_at is not None:
             out["setup_ms"] = round((self.established_at - self.created_at) * 1000.0, 1)
