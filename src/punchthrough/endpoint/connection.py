@@ -1,48 +1,24 @@
-"""``Connection``: one end-to-end QUIC connection to a peer, over whatever path works.
+"""``Connection``: one end-to-end QUIC connection to an authenticated peer, on any path.
 
-It owns the call's state and wires its parts together: the QUIC driver (aioquic, fed through
-the path manager, which decides which path each packet takes), peer authentication
-(:mod:`~punchthrough.endpoint.peerauth`), the control stream (end-to-end authenticated,
-invisible to the relay: hangups, and candidates and NAT reports for the traversal agent),
-keepalives, and the traversal agent that moves the call onto a direct path. The control stream
-stays open for the life of the call.
+The peer half of the call, on top of :class:`~punchthrough.endpoint.session.PeerSession` (the
+QUIC half): setup through :mod:`~punchthrough.endpoint.peerauth`, the control stream (end to
+end authenticated, invisible to the relay: hangups, and candidates and NAT reports for the
+traversal agent; open for the life of the call), keepalives, and the traversal agent that moves
+the call onto a direct path and back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from aioquic.quic.events import (
-    ConnectionTerminated,
-    DatagramFrameReceived,
-    HandshakeCompleted,
-    QuicEvent,
-)
-
-from punchthrough.endpoint.codes import (
-    CLOSE_BUSY,
-    CLOSE_HANGUP,
-    CLOSE_PROTOCOL_ERROR,
-    CLOSE_REFUSED,
-    describe_close,
-)
-from punchthrough.endpoint.config import (
-    MAX_DATAGRAM_PAYLOAD,
-    EndpointConfig,
-    quic_configuration,
-)
-from punchthrough.endpoint.dropqueue import DropOldestQueue
-from punchthrough.endpoint.errors import (
-    ConnectError,
-    ConnectionClosed,
-    HandshakeFailed,
-    PeerRefused,
-)
+from punchthrough.endpoint.codes import CLOSE_HANGUP, CLOSE_PROTOCOL_ERROR
+from punchthrough.endpoint.config import EndpointConfig
+from punchthrough.endpoint.errors import ConnectError, ConnectionClosed, PeerRefused
 from punchthrough.endpoint.peerauth import (
     Admit,
     SetupFailure,
@@ -52,6 +28,7 @@ from punchthrough.endpoint.peerauth import (
     pin_acceptor,
 )
 from punchthrough.endpoint.report import TraversalReport, build_report
+from punchthrough.endpoint.session import PeerSession
 from punchthrough.identity import Identity, PeerId, channel_binding
 from punchthrough.signal import (
     Hangup,
@@ -61,14 +38,8 @@ from punchthrough.signal import (
     encode_frame,
     read_message,
 )
-from punchthrough.transport.path import VIRTUAL_PEER_ADDRESS, Path, PathManager
-from punchthrough.transport.quic import (
-    QuicDriver,
-    QuicStreamWriter,
-    reset_pto_backoff,
-    smoothed_rtt,
-    trim_pending_datagrams,
-)
+from punchthrough.transport.path import Path
+from punchthrough.transport.quic import QuicStreamWriter, reset_pto_backoff, smoothed_rtt
 from punchthrough.traversal.agent import DirectHost, TraversalAgent
 
 if TYPE_CHECKING:
@@ -79,8 +50,6 @@ log = logging.getLogger(__name__)
 #: The dialer's first bidirectional stream (RFC 9000 section 2.1: client-initiated bidi ids
 #: are 0, 4, 8, ...): the control stream.
 CONTROL_STREAM_ID: Final = 0
-#: The reason aioquic gives when its idle timer fires (RFC 9000 section 10.1).
-_AIOQUIC_IDLE_REASON: Final = "Idle timeout"
 
 #: Control-message handler (issue 5 registers candidate exchange here).
 ControlHandler = Callable[[Message], None]
@@ -106,7 +75,7 @@ class _CidHook:
         self._register(bytes(cid), None)
 
 
-class Connection:
+class Connection(PeerSession):
     """An end-to-end encrypted QUIC connection to one authenticated peer.
 
     Created by :meth:`Endpoint.connect` and :meth:`Endpoint.accept`; never directly.
@@ -126,74 +95,33 @@ class Connection:
         admit: Admit | None = None,
         direct: DirectHost | None = None,
     ) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._identity = identity
+        super().__init__(
+            identity=identity,
+            is_client=is_client,
+            config=config,
+            cids=_CidHook(self, register_cid),
+            on_closed=functools.partial(on_closed, self),
+        )
         #: Dialer: the peer id dialled. Acceptor: the id the relay stamped, then the proven one.
         self.peer_id = peer_id
-        self.is_client = is_client
-        self._config = config
-        self._on_closed = on_closed
         self._admit = admit
-        self._cid_hook = _CidHook(self, register_cid)
-        self.paths = PathManager(clock=self._loop.time)
-        self.created_at = self._loop.time()
-        self.established_at: float | None = None
-        self._driver: QuicDriver | None = None
-        self._ready: asyncio.Future[None] = self._loop.create_future()
         self._control_writer: QuicStreamWriter | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._datagrams: DropOldestQueue[bytes] = DropOldestQueue(config.datagram_recv_queue)
-        self._streams: DropOldestQueue[tuple[asyncio.StreamReader, QuicStreamWriter]] = (
-            DropOldestQueue(1 << 30)  # bounded by QUIC's own stream limits (max_streams)
-        )
         self._control_handlers: dict[type[Message], list[ControlHandler]] = {}
-        self._closed_exc: ConnectionClosed | None = None
-        self._closing_locally = False
-        self._hangup_reason: str | None = None
-        self._done = asyncio.Event()
         self._keepalive: asyncio.TimerHandle | None = None
         self._ping_uid = 0
-        self._stats: Counter[str] = Counter()
         #: Where direct paths come from (the endpoint); ``None``: relay only.
         self._direct_host = direct
         self._agent: TraversalAgent | None = None
 
-    # -- construction (endpoint side) ---------------------------------------------------------
-    def _start_client(self) -> None:
-        cfg = quic_configuration(self._identity, is_client=True, config=self._config)
-        self._driver = QuicDriver.client(
-            cfg,
-            self._transmit,
-            VIRTUAL_PEER_ADDRESS,
-            on_event=self._on_event,
-            mux=self._cid_hook,
-        )
-        self._driver.set_stream_handler(self._peer_stream)
-
+    # -- construction and packets (endpoint side) -------------------------------------------------
     def _start_server(self, initial: bytes, path: Path) -> None:
-        self.paths.received(path, len(initial))
-        cfg = quic_configuration(self._identity, is_client=False, config=self._config)
-        self._driver = QuicDriver.server(
-            cfg,
-            initial,
-            self._transmit,
-            VIRTUAL_PEER_ADDRESS,
-            on_event=self._on_event,
-            mux=self._cid_hook,
-        )
-        self._driver.set_stream_handler(self._peer_stream)
+        super()._start_server(initial, path)
         self._spawn(auth_deadline(self._config.auth_timeout, self._ready, self._fail_setup))
 
     def _transmit(self, data: bytes, addr: Address) -> None:
-        self.paths.send(data)  # ``addr`` is the virtual address: the path manager routes
+        super()._transmit(data, addr)
         if self._agent is not None:
             self._agent.sent()
-
-    def packet_received(self, data: bytes, path: Path) -> None:
-        """A QUIC packet for this connection arrived on ``path`` (relay or direct)."""
-        if not self.paths.received(path, len(data)) or self._driver is None:
-            return
-        self._driver.datagram_received(data)
 
     def direct_packet(self, data: bytes, addr: Address) -> None:
         """A QUIC packet for this connection on a hard stage's extra socket."""
@@ -213,19 +141,7 @@ class Connection:
                 return
         self._stats["dropped_unknown_direct"] += 1
 
-    # -- events --------------------------------------------------------------------------------
-    def _on_event(self, event: QuicEvent) -> None:
-        if isinstance(event, HandshakeCompleted):
-            self._handshake_completed()
-        elif isinstance(event, DatagramFrameReceived):
-            if self.established_at is None:
-                self._stats["datagrams_dropped_before_auth"] += 1
-            else:
-                self._stats["datagrams_received"] += 1
-                self._datagrams.put(event.data)
-        elif isinstance(event, ConnectionTerminated):
-            self._terminated(event)
-
+    # -- setup (the exchange itself is in peerauth) -----------------------------------------------
     def _handshake_completed(self) -> None:
         assert self._driver is not None
         if not self.is_client:
@@ -243,12 +159,6 @@ class Connection:
             self._ready.exception()  # mark retrieved: nobody may be waiting any more
         self._loop.call_soon(self._close_now, failure.code, failure.reason)
 
-    def _close_now(self, code: int, reason: str) -> None:
-        if self._driver is not None and not self._driver.closed:
-            self._closing_locally = True
-            self._driver.close(error_code=code, reason=reason)
-
-    # -- setup (the exchange itself is in peerauth) -------------------------------------------
     async def _dialer_setup(self) -> None:
         assert self._driver is not None
         reader, writer = self._new_stream()
@@ -268,11 +178,8 @@ class Connection:
         if writer.stream_id == CONTROL_STREAM_ID and not self.is_client:
             self._control_writer = writer
             self._spawn(self._acceptor_setup(reader))
-        elif self.established_at is not None:
-            self._streams.put((reader, writer))
         else:
-            self._stats["streams_refused_before_auth"] += 1
-            writer.write_eof()
+            super()._peer_stream(reader, writer)
 
     async def _acceptor_setup(self, reader: asyncio.StreamReader) -> None:
         assert self._driver is not None
@@ -297,6 +204,15 @@ class Connection:
         if not self._ready.done():
             self._ready.set_result(None)
 
+    def _unreachable(self, exc: ConnectError) -> None:
+        """The endpoint learned the peer cannot be reached (relay NOTICE): fail the dial."""
+        if not self._ready.done():
+            self._ready.set_exception(exc)
+            self._ready.exception()
+
+    async def _wait_ready(self) -> None:
+        await asyncio.shield(self._ready)
+
     def _start_traversal(self) -> None:
         """Look for a direct path behind the relayed call (candidates, checks, upgrade)."""
         if self._direct_host is None or self._driver is None or self._agent is not None:
@@ -311,7 +227,7 @@ class Connection:
         """The relay path, as reports and the agent name it (``None`` before one was used)."""
         return next((str(p) for p in self.paths.paths if p.kind == "relay"), None)
 
-    # -- hooks for the traversal agent -----------------------------------------------------
+    # -- hooks for the traversal agent ------------------------------------------------------------
     def change_connection_id(self) -> None:
         """Use a fresh connection ID towards the peer (RFC 9000 section 9.5: a new path must
         not be linkable to the old one by an observer)."""
@@ -357,15 +273,7 @@ class Connection:
         """The direct-path machinery (``None`` before the connection is usable)."""
         return self._agent
 
-    def _unreachable(self, exc: ConnectError) -> None:
-        """The endpoint learned the peer cannot be reached (relay NOTICE): fail the dial."""
-        if not self._ready.done():
-            self._ready.set_exception(exc)
-            self._ready.exception()
-
-    async def _wait_ready(self) -> None:
-        await asyncio.shield(self._ready)
-
+    # -- control stream ---------------------------------------------------------------------------
     async def _control_loop(self, reader: asyncio.StreamReader) -> None:
         """Read control messages for the life of the connection."""
         while True:
@@ -417,66 +325,7 @@ class Connection:
         """
         self._send_control(msg)
 
-    def _new_stream(self) -> tuple[asyncio.StreamReader, QuicStreamWriter]:
-        assert self._driver is not None
-        reader, writer = self._driver.open_stream()
-        # aioquic only marks a stream id used once data is sent on it; reserve it now so two
-        # open_stream() calls in a row cannot hand out the same id.
-        self._driver.connection.send_stream_data(writer.stream_id, b"")
-        return reader, writer
-
-    def _terminated(self, event: ConnectionTerminated) -> None:
-        by_peer = not self._closing_locally
-        reason = event.reason_phrase or self._hangup_reason or describe_close(event.error_code)
-        if event.reason_phrase == _AIOQUIC_IDLE_REASON and not self._closing_locally:
-            by_peer = False
-            reason = (
-                f"idle timeout: nothing heard from the peer for {self._config.idle_timeout:g} s"
-            )
-        if self._closed_exc is None:
-            self._closed_exc = ConnectionClosed(
-                reason, by_peer=by_peer, error_code=event.error_code
-            )
-        if not self._ready.done():
-            exc: ConnectError
-            if event.error_code in (CLOSE_REFUSED, CLOSE_BUSY) and by_peer:
-                exc = PeerRefused(reason)
-            else:
-                exc = HandshakeFailed(f"connection closed during setup: {reason}")
-            self._ready.set_exception(exc)
-            self._ready.exception()
-        self._finish()
-
-    def _finish(self) -> None:
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            self._keepalive = None
-        if self._agent is not None:
-            self._agent.close()
-        exc = self._closed_exc or ConnectionClosed("aborted")
-        self._datagrams.close(exc)
-        self._streams.close(exc)
-        for task in self._tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
-        if not self._done.is_set():
-            self._done.set()
-            try:
-                self._on_closed(self)
-            except Exception:
-                log.exception("on_closed callback failed")
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = self._loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("connection task failed", exc_info=task.exception())
-
-    # -- keepalive -----------------------------------------------------------------------------
+    # -- keepalive and teardown -------------------------------------------------------------------
     def _arm_keepalive(self) -> None:
         self._keepalive = self._loop.call_later(self._config.keepalive_interval, self._tick)
 
@@ -496,78 +345,15 @@ class Connection:
             self._stats["keepalives"] += 1
         self._arm_keepalive()
 
-    # -- public API ----------------------------------------------------------------------------
-    @property
-    def path(self) -> str:
-        """``"relay"`` or ``"direct"`` (``"none"`` while no path is usable)."""
-        return self.paths.kind
+    def _finish(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        if self._agent is not None:
+            self._agent.close()
+        super()._finish()
 
-    @property
-    def path_changes(self) -> list[dict[str, object]]:
-        """Every switch of path: ``{t_ms, from, to, ...}``, ``t_ms`` from connection start."""
-        return [c.to_json(self.created_at) for c in self.paths.changes]
-
-    @property
-    def closed(self) -> bool:
-        return self._closed_exc is not None or self._done.is_set()
-
-    @property
-    def close_reason(self) -> ConnectionClosed | None:
-        """Why the connection closed (``None`` while open)."""
-        return self._closed_exc
-
-    def _check_open(self) -> QuicDriver:
-        if self._closed_exc is not None:
-            raise ConnectionClosed(
-                self._closed_exc.reason,
-                by_peer=self._closed_exc.by_peer,
-                error_code=self._closed_exc.error_code,
-            )
-        if self._driver is None or self._driver.closed:
-            raise ConnectionClosed("not connected")
-        return self._driver
-
-    def send_datagram(self, data: bytes) -> None:
-        """Queue one unreliable datagram; never blocks.
-
-        Raises ``ValueError`` if it is larger than :data:`MAX_DATAGRAM_PAYLOAD`, and
-        :class:`ConnectionClosed` after close. Under congestion the oldest queued datagram is
-        dropped (``stats["datagrams_dropped_send"]``).
-        """
-        driver = self._check_open()
-        if len(data) > MAX_DATAGRAM_PAYLOAD:
-            raise ValueError(
-                f"datagram of {len(data)} bytes exceeds the limit of {MAX_DATAGRAM_PAYLOAD} bytes"
-            )
-        # aioquic queues unsent datagrams without bound: keep our send queue's bound.
-        dropped = trim_pending_datagrams(driver.connection, self._config.datagram_send_queue)
-        if dropped:
-            self._stats["datagrams_dropped_send"] += dropped
-        driver.connection.send_datagram_frame(bytes(data))
-        self._stats["datagrams_sent"] += 1
-        driver.transmit()
-
-    async def recv_datagram(self) -> bytes:
-        """The next datagram; raises :class:`ConnectionClosed` once closed and drained."""
-        return await self._datagrams.get()
-
-    async def datagrams(self) -> AsyncIterator[bytes]:
-        """Iterate over received datagrams until the connection closes (then it just ends)."""
-        while True:
-            try:
-                yield await self._datagrams.get()
-            except ConnectionClosed:
-                return
-
-    async def open_stream(self) -> tuple[asyncio.StreamReader, QuicStreamWriter]:
-        """A new bidirectional stream; the peer sees it on ``accept_stream`` when data flows."""
-        self._check_open()
-        return self._new_stream()
-
-    async def accept_stream(self) -> tuple[asyncio.StreamReader, QuicStreamWriter]:
-        """The next stream the peer opened; raises :class:`ConnectionClosed` once closed."""
-        return await self._streams.get()
-
+    # -- public API -------------------------------------------------------------------------------
     def traversal_report(self) -> TraversalReport:
         """What was tried, what won, why not direct (see :class:`TraversalReport`)."""
         return build_report(
@@ -616,21 +402,6 @@ class Connection:
             async with asyncio.timeout(self._config.close_timeout):
                 await self.wait_closed()
         self.abort()
-
-    def abort(self) -> None:
-        """Forget the connection at once (no CONNECTION_CLOSE); the peer will time out."""
-        if self._closed_exc is None:
-            self._closed_exc = ConnectionClosed("aborted", by_peer=False)
-        if self._driver is not None:
-            self._driver.abort()
-        if not self._ready.done():
-            self._ready.set_exception(ConnectionClosed("aborted"))
-            self._ready.exception()
-        self._finish()
-
-    async def wait_closed(self) -> None:
-        """Return once the connection is fully closed (by either side, or lost)."""
-        await self._done.wait()
 
     def __repr__(self) -> str:
         role = "dialer" if self.is_client else "acceptor"
