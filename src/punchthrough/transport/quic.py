@@ -123,8 +123,8 @@ def smoothed_rtt(connection: QuicConnection) -> float | None:
 
 def reset_pto_backoff(connection: QuicConnection) -> bool:
     """Restart the probe timeout back-off (RFC 9002 section 6.2.1); True if it had grown."""
-    # ``QuicConnection._loss._pto_count``: aioquic resets it only when an ACK arrives and has
-    # no way to say the path changed under it (RFC 9000 section 9.4 resets recovery per path).
+    # ``QuicConnection._loss._pto_count``: aioquic resets it only on an ACK (or a discarded
+    # packet space) and cannot be told the path changed under it (we route beneath it).
     loss = connection._loss
     if loss._pto_count:
         loss._pto_count = 0
@@ -160,8 +160,8 @@ def validated_peer_address(connection: QuicConnection) -> Address | None:
 def peer_certificates(ctx: tls.Context) -> list[x509.Certificate]:
     """The certificates the TLS peer presented, leaf first; empty if none (yet)."""
     # ``tls.Context._peer_certificate`` and ``._peer_certificate_chain``: parsed from the
-    # Certificate message, but aioquic has no public accessor for them (only the verification
-    # callback it runs when ``verify_mode`` asks for CA checks, which pinning replaces).
+    # Certificate message for aioquic's own CA check (off: we pin peer ids instead), and
+    # exposed by no public attribute, event or callback.
     leaf: x509.Certificate | None = getattr(ctx, "_peer_certificate", None)
     if leaf is None:
         return []
