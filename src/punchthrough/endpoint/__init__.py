@@ -6,23 +6,21 @@ async with Endpoint.bind(identity, relays=["198.51.100.20:3478"]) as ep:
     reader, writer = await conn.open_stream() # reliable data
 """
 
-from punchthrough.endpoint.config import (
-    MAX_DATAGRAM_PAYLOAD,
-    PEER_ALPN,
-    QUIC_MAX_DATAGRAM_SIZE,
-    EndpointConfig,
-)
-from punchthrough.endpoint.connection import (
+from punchthrough.endpoint.codes import (
     CLOSE_AUTH_FAILED,
     CLOSE_BUSY,
     CLOSE_HANGUP,
     CLOSE_PEER_ID_MISMATCH,
     CLOSE_PROTOCOL_ERROR,
     CLOSE_REFUSED,
-    Connection,
-    TraversalReport,
-    TraversalStage,
 )
+from punchthrough.endpoint.config import (
+    MAX_DATAGRAM_PAYLOAD,
+    PEER_ALPN,
+    QUIC_MAX_DATAGRAM_SIZE,
+    EndpointConfig,
+)
+from punchthrough.endpoint.connection import Connection
 from punchthrough.endpoint.endpoint import Endpoint
 from punchthrough.endpoint.errors import (
     ConnectError,
@@ -37,6 +35,7 @@ from punchthrough.endpoint.errors import (
     PeerUnreachable,
 )
 from punchthrough.endpoint.probe import run_echo_session, serve_echo, serve_endpoint
+from punchthrough.endpoint.report import TraversalReport, TraversalStage
 
 __all__ = [
     "CLOSE_AUTH_FAILED",

@@ -1,222 +1,58 @@
-"""``Connection``: one end-to-end QUIC connection to a peer, over whatever path works.
+"""``Connection``: one end-to-end QUIC connection to an authenticated peer, on any path.
 
-Setup (after the TLS handshake, which itself runs through the relay):
-
-1. The dialer pins the acceptor's certificate to the peer id it dialled (``verify_quic_peer``).
-2. The dialer opens the control stream (client bidi stream 0) and sends ``Hello`` and
-   ``PeerAuth`` (a signature over the connection's channel binding).
-3. The acceptor checks the signature (and that the proven id is the one the relay stamped on
-   the packets), asks its ``allow`` callback, and answers ``Hello`` (accepted) or ``Hangup`` +
-   CONNECTION_CLOSE with :data:`CLOSE_REFUSED` (refused).
-
-The connection is *usable* when the dialer has the acceptor's ``Hello``: two round trips through
-the relay. The control stream stays open for the life of the call and later carries candidates,
-NAT reports and hangups; its messages are end-to-end authenticated and invisible to the relay.
+The peer half of the call, on top of :class:`~punchthrough.endpoint.session.PeerSession` (the
+QUIC half): setup through :mod:`~punchthrough.endpoint.peerauth`, the control stream (end to
+end authenticated, invisible to the relay: hangups, and candidates and NAT reports for the
+traversal agent; open for the life of the call), keepalives, and the traversal agent that moves
+the call onto a direct path and back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
+import functools
 import logging
-from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
-from aioquic.quic.events import (
-    ConnectionTerminated,
-    DatagramFrameReceived,
-    HandshakeCompleted,
-    QuicEvent,
+from punchthrough.endpoint.codes import CLOSE_HANGUP, CLOSE_PROTOCOL_ERROR
+from punchthrough.endpoint.config import EndpointConfig
+from punchthrough.endpoint.errors import ConnectError, ConnectionClosed, PeerRefused
+from punchthrough.endpoint.peerauth import (
+    Admit,
+    SetupFailure,
+    accept,
+    auth_deadline,
+    dial,
+    pin_acceptor,
 )
-
-from punchthrough import __version__
-from punchthrough.endpoint.config import (
-    MAX_DATAGRAM_PAYLOAD,
-    EndpointConfig,
-    quic_configuration,
-)
-from punchthrough.endpoint.errors import (
-    ConnectError,
-    ConnectionClosed,
-    HandshakeFailed,
-    PeerIdMismatch,
-    PeerRefused,
-)
-from punchthrough.identity import (
-    BadSignature,
-    Identity,
-    PeerId,
-    channel_binding,
-    sign_exporter,
-    verify_exporter,
-    verify_quic_peer,
-)
-from punchthrough.identity import PeerIdMismatch as IdentityPeerIdMismatch
+from punchthrough.endpoint.report import TraversalReport, build_report
+from punchthrough.endpoint.session import PeerSession
+from punchthrough.identity import Identity, PeerId, channel_binding
 from punchthrough.signal import (
-    SUPPORTED_VERSIONS,
     Hangup,
-    Hello,
     Message,
     MessageTooLarge,
-    PeerAuth,
     SignalDecodeError,
-    SignalError,
     encode_frame,
-    negotiate_version,
     read_message,
 )
-from punchthrough.transport.path import VIRTUAL_PEER_ADDRESS, Path, PathManager
-from punchthrough.transport.quic import QuicDriver, QuicStreamWriter
+from punchthrough.transport.path import Path
+from punchthrough.transport.quic import QuicStreamWriter, reset_pto_backoff, smoothed_rtt
 from punchthrough.traversal.agent import DirectHost, TraversalAgent
-from punchthrough.traversal.race import DIRECT
 
 if TYPE_CHECKING:
     from punchthrough.netio import Address
 
 log = logging.getLogger(__name__)
 
-# Application error codes in CONNECTION_CLOSE (RFC 9000 section 20.2 leaves them to the
-# application). Kept out of 0x0-0x1ff so they can never be mistaken for transport or TLS-alert
-# (CRYPTO_ERROR) codes in logs.
-CLOSE_HANGUP: Final = 0x0
-CLOSE_REFUSED: Final = 0x5401
-CLOSE_AUTH_FAILED: Final = 0x5402
-CLOSE_PEER_ID_MISMATCH: Final = 0x5403
-CLOSE_PROTOCOL_ERROR: Final = 0x5404
-CLOSE_BUSY: Final = 0x5405
-
 #: The dialer's first bidirectional stream (RFC 9000 section 2.1: client-initiated bidi ids
 #: are 0, 4, 8, ...): the control stream.
 CONTROL_STREAM_ID: Final = 0
-#: The reason aioquic gives when its idle timer fires (RFC 9000 section 10.1).
-_AIOQUIC_IDLE_REASON: Final = "Idle timeout"
-#: Software string in our ``Hello``.
-SOFTWARE: Final = f"punchthrough/{__version__}"
 
-T = TypeVar("T")
-#: ``allow(peer_id)``: True admits the caller. May be a coroutine function.
-AllowCallback = Callable[[PeerId], "bool | Awaitable[bool]"]
 #: Control-message handler (issue 5 registers candidate exchange here).
 ControlHandler = Callable[[Message], None]
-
-
-class _DropOldestQueue(Generic[T]):
-    """A bounded FIFO whose ``put`` never blocks: when full, the oldest item is dropped."""
-
-    def __init__(self, maxlen: int) -> None:
-        self._items: deque[T] = deque()
-        self._maxlen = maxlen
-        self._waiter: asyncio.Future[None] | None = None
-        self._closed: BaseException | None = None
-        self.dropped = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, item: T) -> None:
-        if len(self._items) >= self._maxlen:
-            self._items.popleft()
-            self.dropped += 1
-        self._items.append(item)
-        self._wake()
-
-    def close(self, exc: BaseException) -> None:
-        """Wake getters; they drain what is queued, then get ``exc``."""
-        if self._closed is None:
-            self._closed = exc
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def get(self) -> T:
-        while not self._items:
-            if self._closed is not None:
-                raise self._closed
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._items.popleft()
-
-
-@dataclass
-class TraversalStage:
-    """One stage of the waterfall and what became of it."""
-
-    stage: str
-    status: str  # "succeeded", "failed", "skipped", "started", "pending"
-    reason: str = ""
-    at_ms: float | None = None
-    pair: str | None = None
-    #: When the stage started (ms from connection start), if it ran.
-    started_ms: float | None = None
-    #: The pair's NATs call for this stage (the hole punch alone cannot work).
-    needed: bool = False
-    #: Stage figures (birthday: ``sockets``, ``probes_sent``, ``range_size``, ...).
-    details: dict[str, object] = field(default_factory=dict)
-    #: Status ``beaten``: the stage that found a direct path first.
-    beaten_by: str | None = None
-
-    def to_json(self) -> dict[str, object]:
-        out: dict[str, object] = {"stage": self.stage, "status": self.status}
-        if self.reason:
-            out["reason"] = self.reason
-        if self.at_ms is not None:
-            out["at_ms"] = self.at_ms
-        if self.pair is not None:
-            out["pair"] = self.pair
-        if self.started_ms is not None:
-            out["started_ms"] = self.started_ms
-        if self.needed:
-            out["needed"] = True
-        if self.beaten_by is not None:
-            out["beaten_by"] = self.beaten_by
-        for k, v in self.details.items():
-            out.setdefault(k, v)
-        return out
-
-
-@dataclass
-class TraversalReport:
-    """What was tried to reach the peer, what won, and why not direct.
-
-    ``stages``: the relay first, then port mapping, hole punch, port prediction, birthday.
-    ``direct_ms``: when the call first moved onto a direct path (ms from connection start);
-    ``strategy``: the stage that found it (``port-mapping`` / ``hole-punch`` /
-    ``port-prediction`` / ``birthday``), else ``None``;
-    ``needed``: hard-NAT stages this pair would need (when the hole punch cannot work).
-    """
-
-    path: str
-    relay: str | None
-    stages: list[TraversalStage] = field(default_factory=list)
-    direct_ms: float | None = None
-    strategy: str | None = None
-    needed: list[str] = field(default_factory=list)
-    upgrades: int = 0
-    fallbacks: int = 0
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "path": self.path,
-            "relay": self.relay,
-            "direct_ms": self.direct_ms,
-            "strategy": self.strategy,
-            "stages": [s.to_json() for s in self.stages],
-            "needed": list(self.needed),
-            "upgrades": self.upgrades,
-            "fallbacks": self.fallbacks,
-        }
-
-
-#: Waterfall stages besides the relay, in the design's order.
-_DIRECT_STAGES: Final = tuple(str(s) for s in DIRECT)
 
 
 class _CidHook:
@@ -239,7 +75,7 @@ class _CidHook:
         self._register(bytes(cid), None)
 
 
-class Connection:
+class Connection(PeerSession):
     """An end-to-end encrypted QUIC connection to one authenticated peer.
 
     Created by :meth:`Endpoint.connect` and :meth:`Endpoint.accept`; never directly.
@@ -256,77 +92,36 @@ class Connection:
         config: EndpointConfig,
         register_cid: Callable[[bytes, Connection | None], None],
         on_closed: Callable[[Connection], None],
-        admit: Callable[[PeerId], Awaitable[str | None]] | None = None,
+        admit: Admit | None = None,
         direct: DirectHost | None = None,
     ) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._identity = identity
+        super().__init__(
+            identity=identity,
+            is_client=is_client,
+            config=config,
+            cids=_CidHook(self, register_cid),
+            on_closed=functools.partial(on_closed, self),
+        )
         #: Dialer: the peer id dialled. Acceptor: the id the relay stamped, then the proven one.
         self.peer_id = peer_id
-        self.is_client = is_client
-        self._config = config
-        self._on_closed = on_closed
         self._admit = admit
-        self._cid_hook = _CidHook(self, register_cid)
-        self.paths = PathManager(clock=self._loop.time)
-        self.created_at = self._loop.time()
-        self.established_at: float | None = None
-        self._driver: QuicDriver | None = None
-        self._ready: asyncio.Future[None] = self._loop.create_future()
         self._control_writer: QuicStreamWriter | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._datagrams: _DropOldestQueue[bytes] = _DropOldestQueue(config.datagram_recv_queue)
-        self._streams: _DropOldestQueue[tuple[asyncio.StreamReader, QuicStreamWriter]] = (
-            _DropOldestQueue(1 << 30)  # bounded by QUIC's own stream limits (max_streams)
-        )
         self._control_handlers: dict[type[Message], list[ControlHandler]] = {}
-        self._closed_exc: ConnectionClosed | None = None
-        self._closing_locally = False
-        self._hangup_reason: str | None = None
-        self._done = asyncio.Event()
         self._keepalive: asyncio.TimerHandle | None = None
         self._ping_uid = 0
-        self._stats: Counter[str] = Counter()
         #: Where direct paths come from (the endpoint); ``None``: relay only.
         self._direct_host = direct
         self._agent: TraversalAgent | None = None
 
-    # -- construction (endpoint side) ---------------------------------------------------------
-    def _start_client(self) -> None:
-        cfg = quic_configuration(self._identity, is_client=True, config=self._config)
-        self._driver = QuicDriver.client(
-            cfg,
-            self._transmit,
-            VIRTUAL_PEER_ADDRESS,
-            on_event=self._on_event,
-            mux=self._cid_hook,
-        )
-        self._driver.set_stream_handler(self._peer_stream)
-
+    # -- construction and packets (endpoint side) -------------------------------------------------
     def _start_server(self, initial: bytes, path: Path) -> None:
-        self.paths.received(path, len(initial))
-        cfg = quic_configuration(self._identity, is_client=False, config=self._config)
-        self._driver = QuicDriver.server(
-            cfg,
-            initial,
-            self._transmit,
-            VIRTUAL_PEER_ADDRESS,
-            on_event=self._on_event,
-            mux=self._cid_hook,
-        )
-        self._driver.set_stream_handler(self._peer_stream)
-        self._spawn(self._auth_deadline())
+        super()._start_server(initial, path)
+        self._spawn(auth_deadline(self._config.auth_timeout, self._ready, self._fail_setup))
 
     def _transmit(self, data: bytes, addr: Address) -> None:
-        self.paths.send(data)  # ``addr`` is the virtual address: the path manager routes
+        super()._transmit(data, addr)
         if self._agent is not None:
             self._agent.sent()
-
-    def packet_received(self, data: bytes, path: Path) -> None:
-        """A QUIC packet for this connection arrived on ``path`` (relay or direct)."""
-        if not self.paths.received(path, len(data)) or self._driver is None:
-            return
-        self._driver.datagram_received(data)
 
     def direct_packet(self, data: bytes, addr: Address) -> None:
         """A QUIC packet for this connection on a hard stage's extra socket."""
@@ -346,159 +141,77 @@ class Connection:
                 return
         self._stats["dropped_unknown_direct"] += 1
 
-    # -- events --------------------------------------------------------------------------------
-    def _on_event(self, event: QuicEvent) -> None:
-        if isinstance(event, HandshakeCompleted):
-            self._handshake_completed()
-        elif isinstance(event, DatagramFrameReceived):
-            if self.established_at is None:
-                self._stats["datagrams_dropped_before_auth"] += 1
-            else:
-                self._stats["datagrams_received"] += 1
-                self._datagrams.put(event.data)
-        elif isinstance(event, ConnectionTerminated):
-            self._terminated(event)
-
+    # -- setup (the exchange itself is in peerauth) -----------------------------------------------
     def _handshake_completed(self) -> None:
         assert self._driver is not None
         if not self.is_client:
             return  # the dialer speaks first, on the control stream
-        try:
-            verify_quic_peer(self._driver.connection, self.peer_id)
-        except IdentityPeerIdMismatch as exc:
-            err = PeerIdMismatch(exc.expected, exc.actual, "the acceptor's certificate")
-            self._fail_setup(err, CLOSE_PEER_ID_MISMATCH, "peer id mismatch")
+        failure = pin_acceptor(self._driver.connection, self.peer_id)
+        if failure is not None:
+            self._fail_setup(failure)
             return
         self._spawn(self._dialer_setup())
 
-    def _fail_setup(self, exc: ConnectError, code: int, reason: str) -> None:
+    def _fail_setup(self, failure: SetupFailure) -> None:
         """Setup failed on our side: tell the caller, close the QUIC connection with a reason."""
         if not self._ready.done():
-            self._ready.set_exception(exc)
+            self._ready.set_exception(failure.error)
             self._ready.exception()  # mark retrieved: nobody may be waiting any more
-        self._loop.call_soon(self._close_now, code, reason)
+        self._loop.call_soon(self._close_now, failure.code, failure.reason)
 
-    def _close_now(self, code: int, reason: str) -> None:
-        if self._driver is not None and not self._driver.closed:
-            self._closing_locally = True
-            self._driver.close(error_code=code, reason=reason)
-
-    # -- dialer --------------------------------------------------------------------------------
     async def _dialer_setup(self) -> None:
         assert self._driver is not None
         reader, writer = self._new_stream()
         self._control_writer = writer
-        binding = channel_binding(self._driver.connection)
-        auth = PeerAuth(
-            peer_id=self._identity.peer_id,
-            signature=sign_exporter(self._identity, binding),
-        )
-        writer.write(encode_frame(Hello(versions=tuple(SUPPORTED_VERSIONS), software=SOFTWARE)))
-        writer.write(encode_frame(auth))
-        try:
-            msg = await read_message(reader)
-        except SignalError as exc:
-            self._fail_setup(
-                HandshakeFailed(f"bad answer on the control stream: {exc}"),
-                CLOSE_PROTOCOL_ERROR,
-                "bad control message",
-            )
-            return
-        if isinstance(msg, Hangup):
-            self._hangup_reason = msg.reason
+        answer = await dial(self._driver.connection, self._identity, reader, writer)
+        if isinstance(answer, SetupFailure):
+            self._fail_setup(answer)
+        elif isinstance(answer, Hangup):
+            self._hangup_reason = answer.reason
             if not self._ready.done():
-                self._ready.set_exception(PeerRefused(msg.reason))
-            return
-        if not isinstance(msg, Hello):
-            what = "end of stream" if msg is None else type(msg).__name__
-            self._fail_setup(
-                HandshakeFailed(f"expected Hello from the acceptor, got {what}"),
-                CLOSE_PROTOCOL_ERROR,
-                "expected hello",
-            )
-            return
-        try:
-            negotiate_version(msg.versions)
-        except SignalDecodeError as exc:
-            self._fail_setup(HandshakeFailed(str(exc)), CLOSE_PROTOCOL_ERROR, "version")
-            return
-        self._established()
-        await self._control_loop(reader)
+                self._ready.set_exception(PeerRefused(answer.reason))
+        else:
+            self._established()
+            await self._control_loop(reader)
 
-    # -- acceptor ------------------------------------------------------------------------------
     def _peer_stream(self, reader: asyncio.StreamReader, writer: QuicStreamWriter) -> None:
         if writer.stream_id == CONTROL_STREAM_ID and not self.is_client:
             self._control_writer = writer
             self._spawn(self._acceptor_setup(reader))
-        elif self.established_at is not None:
-            self._streams.put((reader, writer))
         else:
-            self._stats["streams_refused_before_auth"] += 1
-            writer.write_eof()
-
-    async def _auth_deadline(self) -> None:
-        await asyncio.sleep(self._config.auth_timeout)
-        if not self._ready.done():
-            self._fail_setup(
-                HandshakeFailed("the dialer did not authenticate in time"),
-                CLOSE_AUTH_FAILED,
-                "authentication timeout",
-            )
+            super()._peer_stream(reader, writer)
 
     async def _acceptor_setup(self, reader: asyncio.StreamReader) -> None:
         assert self._driver is not None
-        try:
-            hello = await read_message(reader, timeout=self._config.auth_timeout)
-            auth = await read_message(reader, timeout=self._config.auth_timeout)
-        except SignalError as exc:
-            self._fail_setup(HandshakeFailed(str(exc)), CLOSE_PROTOCOL_ERROR, "bad control message")
+        outcome = await accept(
+            self._driver.connection,
+            reader,
+            stamped=self.peer_id,
+            timeout=self._config.auth_timeout,
+            admit=self._admit,
+            send=self._send_control,
+        )
+        if isinstance(outcome, SetupFailure):
+            self._fail_setup(outcome)
             return
-        if not isinstance(hello, Hello) or not isinstance(auth, PeerAuth):
-            self._fail_setup(
-                HandshakeFailed("expected Hello and PeerAuth"),
-                CLOSE_PROTOCOL_ERROR,
-                "expected auth",
-            )
-            return
-        try:
-            negotiate_version(hello.versions)
-        except SignalDecodeError as exc:
-            self._fail_setup(HandshakeFailed(str(exc)), CLOSE_PROTOCOL_ERROR, "version")
-            return
-        if auth.peer_id != self.peer_id:
-            # The relay stamped another id on the packets than the one the dialer proves.
-            self._fail_setup(
-                HandshakeFailed(f"dialer claims {auth.peer_id}, relay says {self.peer_id}"),
-                CLOSE_AUTH_FAILED,
-                "peer id differs from the relay registration",
-            )
-            return
-        try:
-            verify_exporter(auth.peer_id, channel_binding(self._driver.connection), auth.signature)
-        except BadSignature:
-            self._fail_setup(
-                HandshakeFailed("the dialer's PeerAuth signature does not verify"),
-                CLOSE_AUTH_FAILED,
-                "bad peer authentication",
-            )
-            return
-        refusal = await self._admit(auth.peer_id) if self._admit is not None else None
-        if refusal is not None:
-            code = CLOSE_BUSY if refusal == "busy" else CLOSE_REFUSED
-            self._send_control(Hangup(reason=refusal))
-            self._fail_setup(PeerRefused(refusal), code, refusal)
-            return
-        self._send_control(Hello(versions=tuple(SUPPORTED_VERSIONS), software=SOFTWARE))
         self._established()
         await self._control_loop(reader)
 
-    # -- both ----------------------------------------------------------------------------------
     def _established(self) -> None:
         self.established_at = self._loop.time()
         self._arm_keepalive()
         self._start_traversal()
         if not self._ready.done():
             self._ready.set_result(None)
+
+    def _unreachable(self, exc: ConnectError) -> None:
+        """The endpoint learned the peer cannot be reached (relay NOTICE): fail the dial."""
+        if not self._ready.done():
+            self._ready.set_exception(exc)
+            self._ready.exception()
+
+    async def _wait_ready(self) -> None:
+        await asyncio.shield(self._ready)
 
     def _start_traversal(self) -> None:
         """Look for a direct path behind the relayed call (candidates, checks, upgrade)."""
@@ -511,12 +224,15 @@ class Connection:
             self._config.traversal_settings(),
         )
         self._agent = agent
-        relay = next((str(p) for p in self.paths.paths if p.kind == "relay"), None)
         assert self.established_at is not None
-        agent.relay_established(self.established_at, relay)
+        agent.relay_established(self.established_at, self._relay_name())
         agent.start()
 
-    # -- hooks for the traversal agent -----------------------------------------------------
+    def _relay_name(self) -> str | None:
+        """The relay path, as reports and the agent name it (``None`` before one was used)."""
+        return next((str(p) for p in self.paths.paths if p.kind == "relay"), None)
+
+    # -- hooks for the traversal agent ------------------------------------------------------------
     def change_connection_id(self) -> None:
         """Use a fresh connection ID towards the peer (RFC 9000 section 9.5: a new path must
         not be linkable to the old one by an observer)."""
@@ -548,34 +264,21 @@ class Connection:
         driver = self._driver
         if driver is None or driver.closed or self._closed_exc is not None:
             return
-        loss = driver.connection._loss  # aioquic's QuicPacketRecovery
-        if loss._pto_count:
-            loss._pto_count = 0
+        if reset_pto_backoff(driver.connection):
             self._stats["pto_resets"] += 1
         driver.transmit()
 
     def quic_rtt(self) -> float | None:
         """QUIC's smoothed round-trip time on the current path (seconds), if measured."""
         driver = self._driver
-        if driver is None:
-            return None
-        rtt = getattr(getattr(driver.connection, "_loss", None), "_rtt_smoothed", None)
-        return rtt if isinstance(rtt, float) and rtt > 0 else None
+        return smoothed_rtt(driver.connection) if driver is not None else None
 
     @property
     def traversal(self) -> TraversalAgent | None:
         """The direct-path machinery (``None`` before the connection is usable)."""
         return self._agent
 
-    def _unreachable(self, exc: ConnectError) -> None:
-        """The endpoint learned the peer cannot be reached (relay NOTICE): fail the dial."""
-        if not self._ready.done():
-            self._ready.set_exception(exc)
-            self._ready.exception()
-
-    async def _wait_ready(self) -> None:
-        await asyncio.shield(self._ready)
-
+    # -- control stream ---------------------------------------------------------------------------
     async def _control_loop(self, reader: asyncio.StreamReader) -> None:
         """Read control messages for the life of the connection."""
         while True:
@@ -627,66 +330,7 @@ class Connection:
         """
         self._send_control(msg)
 
-    def _new_stream(self) -> tuple[asyncio.StreamReader, QuicStreamWriter]:
-        assert self._driver is not None
-        reader, writer = self._driver.open_stream()
-        # aioquic only marks a stream id used once data is sent on it; reserve it now so two
-        # open_stream() calls in a row cannot hand out the same id.
-        self._driver.connection.send_stream_data(writer.stream_id, b"")
-        return reader, writer
-
-    def _terminated(self, event: ConnectionTerminated) -> None:
-        by_peer = not self._closing_locally
-        reason = event.reason_phrase or self._hangup_reason or _describe(event.error_code)
-        if event.reason_phrase == _AIOQUIC_IDLE_REASON and not self._closing_locally:
-            by_peer = False
-            reason = (
-                f"idle timeout: nothing heard from the peer for {self._config.idle_timeout:g} s"
-            )
-        if self._closed_exc is None:
-            self._closed_exc = ConnectionClosed(
-                reason, by_peer=by_peer, error_code=event.error_code
-            )
-        if not self._ready.done():
-            exc: ConnectError
-            if event.error_code in (CLOSE_REFUSED, CLOSE_BUSY) and by_peer:
-                exc = PeerRefused(reason)
-            else:
-                exc = HandshakeFailed(f"connection closed during setup: {reason}")
-            self._ready.set_exception(exc)
-            self._ready.exception()
-        self._finish()
-
-    def _finish(self) -> None:
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            self._keepalive = None
-        if self._agent is not None:
-            self._agent.close()
-        exc = self._closed_exc or ConnectionClosed("aborted")
-        self._datagrams.close(exc)
-        self._streams.close(exc)
-        for task in self._tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
-        if not self._done.is_set():
-            self._done.set()
-            try:
-                self._on_closed(self)
-            except Exception:
-                log.exception("on_closed callback failed")
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = self._loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("connection task failed", exc_info=task.exception())
-
-    # -- keepalive -----------------------------------------------------------------------------
+    # -- keepalive and teardown -------------------------------------------------------------------
     def _arm_keepalive(self) -> None:
         self._keepalive = self._loop.call_later(self._config.keepalive_interval, self._tick)
 
@@ -706,124 +350,24 @@ class Connection:
             self._stats["keepalives"] += 1
         self._arm_keepalive()
 
-    # -- public API ----------------------------------------------------------------------------
-    @property
-    def path(self) -> str:
-        """``"relay"`` or ``"direct"`` (``"none"`` while no path is usable)."""
-        return self.paths.kind
+    def _finish(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        if self._agent is not None:
+            self._agent.close()
+        super()._finish()
 
-    @property
-    def path_changes(self) -> list[dict[str, object]]:
-        """Every switch of path: ``{t_ms, from, to, ...}``, ``t_ms`` from connection start."""
-        return [c.to_json(self.created_at) for c in self.paths.changes]
-
-    @property
-    def closed(self) -> bool:
-        return self._closed_exc is not None or self._done.is_set()
-
-    @property
-    def close_reason(self) -> ConnectionClosed | None:
-        """Why the connection closed (``None`` while open)."""
-        return self._closed_exc
-
-    def _check_open(self) -> QuicDriver:
-        if self._closed_exc is not None:
-            raise ConnectionClosed(
-                self._closed_exc.reason,
-                by_peer=self._closed_exc.by_peer,
-                error_code=self._closed_exc.error_code,
-            )
-        if self._driver is None or self._driver.closed:
-            raise ConnectionClosed("not connected")
-        return self._driver
-
-    def send_datagram(self, data: bytes) -> None:
-        """Queue one unreliable datagram; never blocks.
-
-        Raises ``ValueError`` if it is larger than :data:`MAX_DATAGRAM_PAYLOAD`, and
-        :class:`ConnectionClosed` after close. Under congestion the oldest queued datagram is
-        dropped (``stats["datagrams_dropped_send"]``).
-        """
-        driver = self._check_open()
-        if len(data) > MAX_DATAGRAM_PAYLOAD:
-            raise ValueError(
-                f"datagram of {len(data)} bytes exceeds the limit of {MAX_DATAGRAM_PAYLOAD} bytes"
-            )
-        # aioquic keeps unsent datagrams in an unbounded deque (no public accessor): bound it.
-        pending: deque[bytes] = driver.connection._datagrams_pending
-        while len(pending) >= self._config.datagram_send_queue:
-            pending.popleft()
-            self._stats["datagrams_dropped_send"] += 1
-        driver.connection.send_datagram_frame(bytes(data))
-        self._stats["datagrams_sent"] += 1
-        driver.transmit()
-
-    async def recv_datagram(self) -> bytes:
-        """The next datagram; raises :class:`ConnectionClosed` once closed and drained."""
-        return await self._datagrams.get()
-
-    async def datagrams(self) -> AsyncIterator[bytes]:
-        """Iterate over received datagrams until the connection closes (then it just ends)."""
-        while True:
-            try:
-                yield await self._datagrams.get()
-            except ConnectionClosed:
-                return
-
-    async def open_stream(self) -> tuple[asyncio.StreamReader, QuicStreamWriter]:
-        """A new bidirectional stream; the peer sees it on ``accept_stream`` when data flows."""
-        self._check_open()
-        return self._new_stream()
-
-    async def accept_stream(self) -> tuple[asyncio.StreamReader, QuicStreamWriter]:
-        """The next stream the peer opened; raises :class:`ConnectionClosed` once closed."""
-        return await self._streams.get()
-
-    def _ms(self, t: float | None) -> float | None:
-        return round((t - self.created_at) * 1000.0, 1) if t is not None else None
-
+    # -- public API -------------------------------------------------------------------------------
     def traversal_report(self) -> TraversalReport:
         """What was tried, what won, why not direct (see :class:`TraversalReport`)."""
-        relay = next((str(p) for p in self.paths.paths if p.kind == "relay"), None)
-        at_ms = self._ms(self.established_at)
-        stages = [
-            TraversalStage(
-                "relay", "succeeded" if at_ms is not None else "started", at_ms=at_ms, pair=relay
-            )
-        ]
-        agent = self._agent
-        if agent is None:
-            why = (
-                "waiting for the relayed connection"
-                if self._direct_host is not None
-                else "direct paths are not enabled on this connection"
-            )
-            stages += [TraversalStage(s, "pending", why) for s in _DIRECT_STAGES]
-            return TraversalReport(path=self.path, relay=relay, stages=stages)
-        for name in _DIRECT_STAGES:
-            rec = agent.waterfall[name]
-            stages.append(
-                TraversalStage(
-                    name,
-                    str(rec.status),
-                    rec.reason,
-                    at_ms=self._ms(rec.at),
-                    pair=rec.pair,
-                    started_ms=self._ms(rec.started_at),
-                    needed=rec.needed,
-                    details=dict(rec.details),
-                    beaten_by=None if rec.beaten_by is None else str(rec.beaten_by),
-                )
-            )
-        return TraversalReport(
+        return build_report(
             path=self.path,
-            relay=relay,
-            stages=stages,
-            direct_ms=self._ms(agent.direct_at),
-            strategy=agent.strategy,
-            needed=agent.waterfall.needed,
-            upgrades=agent.upgrades,
-            fallbacks=agent.fallbacks,
+            relay=self._relay_name(),
+            created_at=self.created_at,
+            established_at=self.established_at,
+            agent=self._agent,
+            direct_enabled=self._direct_host is not None,
         )
 
     @property
@@ -835,8 +379,8 @@ class Connection:
         out["path_stats"] = dict(self.paths.stats)
         driver = self._driver
         if driver is not None:
-            rtt = getattr(getattr(driver.connection, "_loss", None), "_rtt_smoothed", None)
-            if isinstance(rtt, float) and rtt > 0:
+            rtt = smoothed_rtt(driver.connection)
+            if rtt is not None:
                 out["rtt_ms"] = round(rtt * 1000.0, 2)
         if self.established_at is not None:
             out["setup_ms"] = round((self.established_at - self.created_at) * 1000.0, 1)
@@ -864,44 +408,6 @@ class Connection:
                 await self.wait_closed()
         self.abort()
 
-    def abort(self) -> None:
-        """Forget the connection at once (no CONNECTION_CLOSE); the peer will time out."""
-        if self._closed_exc is None:
-            self._closed_exc = ConnectionClosed("aborted", by_peer=False)
-        if self._driver is not None:
-            self._driver.abort()
-        if not self._ready.done():
-            self._ready.set_exception(ConnectionClosed("aborted"))
-            self._ready.exception()
-        self._finish()
-
-    async def wait_closed(self) -> None:
-        """Return once the connection is fully closed (by either side, or lost)."""
-        await self._done.wait()
-
     def __repr__(self) -> str:
         role = "dialer" if self.is_client else "acceptor"
         return f"Connection({self.peer_id.short}, {role}, path={self.path})"
-
-
-def _describe(code: int) -> str:
-    return {
-        CLOSE_HANGUP: "closed",
-        CLOSE_REFUSED: "refused",
-        CLOSE_AUTH_FAILED: "authentication failed",
-        CLOSE_PEER_ID_MISMATCH: "peer id mismatch",
-        CLOSE_PROTOCOL_ERROR: "protocol error",
-        CLOSE_BUSY: "busy",
-    }.get(code, f"error 0x{code:x}")
-
-
-async def call_allow(allow: AllowCallback, peer_id: PeerId) -> bool:
-    """Run an ``allow`` callback, sync or async; an exception counts as a refusal."""
-    try:
-        result = allow(peer_id)
-        if inspect.isawaitable(result):
-            result = await result
-    except Exception:
-        log.exception("allow callback failed for %s; refusing", peer_id)
-        return False
-    return bool(result)

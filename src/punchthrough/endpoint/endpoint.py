@@ -39,7 +39,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from punchthrough.endpoint.config import EndpointConfig
-from punchthrough.endpoint.connection import AllowCallback, Connection, call_allow
+from punchthrough.endpoint.connection import Connection
 from punchthrough.endpoint.errors import (
     ConnectError,
     ConnectionClosed,
@@ -48,6 +48,7 @@ from punchthrough.endpoint.errors import (
     NoRelay,
     PeerUnreachable,
 )
+from punchthrough.endpoint.peerauth import AllowCallback, call_allow
 from punchthrough.identity import Identity, PeerId
 from punchthrough.nat.allocation import PortAllocation, classify_port_allocation
 from punchthrough.nat.behavior import filtering_behavior

@@ -1,13 +1,13 @@
 """aioquic glue: put an identity into a QuicConfiguration, read and pin the peer's identity.
 
 What aioquic (1.x) exposes: no public accessor for the peer certificate and no TLS exporter
-(RFC 8446 section 7.5). The server's certificate is parsed into ``conn.tls._peer_certificate``
-(an ``x509.Certificate``) and ``conn.tls._peer_certificate_chain`` by the client when it
-receives the Certificate message, before CertificateVerify is checked; by
-``HandshakeCompleted`` CertificateVerify has proved the server holds that key. Those two private
-attributes are read only here; tests pin the behaviour so an aioquic upgrade that moves them
-fails loudly. Servers never request a client certificate (aioquic has no public switch for it),
-which is why dialers authenticate with :func:`channel_binding` + ``sign_exporter``.
+(RFC 8446 section 7.5). The client parses the server's certificate chain when it receives the
+Certificate message, before CertificateVerify is checked; by ``HandshakeCompleted``
+CertificateVerify has proved the server holds that key. The chain sits in private attributes,
+read by :func:`punchthrough.transport.quic.peer_certificates` (where every aioquic private read
+lives); tests pin the behaviour so an aioquic upgrade that moves them fails loudly. Servers
+never request a client certificate (aioquic has no public switch for it), which is why dialers
+authenticate with :func:`channel_binding` + ``sign_exporter``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from punchthrough.identity.cert import verify_peer_certificate
 from punchthrough.identity.errors import IdentityError, PeerIdMismatch
 from punchthrough.identity.keys import Identity
 from punchthrough.identity.peerid import PeerId
+from punchthrough.transport.quic import peer_certificates
 
 #: HKDF-Expand-Label label of our channel binding (RFC 8446 section 7.1 label syntax).
 CHANNEL_BINDING_LABEL: Final = b"punchthrough cb"
@@ -56,13 +57,7 @@ def _tls(conn: QuicConnection) -> tls.Context | None:
 def peer_certificate_chain(conn: QuicConnection) -> list[x509.Certificate]:
     """The certificates the peer presented, leaf first; empty if none (yet)."""
     ctx = _tls(conn)
-    if ctx is None:
-        return []
-    leaf: x509.Certificate | None = getattr(ctx, "_peer_certificate", None)
-    if leaf is None:
-        return []
-    rest: list[x509.Certificate] = list(getattr(ctx, "_peer_certificate_chain", []))
-    return [leaf, *rest]
+    return [] if ctx is None else peer_certificates(ctx)
 
 
 def handshake_complete(conn: QuicConnection) -> bool:

@@ -91,7 +91,12 @@ from punchthrough.signal import (
 from punchthrough.signal import RelayError as RelayErrorMsg
 from punchthrough.stun import StunServerCore
 from punchthrough.transport.demux import DatagramMux
-from punchthrough.transport.quic import QuicDriver, QuicStreamWriter, is_initial
+from punchthrough.transport.quic import (
+    QuicDriver,
+    QuicStreamWriter,
+    is_initial,
+    validated_peer_address,
+)
 
 log = logging.getLogger(__name__)
 
@@ -169,13 +174,10 @@ class _ControlDriver(QuicDriver):
         super().datagram_received(data, addr)
         if self.on_address_change is None or self.closed:
             return
-        paths = self.connection._network_paths
-        if paths and paths[0].is_validated:
-            current = paths[0].addr
-            addr0 = (str(current[0]), int(current[1]))
-            if addr0 != self.peer_address:
-                self.peer_address = addr0
-                self.on_address_change(addr0)
+        addr0 = validated_peer_address(self.connection)
+        if addr0 is not None and addr0 != self.peer_address:
+            self.peer_address = addr0
+            self.on_address_change(addr0)
 
 
 class _Control:

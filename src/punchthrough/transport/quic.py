@@ -6,7 +6,9 @@ unchanged), hands outgoing datagrams to a ``transmit`` callable (the path manage
 they really go) and keeps the socket multiplexer's connection-ID table in step with the
 connection's own CIDs. It also turns QUIC streams into asyncio reader/writer pairs.
 
-Everything that speaks QUIC here (relay control connections, peer connections) uses it.
+Everything that speaks QUIC here (relay control connections, peer connections) uses it. It is
+also the one place that reads aioquic's private state (see "aioquic private state" below), so
+an aioquic upgrade that renames an attribute breaks this module and its tests, nothing else.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from aioquic import tls
 from aioquic._buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -31,6 +34,9 @@ from aioquic.quic.packet import QuicErrorCode, QuicPacketType, pull_quic_header
 
 from punchthrough.netio import Address
 from punchthrough.transport.demux import QUIC_CID_LENGTH
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +88,87 @@ def initial_destination_cid(data: bytes) -> bytes | None:
     return header.destination_cid
 
 
+# -- aioquic private state ------------------------------------------------------------------
+# aioquic (1.x) keeps the state below in private attributes and offers no public accessor for
+# it. Every read of an aioquic private attribute in punchthrough is in this section; each
+# function names the attribute it touches and why there is no public way.
+
+
+def host_cids(connection: QuicConnection) -> list[bytes]:
+    """Every connection ID the connection issued itself so far (at construction: the first)."""
+    # ``QuicConnection._host_cids``: later CIDs come as ConnectionIdIssued events, but the ones
+    # made in the constructor are never announced; the public ``host_cid`` names only one.
+    return [c.cid for c in connection._host_cids]
+
+
+def undelivered_stream_bytes(connection: QuicConnection) -> int:
+    """Stream bytes the peer made us hold but not yet deliver (out-of-order gaps), summed."""
+    # ``QuicConnection._streams`` (and each ``QuicStream.receiver``): aioquic has no public
+    # view of its streams or of their receive buffers.
+    held = 0
+    for stream in connection._streams.values():
+        rx = stream.receiver
+        held += max(0, rx.highest_offset - rx.starting_offset())
+    return held
+
+
+def smoothed_rtt(connection: QuicConnection) -> float | None:
+    """QUIC's smoothed round-trip time (RFC 9002 section 5.3) in seconds, ``None`` before the
+    first sample."""
+    # ``QuicConnection._loss._rtt_smoothed`` (its ``QuicPacketRecovery``): aioquic only logs it
+    # (qlog); read defensively, as stats must never raise.
+    rtt = getattr(getattr(connection, "_loss", None), "_rtt_smoothed", None)
+    return rtt if isinstance(rtt, float) and rtt > 0 else None
+
+
+def reset_pto_backoff(connection: QuicConnection) -> bool:
+    """Restart the probe timeout back-off (RFC 9002 section 6.2.1); True if it had grown."""
+    # ``QuicConnection._loss._pto_count``: aioquic resets it only on an ACK (or a discarded
+    # packet space) and cannot be told the path changed under it (we route beneath it).
+    loss = connection._loss
+    if loss._pto_count:
+        loss._pto_count = 0
+        return True
+    return False
+
+
+def trim_pending_datagrams(connection: QuicConnection, limit: int) -> int:
+    """Drop the oldest unsent DATAGRAM payloads until fewer than ``limit`` are queued; returns
+    how many were dropped."""
+    # ``QuicConnection._datagrams_pending``: ``send_datagram_frame`` appends to this unbounded
+    # deque and nothing public shows or bounds it.
+    pending = connection._datagrams_pending
+    dropped = 0
+    while len(pending) >= limit:
+        pending.popleft()
+        dropped += 1
+    return dropped
+
+
+def validated_peer_address(connection: QuicConnection) -> Address | None:
+    """The peer's address on the current network path once aioquic validated it (RFC 9000
+    section 8.2: after a migration), else ``None``."""
+    # ``QuicConnection._network_paths`` (current path first): aioquic migrates silently, with
+    # no event or getter for the validated peer address.
+    paths = connection._network_paths
+    if paths and paths[0].is_validated:
+        current = paths[0].addr
+        return (str(current[0]), int(current[1]))
+    return None
+
+
+def peer_certificates(ctx: tls.Context) -> list[x509.Certificate]:
+    """The certificates the TLS peer presented, leaf first; empty if none (yet)."""
+    # ``tls.Context._peer_certificate`` and ``._peer_certificate_chain``: parsed from the
+    # Certificate message for aioquic's own CA check (off: we pin peer ids instead), and
+    # exposed by no public attribute, event or callback.
+    leaf: x509.Certificate | None = getattr(ctx, "_peer_certificate", None)
+    if leaf is None:
+        return []
+    rest: list[x509.Certificate] = list(getattr(ctx, "_peer_certificate_chain", []))
+    return [leaf, *rest]
+
+
 class QuicDriver:
     """One QuicConnection, its timer, its CIDs in the mux, and its streams.
 
@@ -115,7 +202,7 @@ class QuicDriver:
         self._stream_handler: Callable[[asyncio.StreamReader, QuicStreamWriter], None] | None = None
         self._closed = self._loop.create_future()
         self.terminated: ConnectionTerminated | None = None
-        for cid in (*extra_cids, *(c.cid for c in connection._host_cids)):
+        for cid in (*extra_cids, *host_cids(connection)):
             self._add_cid(cid)
 
     # -- construction helpers ------------------------------------------------------------
@@ -168,10 +255,7 @@ class QuicDriver:
         self.transmit()
 
     def _enforce_receive_buffer(self) -> None:
-        held = 0
-        for stream in self.connection._streams.values():
-            rx = stream.receiver
-            held += max(0, rx.highest_offset - rx.starting_offset())
+        held = undelivered_stream_bytes(self.connection)
         if held > self.max_receive_buffer:
             log.warning(
                 "peer %s holds %d bytes of undelivered stream data: closing",
