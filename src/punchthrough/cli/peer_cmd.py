@@ -1,8 +1,8 @@
 """``punchthrough listen`` and ``punchthrough connect``: a peer that accepts calls, and a caller
 that streams voice-sized datagram frames to it and reports what came back.
 
-Thin wrappers: the echo logic is :func:`punchthrough.endpoint.run_echo_session` /
-:func:`punchthrough.endpoint.serve_endpoint`, which the simulator runs on virtual time.
+Thin wrappers: the echo logic is :func:`punchthrough.apps.echo.run_echo_session` /
+:func:`punchthrough.apps.echo.serve_endpoint`, which the simulator runs on virtual time.
 Exit codes: 0 success, 1 connection failed (one-line reason on stderr), 2 bad arguments.
 """
 
@@ -18,15 +18,9 @@ from typing import Annotated, Any
 
 import typer
 
+from punchthrough.apps.echo import run_echo_session, serve_endpoint
 from punchthrough.cli.addr import parse_addresses
-from punchthrough.endpoint import (
-    Connection,
-    Endpoint,
-    EndpointConfig,
-    EndpointError,
-    run_echo_session,
-    serve_endpoint,
-)
+from punchthrough.endpoint import Connection, Endpoint, EndpointConfig, EndpointError
 from punchthrough.endpoint.config import DEFAULT_RELAY_TIMEOUT
 from punchthrough.identity import Identity, IdentityError, InvalidPeerId, PeerId
 from punchthrough.netio import Address, UdpNetwork

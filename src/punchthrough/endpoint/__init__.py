@@ -36,7 +36,6 @@ from punchthrough.endpoint.errors import (
     PeerRefused,
     PeerUnreachable,
 )
-from punchthrough.endpoint.probe import run_echo_session, serve_echo, serve_endpoint
 
 __all__ = [
     "CLOSE_AUTH_FAILED",
@@ -63,7 +62,4 @@ __all__ = [
     "PeerUnreachable",
     "TraversalReport",
     "TraversalStage",
-    "run_echo_session",
-    "serve_echo",
-    "serve_endpoint",
 ]

@@ -3,7 +3,7 @@
 ``run_call_scenario`` builds a small internet (our STUN servers laid out as in the lab, a relay,
 two peers each behind a NAT profile), runs the real netcheck, Endpoint, relay and echo session
 code on it in virtual time, and returns a timeline of what happened when. ``punchthrough demo``
-prints it; the pair matrix (a later issue) runs it many times.
+prints it; the pair matrix's simulator backend runs it once per trial.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from punchthrough.endpoint import Endpoint, run_echo_session, serve_endpoint
+from punchthrough.apps.echo import run_echo_session, serve_endpoint
+from punchthrough.endpoint import Endpoint
 from punchthrough.identity import Identity
 from punchthrough.nat import run_netcheck
 from punchthrough.netio import Address
 from punchthrough.relay import RelayServer
-from punchthrough.sim.clock import run
-from punchthrough.sim.nat import profile
-from punchthrough.sim.world import Host, Link, World
+from punchthrough.sim import Host, Link, World, profile, run
 from punchthrough.stun import StunServer
 
 #: Server layout mirrors the kernel lab (punchthrough.lab.addresses).
