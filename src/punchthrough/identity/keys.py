@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from punchthrough.identity.cert import make_certificate
 from punchthrough.identity.errors import InsecureKeyFile, KeyFileError
 from punchthrough.identity.peerid import PeerId, signed_message
 
@@ -86,8 +87,6 @@ class Identity:
     def certificate(self) -> x509.Certificate:
         """The self-signed X.509 certificate for QUIC whose public key is this identity."""
         if self._cert is None:
-            from punchthrough.identity.cert import make_certificate
-
             self._cert = make_certificate(self)
         return self._cert
 
