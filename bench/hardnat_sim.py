@@ -41,7 +41,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from punchthrough.endpoint import Endpoint, run_echo_session, serve_endpoint
+from punchthrough.apps.echo import run_echo_session, serve_endpoint
+from punchthrough.endpoint import Endpoint
 from punchthrough.endpoint.config import EndpointConfig
 from punchthrough.identity import Identity
 from punchthrough.netio import Address

@@ -48,7 +48,8 @@ READY_TIMEOUT_S = 15.0
 CALLER = r"""
 import asyncio, json, sys
 from pathlib import Path
-from punchthrough.endpoint import Endpoint, EndpointConfig, run_echo_session
+from punchthrough.apps.echo import run_echo_session
+from punchthrough.endpoint import Endpoint, EndpointConfig
 from punchthrough.identity import Identity
 from punchthrough.netio import UdpNetwork
 

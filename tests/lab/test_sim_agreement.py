@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from punchthrough.lab import PROFILE_NAMES, Lab, netcheck_all
+from punchthrough.scenario.netcheck import netcheck_world
 from punchthrough.sim import PROFILES as SIM_PROFILES
-from punchthrough.sim.netcheck import netcheck_world
 
 pytestmark = pytest.mark.lab
 

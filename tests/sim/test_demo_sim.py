@@ -7,7 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from punchthrough.cli.app import app
-from punchthrough.sim.scenario import run_call_scenario
+from punchthrough.scenario.call import run_call_scenario
 
 runner = CliRunner()
 

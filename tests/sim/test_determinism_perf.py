@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from punchthrough.netio import Address, DatagramSocket
+from punchthrough.scenario.netcheck import run_sim_netcheck
 from punchthrough.sim import Link, NatConfig, World, nat_config, run
-from punchthrough.sim.netcheck import run_sim_netcheck
 
 
 async def media_call(world: World, seconds: float, pps: int = 50) -> int:

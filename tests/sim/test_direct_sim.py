@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from punchthrough.endpoint import Connection, Endpoint, run_echo_session, serve_endpoint
+from punchthrough.apps.echo import run_echo_session, serve_endpoint
+from punchthrough.endpoint import Connection, Endpoint
 from punchthrough.identity import Identity
 from punchthrough.netio import Address
 from punchthrough.relay import RelayServer

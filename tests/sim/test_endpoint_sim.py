@@ -15,13 +15,12 @@ from typing import Any, TypeVar
 
 import pytest
 
+from punchthrough.apps.echo import run_echo_session, serve_endpoint
 from punchthrough.endpoint import (
     ConnectionClosed,
     Endpoint,
     EndpointConfig,
     PeerUnreachable,
-    run_echo_session,
-    serve_endpoint,
 )
 from punchthrough.identity import Identity
 from punchthrough.netio import Address

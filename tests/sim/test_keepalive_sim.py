@@ -20,12 +20,11 @@ from typing import Any
 
 import pytest
 
+from punchthrough.apps.echo import run_echo_session, serve_endpoint
 from punchthrough.endpoint import (
     Connection,
     Endpoint,
     EndpointConfig,
-    run_echo_session,
-    serve_endpoint,
 )
 from punchthrough.identity import Identity
 from punchthrough.netio import Address

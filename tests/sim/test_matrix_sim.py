@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from punchthrough.cli.matrix_cmd import matrix
 from punchthrough.matrix.runner import MatrixRun, run_matrix, run_matrix_parallel
 from punchthrough.matrix.sim import SimBackend, one_way_ms
-from punchthrough.sim.scenario import run_call_scenario
+from punchthrough.scenario.call import run_call_scenario
 
 DURATION = 2.0
 #: A cone pair goes direct by hole punching; random vs random can never go direct (the design's

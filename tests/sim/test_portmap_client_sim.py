@@ -186,7 +186,7 @@ def test_close_deletes_even_when_the_body_raises() -> None:
 
 def _sim_netcheck(config: NatConfig, gateway: str | None, **kw: object) -> dict[str, object]:
     from punchthrough.nat import run_netcheck
-    from punchthrough.sim.netcheck import NAT_LAN_IP, build_netcheck_topology
+    from punchthrough.scenario.netcheck import NAT_LAN_IP, build_netcheck_topology
 
     async def main() -> dict[str, object]:
         topo = await build_netcheck_topology(World(0), config)

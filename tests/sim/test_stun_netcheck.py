@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 from punchthrough.cli.sim_cmd import sim_app
 from punchthrough.nat import Behavior, PortAllocation
 from punchthrough.netio import Address
+from punchthrough.scenario.netcheck import build_netcheck_topology, netcheck_world, run_sim_netcheck
 from punchthrough.sim import PROFILES, World, run
-from punchthrough.sim.netcheck import build_netcheck_topology, netcheck_world, run_sim_netcheck
 from punchthrough.stun import StunClient, StunTimeout
 
 EI, AD, APD = (

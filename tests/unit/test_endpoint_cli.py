@@ -195,3 +195,69 @@ def test_dead_relay_exits_1(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert "connection failed" in result.stderr
+
+
+LOOP = "127.0.0.1"
+
+
+def test_connect_exits_3_when_more_frames_are_lost_than_max_loss(
+    tmp_path: Path, relay: str
+) -> None:
+    """A listener without --echo holds the call but answers nothing: every frame is lost, which
+    is a failed call (exit 3, the report still printed) unless --max-loss allows it."""
+    lkey, lid = _ident(tmp_path, "listener.key")
+    ckey, _ = _ident(tmp_path, "caller.key")
+    listener = subprocess.Popen(
+        [*CLI, "listen", "--identity", str(lkey), "--relay", relay, "--json", "--bind", LOOP],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=_env(),
+    )
+    try:
+        assert listener.stdout is not None
+        assert json.loads(listener.stdout.readline())["event"] == "listening"
+        argv = ["connect", str(lid.peer_id), "--identity", str(ckey), "--relay", relay]
+        argv += ["--duration", "0.2", "--json", "--bind", LOOP]
+        lossy = runner.invoke(standalone_app(), argv)
+        assert lossy.exit_code == 3, lossy.output
+        result = json.loads(lossy.stdout.splitlines()[-1])
+        assert result["frames_sent"] == result["frames_lost"] == 10
+        assert "lost 10 of 10 frames (100.0%), more than --max-loss 5%" in lossy.stderr
+        tolerated = runner.invoke(standalone_app(), [*argv, "--max-loss", "100"])
+        assert tolerated.exit_code == 0, tolerated.output
+    finally:
+        listener.terminate()
+        try:
+            listener.wait(10)
+        except subprocess.TimeoutExpired:
+            listener.kill()
+            listener.wait()
+
+
+def test_connect_timeouts_reach_the_endpoint_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--connect-timeout (alias --timeout) and --relay-timeout each set one EndpointConfig field,
+    unchanged; nothing else decides a timeout for the call."""
+    from punchthrough.cli import peer_cmd
+    from punchthrough.endpoint import EndpointConfig, NoRelay
+
+    seen: list[EndpointConfig] = []
+
+    class _Endpoint:
+        @staticmethod
+        async def bind(*_: object, config: EndpointConfig, **__: object) -> None:
+            seen.append(config)
+            raise NoRelay("stopped here by the test")
+
+    monkeypatch.setattr(peer_cmd, "Endpoint", _Endpoint)
+    key, ident = _ident(tmp_path, "k.key")
+    base = ["connect", str(ident.peer_id), "--identity", str(key), "--relay", "127.0.0.1:9"]
+    for extra in (["--connect-timeout", "7"], ["--timeout", "7"]):
+        result = runner.invoke(standalone_app(), [*base, *extra, "--relay-timeout", "0.3"])
+        assert result.exit_code == 1 and "stopped here by the test" in result.stderr
+    assert [(c.connect_timeout, c.relay_timeout) for c in seen] == [(7.0, 0.3), (7.0, 0.3)]
+    default = runner.invoke(standalone_app(), base)
+    assert default.exit_code == 1
+    assert (seen[-1].connect_timeout, seen[-1].relay_timeout) == (10.0, 5.0)

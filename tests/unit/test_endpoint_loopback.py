@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from punchthrough.apps.echo import DEFAULT_FRAME_SIZE, run_echo_session, serve_endpoint
 from punchthrough.endpoint import (
     MAX_DATAGRAM_PAYLOAD,
     ConnectionClosed,
@@ -19,10 +20,7 @@ from punchthrough.endpoint import (
     PeerIdMismatch,
     PeerRefused,
     PeerUnreachable,
-    run_echo_session,
-    serve_endpoint,
 )
-from punchthrough.endpoint.probe import DEFAULT_FRAME_SIZE
 from punchthrough.identity import Identity, PeerId
 from punchthrough.identity import PeerIdMismatch as IdentityPeerIdMismatch
 from punchthrough.netio import Address, UdpNetwork

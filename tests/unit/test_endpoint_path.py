@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from punchthrough.apps.echo import make_frame, parse_frame
 from punchthrough.endpoint.config import (
     MAX_DATAGRAM_PAYLOAD,
     QUIC_MAX_DATAGRAM_SIZE,
     EndpointConfig,
     quic_configuration,
 )
-from punchthrough.endpoint.probe import make_frame, parse_frame
 from punchthrough.identity import Identity
 from punchthrough.relay.frames import DATA_HEADER_LENGTH, MAX_RELAY_PAYLOAD
 from punchthrough.transport.path import VIRTUAL_PEER_ADDRESS, Path, PathManager

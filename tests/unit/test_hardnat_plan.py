@@ -236,7 +236,7 @@ def test_netcheck_port_mapping_and_double_nat() -> None:
 
 
 def test_real_netcheck_report_converts() -> None:
-    from punchthrough.sim.netcheck import netcheck_world
+    from punchthrough.scenario.netcheck import netcheck_world
 
     s = NatSummary.from_netcheck_json(netcheck_world("apdm-sequential", seed=2).to_json())
     assert (s.mapping, s.allocation, s.delta) == (APD, "sequential", 1)

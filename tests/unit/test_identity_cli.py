@@ -56,3 +56,28 @@ def test_show_refuses_insecure_or_missing_file(tmp_path: Path) -> None:
     assert res.exit_code == 1 and "chmod 600" in res.stderr and res.stdout == ""
     res = runner.invoke(identity_app, ["show", str(tmp_path / "missing.pem")])
     assert res.exit_code == 1 and "cannot open" in res.stderr
+
+
+def test_malformed_key_file_is_reported_plainly_by_every_command(tmp_path: Path) -> None:
+    """show, listen and connect name the file, what is wrong and the expected format."""
+    from punchthrough.cli.peer_cmd import standalone_app
+
+    key = tmp_path / "me.pem"
+    key.write_bytes(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    key.chmod(0o600)
+    want = "PRIVATE KEY block is damaged"
+    show = runner.invoke(identity_app, ["show", str(key)])
+    assert show.exit_code == 1 and show.stdout == ""
+    assert f"error: key file {key}: not a PEM private key: its {want}" in show.stderr
+    assert "expected an unencrypted PKCS#8 PEM Ed25519 private key" in show.stderr
+    assert "deserialize" not in show.stderr
+    peer = str(Identity.generate().peer_id)
+    for argv in (["listen"], ["connect", peer]):
+        res = runner.invoke(
+            standalone_app(),
+            [*argv, "--identity", str(key), "--relay", "127.0.0.1:9"],
+            env={"COLUMNS": "1000"},  # one line in the usage-error box, however long the path
+        )
+        assert res.exit_code == 2, res.output
+        assert f"Invalid value for --identity: key file {key}: " in res.stderr
+        assert want in res.stderr

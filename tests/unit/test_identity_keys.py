@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from punchthrough.identity import (
     Identity,
     InsecureKeyFile,
     KeyFileError,
+    MalformedKeyFile,
     signed_message,
 )
 
@@ -128,6 +130,79 @@ def _write(path: Path, data: bytes) -> Path:
 def test_load_rejects_bad_contents(tmp_path: Path, data: bytes, match: str) -> None:
     with pytest.raises(KeyFileError, match=match):
         Identity.load(_write(tmp_path / "k", data))
+
+
+_ED25519 = ed25519.Ed25519PrivateKey.generate()
+_PKCS8_PEM = _ED25519.private_bytes(
+    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+)
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"", "the file is empty"),
+        (b"garbage\n", "there is no -----BEGIN line"),
+        (  # the right key, as DER instead of PEM
+            _ED25519.private_bytes(
+                serialization.Encoding.DER,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+            "there is no -----BEGIN line",
+        ),
+        (_PKCS8_PEM.replace(b"\nM", b"\n!"), "PRIVATE KEY block is damaged"),
+        (b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "damaged"),
+        (  # a public key where the private one should be
+            _ED25519.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+            "the file holds PUBLIC KEY",
+        ),
+        (
+            _ED25519.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.OpenSSH,
+                serialization.NoEncryption(),
+            ),
+            "the file holds OPENSSH PRIVATE KEY",
+        ),
+        (
+            _ED25519.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(b"pw"),
+            ),
+            "encrypted with a passphrase",
+        ),
+        (
+            ec.generate_private_key(ec.SECP256R1()).private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+            "the key is an EC key (secp256r1), but identities are Ed25519",
+        ),
+    ],
+)
+def test_malformed_key_file_says_what_is_wrong_in_our_words(
+    tmp_path: Path, data: bytes, problem: str
+) -> None:
+    """A typed error naming the file, the problem and the expected format; never the PEM
+    parser's own text (cryptography's "Could not deserialize key data ... ASN.1 ...")."""
+    path = _write(tmp_path / "id.key", data)
+    with pytest.raises(MalformedKeyFile) as info:
+        Identity.load(path)
+    err = info.value
+    assert err.path == path and problem in err.problem
+    text = str(err)
+    assert text.startswith(f"key file {path}: ")
+    assert "unencrypted PKCS#8 PEM Ed25519 private key (-----BEGIN PRIVATE KEY-----)" in text
+    assert "punchthrough identity generate" in text
+    for leak in ("deserialize", "ASN.1", "cryptography.io", "MalformedFraming", "Tag {"):
+        assert leak not in text
+    with pytest.raises(MalformedKeyFile, match=f"^key: .*{re.escape(problem)}"):
+        Identity.from_pem(data)
 
 
 def test_load_errors(tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ from rich.table import Table
 
 from punchthrough.cli.render import make_console
 from punchthrough.endpoint import EndpointError
+from punchthrough.scenario.call import run_call_scenario
 from punchthrough.sim.nat import PROFILES
-from punchthrough.sim.scenario import run_call_scenario
 
 #: The hard pair (issue 6): an endpoint-independent NAT against a symmetric one with random
 #: ports. Hole punching cannot open it; the birthday attack does, behind the relayed call.

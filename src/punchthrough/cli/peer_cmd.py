@@ -1,9 +1,10 @@
 """``punchthrough listen`` and ``punchthrough connect``: a peer that accepts calls, and a caller
 that streams voice-sized datagram frames to it and reports what came back.
 
-Thin wrappers: the echo logic is :func:`punchthrough.endpoint.run_echo_session` /
-:func:`punchthrough.endpoint.serve_endpoint`, which the simulator runs on virtual time.
-Exit codes: 0 success, 1 connection failed (one-line reason on stderr), 2 bad arguments.
+Thin wrappers: the echo logic is :func:`punchthrough.apps.echo.run_echo_session` /
+:func:`punchthrough.apps.echo.serve_endpoint`, which the simulator runs on virtual time.
+Exit codes: 0 success, 1 connection failed (one-line reason on stderr), 2 bad arguments,
+3 (``connect``) the call ran but lost more frames than ``--max-loss`` allows.
 """
 
 from __future__ import annotations
@@ -18,21 +19,20 @@ from typing import Annotated, Any
 
 import typer
 
+from punchthrough.apps.echo import run_echo_session, serve_endpoint
 from punchthrough.cli.addr import parse_addresses
-from punchthrough.endpoint import (
-    Connection,
-    Endpoint,
-    EndpointConfig,
-    EndpointError,
-    run_echo_session,
-    serve_endpoint,
-)
-from punchthrough.endpoint.config import DEFAULT_RELAY_TIMEOUT
+from punchthrough.endpoint import Connection, Endpoint, EndpointConfig, EndpointError
+from punchthrough.endpoint.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_RELAY_TIMEOUT
 from punchthrough.identity import Identity, IdentityError, InvalidPeerId, PeerId
 from punchthrough.netio import Address, UdpNetwork
 
 EXIT_FAILED = 1
 EXIT_BAD_ARGS = 2
+EXIT_LOSSY = 3
+#: ``connect --max-loss`` default (percent of frames sent): a 50 pps call that loses more than
+#: 1 frame in 20 is not a working call, while a relay -> direct switch loses none and a path
+#: that dies mid-call and falls back loses about 11 frames in 0.4 s (2% of a 10 s call).
+DEFAULT_MAX_LOSS = 5.0
 
 _IDENTITY = typer.Option(
     "--identity",
@@ -51,6 +51,11 @@ _GATEWAY = typer.Option(
     help="Gateway IP to ask for a port mapping of our socket (NAT-PMP/PCP); never by default.",
 )
 _UPNP = typer.Option("--upnp", help="With --gateway: also try UPnP IGD.")
+_RELAY_TIMEOUT = typer.Option(
+    "--relay-timeout",
+    min=0.1,
+    help="Seconds to wait for each relay registration (EndpointConfig.relay_timeout).",
+)
 
 
 def _out(obj: dict[str, Any] | str, as_json: bool) -> None:
@@ -96,6 +101,7 @@ def listen(
     port: Annotated[int, _PORT] = 0,
     gateway: Annotated[str | None, _GATEWAY] = None,
     upnp: Annotated[bool, _UPNP] = False,
+    relay_timeout: Annotated[float, _RELAY_TIMEOUT] = DEFAULT_RELAY_TIMEOUT,
 ) -> None:
     """Accept calls through the relay(s) until SIGINT/SIGTERM; print each caller's peer id."""
     ident, relays, stuns = _load(identity, relay, stun)
@@ -114,6 +120,7 @@ def listen(
                     network=UdpNetwork(),
                     host=bind,
                     port=port,
+                    config=EndpointConfig(relay_timeout=relay_timeout),
                     gateway=gateway,
                     upnp=upnp,
                 )
@@ -189,9 +196,27 @@ def connect(
         float, typer.Option(min=0.0, max=3600.0, help="Seconds of frames to send.")
     ] = 10.0,
     pps: Annotated[float, typer.Option(min=0.1, max=1000.0, help="Frames per second.")] = 50.0,
-    timeout: Annotated[
-        float, typer.Option(min=0.1, help="Seconds to wait for a usable connection.")
-    ] = 10.0,
+    connect_timeout: Annotated[
+        float,
+        typer.Option(
+            "--connect-timeout",
+            "--timeout",
+            min=0.1,
+            help="Seconds to wait for a usable connection to the peer once registered with a "
+            "relay (EndpointConfig.connect_timeout). Registration is --relay-timeout.",
+        ),
+    ] = DEFAULT_CONNECT_TIMEOUT,
+    relay_timeout: Annotated[float, _RELAY_TIMEOUT] = DEFAULT_RELAY_TIMEOUT,
+    max_loss: Annotated[
+        float,
+        typer.Option(
+            "--max-loss",
+            min=0.0,
+            max=100.0,
+            metavar="PERCENT",
+            help="Exit 3 if more than this percentage of the frames sent never came back.",
+        ),
+    ] = DEFAULT_MAX_LOSS,
     as_json: Annotated[bool, _JSON] = False,
     bind: Annotated[str, _BIND] = "0.0.0.0",
     port: Annotated[int, _PORT] = 0,
@@ -200,8 +225,14 @@ def connect(
 ) -> None:
     """Call PEER_ID (which runs `listen --echo`), stream numbered 160-byte frames, report.
 
-    The call starts on the relay and moves to a direct path when one is found; ``--json``
-    reports ``path``, ``direct_ms``, ``strategy`` and the ``traversal`` report.
+    The call starts on the relay and moves to a direct path when one is found.
+    --json reports path, direct_ms, strategy and the traversal report.
+
+    Exit codes:
+      0  the call worked (at most --max-loss percent of the frames lost)
+      1  no connection: bind, relay or connect failed (reason on stderr)
+      2  bad arguments
+      3  connected, but more than --max-loss percent of the frames lost
     """
     try:
         peer = PeerId.parse(peer_id)
@@ -212,7 +243,7 @@ def connect(
     async def main() -> dict[str, object]:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        config = EndpointConfig(relay_timeout=min(timeout, DEFAULT_RELAY_TIMEOUT))
+        config = EndpointConfig(connect_timeout=connect_timeout, relay_timeout=relay_timeout)
         try:
             ep = await Endpoint.bind(
                 ident,
@@ -228,9 +259,7 @@ def connect(
         except (EndpointError, OSError) as exc:
             raise _fail(f"connection failed: {exc}", as_json) from None
         try:
-            return await run_echo_session(
-                ep, peer, duration, pps, connect_timeout=timeout, started_at=started
-            )
+            return await run_echo_session(ep, peer, duration, pps, started_at=started)
         except EndpointError as exc:
             raise _fail(f"connection failed: {exc}", as_json) from None
         finally:
@@ -239,15 +268,31 @@ def connect(
     result = asyncio.run(main())
     if as_json:
         _out(result, True)
-        return
-    _out(
-        f"connected to {result['peer_id']} in {result['connected_ms']} ms; "
-        f"direct at {result['direct_ms']} ms ({result['strategy']}); ended on {result['path']}\n"
-        f"frames sent {result['frames_sent']}, received {result['frames_received']}, "
-        f"lost {result['frames_lost']}; first echo {result['first_echo_ms']} ms; "
-        f"max gap {result['max_gap_ms']} ms; rtt {result['rtt_ms']}",
-        False,
-    )
+    else:
+        _out(
+            f"connected to {result['peer_id']} in {result['connected_ms']} ms; "
+            f"direct at {result['direct_ms']} ms ({result['strategy']}); "
+            f"ended on {result['path']}\n"
+            f"frames sent {result['frames_sent']}, received {result['frames_received']}, "
+            f"lost {result['frames_lost']}; first echo {result['first_echo_ms']} ms; "
+            f"max gap {result['max_gap_ms']} ms; rtt {result['rtt_ms']}",
+            False,
+        )
+    loss = _loss_percent(result)
+    if loss > max_loss:
+        typer.echo(
+            f"error: lost {result['frames_lost']} of {result['frames_sent']} frames "
+            f"({loss:.1f}%), more than --max-loss {max_loss:g}%",
+            err=True,
+        )
+        raise typer.Exit(EXIT_LOSSY)
+
+
+def _loss_percent(result: dict[str, object]) -> float:
+    """Frames lost as a percentage of frames sent (0 when nothing was sent)."""
+    sent, lost = result["frames_sent"], result["frames_lost"]
+    assert isinstance(sent, int) and isinstance(lost, int)
+    return 100.0 * lost / sent if sent else 0.0
 
 
 def standalone_app() -> typer.Typer:

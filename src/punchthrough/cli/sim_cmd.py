@@ -9,8 +9,8 @@ import typer
 from rich.console import Console
 
 from punchthrough.cli.render import netcheck_table
+from punchthrough.scenario.netcheck import run_sim_netcheck
 from punchthrough.sim import PROFILES, SimulationError
-from punchthrough.sim.netcheck import run_sim_netcheck
 
 sim_app = typer.Typer(
     help="Run punchthrough in the deterministic simulator (virtual time, RFC 4787 NAT models).",

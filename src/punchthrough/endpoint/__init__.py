@@ -34,7 +34,6 @@ from punchthrough.endpoint.errors import (
     PeerRefused,
     PeerUnreachable,
 )
-from punchthrough.endpoint.probe import run_echo_session, serve_echo, serve_endpoint
 from punchthrough.endpoint.report import TraversalReport, TraversalStage
 
 __all__ = [
@@ -62,7 +61,4 @@ __all__ = [
     "PeerUnreachable",
     "TraversalReport",
     "TraversalStage",
-    "run_echo_session",
-    "serve_echo",
-    "serve_endpoint",
 ]

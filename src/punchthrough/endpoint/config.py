@@ -41,6 +41,8 @@ MAX_DATAGRAM_FRAME_SIZE: Final = QUIC_MAX_DATAGRAM_SIZE
 
 #: Default bound on one relay registration (QUIC handshake + RelayRegister round trip).
 DEFAULT_RELAY_TIMEOUT: Final = 5.0
+#: Default bound on ``Endpoint.connect``: dial through a registered relay until usable.
+DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +64,12 @@ class EndpointConfig:
     #: :func:`punchthrough.traversal.monitor.keepalive_for_lifetime`. The endpoint also checks its
     #: local addresses this often (network changes).
     nat_keepalive: float = KEEPALIVE
-    #: How long a dialer waits, by default, for a usable connection.
-    connect_timeout: float = 10.0
+    #: How long a dialer waits, by default, for a usable connection (``Endpoint.connect``, once
+    #: registered with a relay: QUIC handshake through the relay and peer authentication).
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     #: How long an acceptor waits for the dialer's ``PeerAuth`` after the TLS handshake.
     auth_timeout: float = 10.0
-    #: Registration timeout per relay when binding.
+    #: Registration timeout per relay (when binding, and when re-registering after a loss).
     relay_timeout: float = DEFAULT_RELAY_TIMEOUT
     #: Datagrams queued for sending inside QUIC (congestion-limited); beyond it the oldest
     #: queued one is dropped: for media a fresh frame beats a stale one.

@@ -32,6 +32,8 @@ class TraversalStage:
     details: dict[str, object] = field(default_factory=dict)
     #: Status ``beaten``: the stage that found a direct path first.
     beaten_by: str | None = None
+    #: ``reason`` as a code (``traversal.reasons.Why``): what programs should test, not the text.
+    reason_code: str | None = None
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"stage": self.stage, "status": self.status}
@@ -47,6 +49,8 @@ class TraversalStage:
             out["needed"] = True
         if self.beaten_by is not None:
             out["beaten_by"] = self.beaten_by
+        if self.reason_code is not None:
+            out["reason_code"] = self.reason_code
         for k, v in self.details.items():
             out.setdefault(k, v)
         return out
@@ -135,6 +139,7 @@ def build_report(
                 needed=rec.needed,
                 details=dict(rec.details),
                 beaten_by=None if rec.beaten_by is None else str(rec.beaten_by),
+                reason_code=None if not rec.reason else str(rec.why.code),
             )
         )
     return TraversalReport(

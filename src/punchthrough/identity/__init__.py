@@ -23,6 +23,7 @@ from punchthrough.identity.errors import (
     InsecureKeyFile,
     InvalidPeerId,
     KeyFileError,
+    MalformedKeyFile,
     PeerIdMismatch,
     UnsupportedCertificate,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "InsecureKeyFile",
     "InvalidPeerId",
     "KeyFileError",
+    "MalformedKeyFile",
     "PeerId",
     "PeerIdMismatch",
     "UnsupportedCertificate",

@@ -13,17 +13,14 @@ from __future__ import annotations
 import datetime
 import hashlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID
 
 from punchthrough.identity.errors import PeerIdMismatch, UnsupportedCertificate
 from punchthrough.identity.peerid import PeerId
-
-if TYPE_CHECKING:
-    from punchthrough.identity.keys import Identity
 
 #: notBefore: a fixed past date; validity is never checked (the key is pinned).
 NOT_BEFORE: Final = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
@@ -34,7 +31,21 @@ NOT_AFTER: Final = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.U
 _SERIAL_BYTES: Final = 16
 
 
-def make_certificate(identity: Identity) -> x509.Certificate:
+class KeyPair(Protocol):
+    """What a certificate is made from: an :class:`~punchthrough.identity.Identity`.
+
+    A protocol, not the class, so that ``keys`` (which caches the certificate) can import this
+    module without an import cycle.
+    """
+
+    @property
+    def peer_id(self) -> PeerId: ...
+
+    @property
+    def private_key(self) -> Ed25519PrivateKey: ...
+
+
+def make_certificate(identity: KeyPair) -> x509.Certificate:
     """Build the self-signed certificate whose subject public key is ``identity``'s key."""
     raw = identity.peer_id.raw
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, str(identity.peer_id))])

@@ -6,6 +6,9 @@ Everything derives from :class:`IdentityError`. A caller that dials a peer catch
 
 from __future__ import annotations
 
+import os
+from typing import Final
+
 
 class IdentityError(Exception):
     """Base class for every identity failure."""
@@ -25,6 +28,29 @@ class BadSignature(IdentityError):
 
 class KeyFileError(IdentityError):
     """A key file cannot be read, parsed or written."""
+
+
+#: What a key file must hold, for error messages.
+KEY_FILE_FORMAT: Final = (
+    "an unencrypted PKCS#8 PEM Ed25519 private key (-----BEGIN PRIVATE KEY-----), as written by "
+    "`punchthrough identity generate` or `openssl genpkey -algorithm ed25519`"
+)
+
+
+class MalformedKeyFile(KeyFileError):
+    """A key file was read but does not hold a usable key.
+
+    The message names the file, what is wrong with it and the expected format, in our words:
+    the parser's own error text says nothing useful to someone holding the wrong file.
+    """
+
+    def __init__(self, problem: str, path: str | os.PathLike[str] | None = None) -> None:
+        #: What is wrong, e.g. "not a PEM private key: no -----BEGIN line".
+        self.problem = problem
+        #: The file (``None`` when the key came as bytes).
+        self.path = path
+        where = f"key file {os.fspath(path)}" if path is not None else "key"
+        super().__init__(f"{where}: {problem}; expected {KEY_FILE_FORMAT}")
 
 
 class InsecureKeyFile(KeyFileError):

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, rsa, x448, x25519
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -26,7 +28,8 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from punchthrough.identity.errors import InsecureKeyFile, KeyFileError
+from punchthrough.identity.cert import make_certificate
+from punchthrough.identity.errors import InsecureKeyFile, KeyFileError, MalformedKeyFile
 from punchthrough.identity.peerid import PeerId, signed_message
 
 if TYPE_CHECKING:
@@ -38,6 +41,8 @@ KEY_FILE_MODE: Final = 0o600
 MAX_KEY_FILE_SIZE: Final = 16 * 1024
 #: Ed25519 private key (seed) length (RFC 8032 section 5.1.5).
 PRIVATE_KEY_LENGTH: Final = 32
+#: PEM encapsulation boundary (RFC 7468 section 2), to say which block a wrong file holds.
+_PEM_BEGIN: Final = re.compile(rb"-----BEGIN ([ -~]{1,64}?)-----")
 
 
 class Identity:
@@ -86,8 +91,6 @@ class Identity:
     def certificate(self) -> x509.Certificate:
         """The self-signed X.509 certificate for QUIC whose public key is this identity."""
         if self._cert is None:
-            from punchthrough.identity.cert import make_certificate
-
             self._cert = make_certificate(self)
         return self._cert
 
@@ -96,17 +99,17 @@ class Identity:
 
     @classmethod
     def from_pem(cls, data: bytes) -> Identity:
-        """Parse an unencrypted PKCS#8 PEM Ed25519 key; :class:`KeyFileError` otherwise."""
+        """Parse an unencrypted PKCS#8 PEM Ed25519 key; :class:`MalformedKeyFile` otherwise."""
         try:
             key = load_pem_private_key(data, password=None)
         except TypeError:
-            raise KeyFileError("key is encrypted; punchthrough key files are not") from None
-        except (ValueError, UnsupportedAlgorithm) as exc:
-            raise KeyFileError(f"not a PEM private key: {exc}") from None
+            raise MalformedKeyFile("the key is encrypted with a passphrase") from None
+        except UnsupportedAlgorithm:
+            raise MalformedKeyFile("the key's algorithm is not supported (not Ed25519)") from None
+        except ValueError:
+            raise MalformedKeyFile(_pem_problem(data)) from None
         if not isinstance(key, Ed25519PrivateKey):
-            raise KeyFileError(
-                f"key is {type(key).__name__.removeprefix('_')}, but identities are Ed25519"
-            )
+            raise MalformedKeyFile(f"the key is {_key_kind(key)}, but identities are Ed25519")
         return cls(key)
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
@@ -144,11 +147,38 @@ class Identity:
             os.close(fd)
         try:
             return cls.from_pem(data)
-        except KeyFileError as exc:
-            raise KeyFileError(f"key file {p}: {exc}") from None
+        except MalformedKeyFile as exc:
+            raise MalformedKeyFile(exc.problem, p) from None
 
     def __repr__(self) -> str:
         return f"Identity(peer_id={self._peer_id})"
+
+
+def _key_kind(key: object) -> str:
+    """A private key's algorithm as its users name it (cryptography's classes are internal)."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return f"an EC key ({key.curve.name})"
+    if isinstance(key, rsa.RSAPrivateKey):
+        return f"an RSA key ({key.key_size} bits)"
+    kinds: list[tuple[type, str]] = [
+        (dsa.DSAPrivateKey, "a DSA key"),
+        (ed448.Ed448PrivateKey, "an Ed448 key"),
+        (x25519.X25519PrivateKey, "an X25519 key"),
+        (x448.X448PrivateKey, "an X448 key"),
+    ]
+    return next((name for cls, name in kinds if isinstance(key, cls)), "not an Ed25519 key")
+
+
+def _pem_problem(data: bytes) -> str:
+    """Why ``data``, which the PEM parser refused, is not a private key, in the reader's terms."""
+    if not data.strip():
+        return "not a PEM private key: the file is empty"
+    labels = [m.decode() for m in _PEM_BEGIN.findall(data)]
+    if not labels:
+        return "not a PEM private key: there is no -----BEGIN line"
+    if "PRIVATE KEY" in labels:
+        return "not a PEM private key: its PRIVATE KEY block is damaged (bad base64 or DER)"
+    return f"not a PEM private key: the file holds {', '.join(labels)}"
 
 
 def _fsync_dir(directory: Path) -> None:

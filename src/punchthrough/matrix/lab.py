@@ -43,7 +43,7 @@ STUN: Final = (
     *(f"{ip}:{A.STUN_PORT}" for ip in A.OUR_STUN_EXTRA),
 )
 READY_TIMEOUT: Final = 15.0  # s: a Python process importing aioquic starts in ~1 s here
-CONNECT_TIMEOUT: Final = 10.0  # s: `connect --timeout`, its own default
+CONNECT_TIMEOUT: Final = 10.0  # s: `connect --connect-timeout`, its own default
 #: Beyond duration + connect timeout, before a hung `connect` is killed (start-up, stragglers).
 CALL_SLACK: Final = 30.0
 DEFAULT_TRIALS: Final = 3  # issue 7: "lab with a few trials per cell"
@@ -228,7 +228,7 @@ class LabCell:
                     f"{self.duration:g}",
                     "--pps",
                     f"{self.pps:g}",
-                    "--timeout",
+                    "--connect-timeout",
                     f"{CONNECT_TIMEOUT:g}",
                     "--json",
                 ),

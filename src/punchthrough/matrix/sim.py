@@ -18,8 +18,8 @@ from typing import Final
 
 from punchthrough.matrix.backend import TrialRunner
 from punchthrough.matrix.model import TrialResult, trial_error, trial_from_call, trial_seed
+from punchthrough.scenario.call import run_call_scenario
 from punchthrough.sim.nat import PROFILES as SIM_PROFILES
-from punchthrough.sim.scenario import run_call_scenario
 
 #: WAN links a direct round trip crosses (two each way); see the module docstring.
 WAN_LINKS_PER_DIRECT_RTT: Final = 4

@@ -3,24 +3,24 @@
 ``run_call_scenario`` builds a small internet (our STUN servers laid out as in the lab, a relay,
 two peers each behind a NAT profile), runs the real netcheck, Endpoint, relay and echo session
 code on it in virtual time, and returns a timeline of what happened when. ``punchthrough demo``
-prints it; the pair matrix (a later issue) runs it many times.
+prints it; the pair matrix's simulator backend runs it once per trial.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
-from punchthrough.endpoint import Endpoint, run_echo_session, serve_endpoint
+from punchthrough.apps.echo import run_echo_session, serve_endpoint
+from punchthrough.endpoint import Endpoint
 from punchthrough.identity import Identity
 from punchthrough.nat import run_netcheck
 from punchthrough.netio import Address
 from punchthrough.relay import RelayServer
-from punchthrough.sim.clock import run
-from punchthrough.sim.nat import profile
-from punchthrough.sim.world import Host, Link, World
+from punchthrough.sim import Host, Link, World, profile, run
 from punchthrough.stun import StunServer
+from punchthrough.traversal.reasons import Why
 
 #: Server layout mirrors the kernel lab (punchthrough.lab.addresses).
 STUN_PRIMARY = "198.51.100.1"
@@ -44,9 +44,11 @@ class Timeline:
         )
 
 
-#: Skip reasons the agent gives once another stage has won (traversal/agent.py); every other
-#: skip is decided when the stages are planned.
-_SKIPPED_AFTER_A_WIN = ("found a path", "direct path was found", "answered first")
+#: Reason codes (``traversal.reasons.Why``) of a skip decided once another stage had won; every
+#: other skip is decided when the stages are planned.
+_SKIPPED_AFTER_A_WIN: Final = frozenset(
+    {Why.DIRECT_FOUND.value, Why.OTHER_STAGE_FOUND.value, Why.PORT_MAPPING_FIRST.value}
+)
 
 
 def _stage_started(st: dict[str, Any], me: str, peer: str) -> str:
@@ -99,12 +101,14 @@ def stage_events(
         stage, status = st["stage"], st.get("status")
         if status == "skipped":
             reason = st.get("reason", "")
-            after_win = any(w in reason for w in _SKIPPED_AFTER_A_WIN)
+            after_win = st.get("reason_code") in _SKIPPED_AFTER_A_WIN
             at = traversal.get("direct_ms") if after_win else planned
             if at is not None:
                 row(at, f"{stage} skipped: {reason}")
         elif status == "failed" and st.get("at_ms") is not None:
             row(st["at_ms"], f"{stage} ended: {st.get('reason', 'failed')}")
+        elif status == "beaten" and st.get("at_ms") is not None:
+            row(st["at_ms"], f"{stage} stopped: the {st.get('beaten_by')} stage answered first")
         elif status == "succeeded" and st.get("at_ms") is not None:
             what = f"{stage} succeeded"
             if stage == "birthday" and st.get("probes_sent") is not None:

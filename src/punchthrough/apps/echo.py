@@ -1,6 +1,7 @@
 """The echo session behind ``punchthrough connect`` / ``listen --echo``, as library functions.
 
-Kept out of the CLI so the simulator can run exactly the same code on virtual time. A frame is
+An application of the public API, kept out of the CLI so the simulator scenarios run exactly the
+same code on virtual time. A frame is
 ``magic | seq | send time`` followed by a pattern hashed from that header, so an
 echoed frame can be checked byte for byte (``frames_corrupt`` must stay 0: the path under the
 end-to-end QUIC connection cannot alter data).
@@ -17,9 +18,7 @@ import struct
 from collections.abc import Callable
 from typing import Final
 
-from punchthrough.endpoint.connection import Connection
-from punchthrough.endpoint.endpoint import Endpoint
-from punchthrough.endpoint.errors import ConnectionClosed
+from punchthrough.endpoint import Connection, ConnectionClosed, Endpoint
 from punchthrough.identity import PeerId
 from punchthrough.transport.quic import QuicStreamWriter
 

@@ -1,9 +1,10 @@
 """netcheck inside the simulator, on the same topology as the kernel lab.
 
-Mirrors ``/work/shared/natlab/topo.sh``: one public server host carrying 198.51.100.1-.4 (an
-RFC 5780 STUN server on .1/.2 ports 3478/3479, plain STUN on .3:3478 and .4:3478), a NAT with
-WAN 203.0.113.1 and LAN gateway 10.0.1.1, and the client 10.0.1.2 behind it. The lab/sim
-agreement test calls :func:`netcheck_world` for each profile and compares with the lab.
+Mirrors the lab's layout (:mod:`punchthrough.lab.addresses`): one public server host carrying
+198.51.100.1-.4 (an RFC 5780 STUN server on .1/.2 ports 3478/3479, plain STUN on .3:3478 and
+.4:3478), a NAT with WAN 203.0.113.1 and LAN gateway 10.0.1.1, and the client 10.0.1.2 behind
+it. The lab/sim agreement test calls :func:`netcheck_world` for each profile and compares with
+the lab.
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ from typing import Any, Final
 
 from punchthrough.nat import NetcheckReport, run_netcheck
 from punchthrough.netio import Address
-from punchthrough.sim.clock import run
-from punchthrough.sim.nat import NatConfig, profile
-from punchthrough.sim.world import Host, Link, Nat, World
+from punchthrough.sim import Host, Link, Nat, NatConfig, World, profile, run
 from punchthrough.stun import StunServer
 
-#: The lab's addresses (topo.sh): server IPs on the public segment, router A's WAN, host A.
+#: The lab's addresses: server IPs on the public segment, router A's WAN, host A.
 RFC5780_PRIMARY: Final[Address] = ("198.51.100.1", 3478)
 RFC5780_ALT_IP: Final = "198.51.100.2"
 EXTRA_SERVERS: Final[tuple[Address, ...]] = (("198.51.100.3", 3478), ("198.51.100.4", 3478))
