@@ -1,4 +1,5 @@
-"""What the endpoint knows about its own reachability, shared by all its connections' agents."""
+"""What the endpoint knows about its own reachability: shared by all its connections' agents
+(:class:`LocalCandidates`), and as the race reads it (:class:`LocalView`)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,16 @@ class LocalCandidates:
     summary: NatSummary = field(default_factory=lambda: NatSummary(udp=True))
     #: False while the endpoint's filtering test still runs (the summary is not final yet).
     summary_ready: bool = True
+
+
+@dataclass
+class LocalView:
+    """What the endpoint knows of its own side (the executor keeps it current)."""
+
+    summary: NatSummary = field(default_factory=lambda: NatSummary(udp=True))
+    #: Our port-mapped endpoint, if the gateway gave one.
+    mapped: Address | None = None
+    #: Why there is no mapped candidate (for the report).
+    port_mapping_note: str = "no port-mapping gateway configured"
+    #: STUN servers a hard stage may take fresh samples from.
+    sample_servers: tuple[Address, ...] = ()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from punchthrough.traversal.hard.runner import Attempt, HardStages
+from punchthrough.traversal.hard.runner import Attempt, Runner
 from punchthrough.traversal.hardnat.birthday import (
     EasySidePlan,
     HardSidePlan,
@@ -33,7 +33,7 @@ from punchthrough.traversal.race import (
 HARD_SIDE_MAX: Final = 15.0
 
 
-async def hard_side(run: HardStages, a: Attempt, act: StartBirthdayHard) -> None:
+async def hard_side(run: Runner, a: Attempt, act: StartBirthdayHard) -> None:
     host, race, budget = run.host, run.race, run.race.budget
     plan, easy = act.plan, act.easy
     n = budget.birthday_sockets
@@ -84,7 +84,7 @@ async def hard_side(run: HardStages, a: Attempt, act: StartBirthdayHard) -> None
         run.release(a)
 
 
-async def easy_side(run: HardStages, a: Attempt, act: StartBirthdayEasy) -> None:
+async def easy_side(run: Runner, a: Attempt, act: StartBirthdayEasy) -> None:
     host, race, budget = run.host, run.race, run.race.budget
     hard = act.hard
     assert hard.public_ip is not None

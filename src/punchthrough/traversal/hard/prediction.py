@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from punchthrough.netio import Address
 from punchthrough.stun import StunClient, StunError
-from punchthrough.traversal.hard.runner import Attempt, HardStages
+from punchthrough.traversal.hard.runner import Attempt, Runner
 from punchthrough.traversal.hardnat.prediction import (
     BURST_GAP,
     churn_per_gap,
@@ -61,7 +61,7 @@ def _sampler(client: StunClient) -> Callable[[Address], Coroutine[Any, Any, Addr
     return sample
 
 
-async def predicted(run: HardStages, a: Attempt, act: StartPredicted) -> None:
+async def predicted(run: Runner, a: Attempt, act: StartPredicted) -> None:
     host, race, loop = run.host, run.race, run.loop
     race.note(a.id, role="predicted", delta=act.delta)
     sock_client: StunClient | None = None
@@ -122,7 +122,7 @@ async def predicted(run: HardStages, a: Attempt, act: StartPredicted) -> None:
         run.release(a)
 
 
-async def mutual(run: HardStages, a: Attempt, act: StartMutual) -> None:
+async def mutual(run: Runner, a: Attempt, act: StartMutual) -> None:
     """Fresh samples on a fresh socket, our HardNatProbe out, the peer's in; then flow k (its
     own fresh socket: one new allocation on our NAT) checks the peer's predicted port of its
     flow k. The peer does the same the other way round."""
@@ -216,7 +216,7 @@ async def mutual(run: HardStages, a: Attempt, act: StartMutual) -> None:
         run.release(a)
 
 
-async def predicting(run: HardStages, a: Attempt, act: StartPredicting) -> None:
+async def predicting(run: Runner, a: Attempt, act: StartPredicting) -> None:
     host, race, loop = run.host, run.race, run.loop
     window = act.window
     now = loop.time()

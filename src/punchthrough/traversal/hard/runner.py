@@ -26,18 +26,9 @@ from punchthrough.transport.demux import PacketKind, classify
 from punchthrough.traversal.checks import CheckEngine
 from punchthrough.traversal.hardnat.prediction import SequentialProbe
 from punchthrough.traversal.race import (
-    DeliverProbe,
-    HardAction,
-    KeepWinner,
     Race,
     Reason,
     Stage,
-    StartBirthdayEasy,
-    StartBirthdayHard,
-    StartMutual,
-    StartPredicted,
-    StartPredicting,
-    StopAttempt,
     Why,
 )
 
@@ -90,8 +81,9 @@ class Attempt:
     peer_probe: SequentialProbe | None = None
 
 
-class HardStages:
-    """The hard-stage attempts of one connection (module docstring)."""
+class Runner:
+    """The hard-stage attempts of one connection: their sockets, waits and reports (module
+    docstring); :class:`~.executor.HardStages` adds the dispatch of the race's actions."""
 
     def __init__(self, host: StageHost, race: Race) -> None:
         self.host = host
@@ -102,44 +94,7 @@ class HardStages:
         self._closed = False
         self.rng = random.Random(random.getrandbits(64))
 
-    # -- the race's actions ----------------------------------------------------------------
-    def execute(self, action: HardAction) -> None:
-        from punchthrough.traversal.hard import birthday, prediction
-
-        if self._closed:
-            return
-        if isinstance(action, StartBirthdayHard):
-            a = self._new(action.attempt, Stage.BIRTHDAY)
-            self._spawn(birthday.hard_side(self, a, action))
-        elif isinstance(action, StartBirthdayEasy):
-            a = self._new(action.attempt, Stage.BIRTHDAY)
-            self._spawn(birthday.easy_side(self, a, action))
-        elif isinstance(action, StartPredicted):
-            a = self._new(action.attempt, Stage.PORT_PREDICTION)
-            self._spawn(prediction.predicted(self, a, action))
-        elif isinstance(action, StartPredicting):
-            a = self._new(action.attempt, Stage.PORT_PREDICTION)
-            self._spawn(prediction.predicting(self, a, action))
-        elif isinstance(action, StartMutual):
-            a = self._new(action.attempt, Stage.PORT_PREDICTION)
-            a.peer_probe = action.peer_probe
-            self._spawn(prediction.mutual(self, a, action))
-        elif isinstance(action, DeliverProbe):
-            a = self._attempts[action.attempt]
-            a.peer_probe = action.probe
-            a.wake.set()
-        elif isinstance(action, KeepWinner):
-            a = self._attempts[action.attempt]
-            a.winner = a.by_local.get(action.local)
-            self.release(a)
-            a.wake.set()
-        elif isinstance(action, StopAttempt):
-            a = self._attempts[action.attempt]
-            a.beaten = True
-            self.release(a, keep_winner=False)
-            a.wake.set()
-
-    def _new(self, attempt: int, stage: Stage) -> Attempt:
+    def new_attempt(self, attempt: int, stage: Stage) -> Attempt:
         a = Attempt(attempt, stage)
         self._attempts[attempt] = a
         return a
@@ -219,7 +174,7 @@ class HardStages:
             await asyncio.wait_for(a.wake.wait(), left)
 
     # -- plumbing --------------------------------------------------------------------------
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)

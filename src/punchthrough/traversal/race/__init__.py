@@ -4,6 +4,7 @@
 traversal report shows; :mod:`.actions` what it asks its executors to do.
 """
 
+from punchthrough.traversal.local import LocalView
 from punchthrough.traversal.race.actions import (
     Action,
     DeliverProbe,
@@ -21,15 +22,14 @@ from punchthrough.traversal.race.actions import (
     StopAttempt,
     SwitchPath,
 )
-from punchthrough.traversal.race.machine import (
+from punchthrough.traversal.race.machine import Race
+from punchthrough.traversal.race.policy import (
     HARD_START_DELAY,
     MAX_ATTEMPTS,
     PACING_GUARD,
     RETRY_DEAD,
     RETRY_FAILED,
     START_MARGIN,
-    LocalView,
-    Race,
 )
 from punchthrough.traversal.race.records import (
     DIRECT,

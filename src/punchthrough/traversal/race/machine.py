@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field, replace
-from typing import Final
+from dataclasses import replace
 
+import punchthrough.traversal.race.actions as act
 from punchthrough.netio import Address
 from punchthrough.signal import CheckStart, HardNatBirthdayStart, HardNatProbe
 from punchthrough.traversal.checks import CandidatePair
@@ -32,78 +32,22 @@ from punchthrough.traversal.hardnat.prediction import (
     predict_window,
 )
 from punchthrough.traversal.hardnat.summary import APD, NatSummary
-from punchthrough.traversal.race.actions import (
-    Action,
-    DeliverProbe,
-    KeepWinner,
-    ProbeNow,
-    SendControl,
-    StartBirthdayEasy,
-    StartBirthdayHard,
-    StartMutual,
-    StartPredicted,
-    StartPredicting,
-    StartRound,
-    StopAttempt,
-    SwitchPath,
+from punchthrough.traversal.local import LocalView
+from punchthrough.traversal.race.attempts import Attempt, Attempts
+from punchthrough.traversal.race.policy import (
+    HARD_START_DELAY,
+    MAX_ATTEMPTS,
+    MUTUAL_PROBE_FRESH,
+    PACING_GUARD,
+    RETRY_DEAD,
+    RETRY_FAILED,
+    START_MARGIN,
+    backoff,
 )
 from punchthrough.traversal.race.records import HARD, Reason, Stage, Status, Waterfall
 from punchthrough.traversal.reasons import Why
 
 log = logging.getLogger(__name__)
-
-#: Margin added to the one-way delay when agreeing a start moment (scheduling slack).
-START_MARGIN: Final = 0.010
-#: Retry back-off after the direct path died (seconds): first, cap.
-RETRY_DEAD: Final = (1.0, 30.0)
-#: Retry back-off after a round in which nothing answered, and after a hard stage failed (the
-#: pair may need another stage; networks also change): first, cap.
-RETRY_FAILED: Final = (30.0, 300.0)
-#: Hard stages start after the hole punch's first checks: one pacing gap (checks.PACING) per
-#: pair, plus this margin (a sequential NAT's burst must not interleave with new punch flows).
-PACING_GUARD: Final = 0.010
-HARD_START_DELAY: Final = 0.05
-#: Attempts of one hard stage per connection (each one costs sockets and probes).
-MAX_ATTEMPTS: Final = 3
-#: A peer's mutual-prediction probe that arrived before our own attempt began is used this long.
-MUTUAL_PROBE_FRESH: Final = 2.0
-
-
-@dataclass
-class LocalView:
-    """What the endpoint knows of its own side (the executor keeps it current)."""
-
-    summary: NatSummary = field(default_factory=lambda: NatSummary(udp=True))
-    #: Our port-mapped endpoint, if the gateway gave one.
-    mapped: Address | None = None
-    #: Why there is no mapped candidate (for the report).
-    port_mapping_note: str = "no port-mapping gateway configured"
-    #: STUN servers a hard stage may take fresh samples from.
-    sample_servers: tuple[Address, ...] = ()
-
-
-@dataclass
-class Attempt:
-    """One run of one role of a hard stage (what the race needs to attribute and stop it)."""
-
-    id: int
-    stage: Stage
-    role: str
-    started: float
-    #: Birthday hard side: the easy side's public endpoint every pinhole points at.
-    target: Address | None = None
-    #: Birthday easy side: the hard side's public IP every probe goes to.
-    target_ip: str | None = None
-    locals: set[Address] = field(default_factory=set)
-    done: bool = False
-    #: The main socket won (its own flow to the target was hit).
-    main_won: bool = False
-    has_peer_probe: bool = False
-
-
-def _backoff(previous: float | None, policy: tuple[float, float]) -> float:
-    first, cap = policy
-    return first if previous is None else min(previous * 2, cap)
 
 
 class Race:
@@ -140,9 +84,7 @@ class Race:
         self._hard_start_at: float | None = None
         self._hard_backoff: float | None = None
         # -- hard stages --
-        self._attempts: dict[Stage, Attempt] = {}
-        self._next_attempt = 1
-        self._extra: dict[Address, Stage] = {}
+        self.attempts = Attempts(base)
         self._early_probe: tuple[SequentialProbe, float] | None = None
         # -- outcome --
         self.direct_pair: CandidatePair | None = None
@@ -177,17 +119,16 @@ class Race:
         return srflx[0] if srflx else None
 
     def active(self, stage: Stage) -> bool:
-        a = self._attempts.get(stage)
-        return a is not None and not a.done
+        return self.attempts.active(stage)
 
     # -- the timer -----------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
         times = (self._round_start, self._retry_at, self._hard_start_at)
         return min((t for t in times if t is not None), default=None)
 
-    def poll(self, now: float, *, n_pairs: int, owd: float) -> list[Action]:
+    def poll(self, now: float, *, n_pairs: int, owd: float) -> list[act.Action]:
         """Whatever is due: a round's start, the dialer's retry, the hard stages' start."""
-        out: list[Action] = []
+        out: list[act.Action] = []
         if self._round_start is not None and now >= self._round_start:
             out += self._start_round(now, n_pairs)
         if self._retry_at is not None and now >= self._retry_at and self.controlling:
@@ -203,7 +144,7 @@ class Race:
     # -- candidates and rounds -----------------------------------------------------------------
     def remote_candidates(
         self, now: float, srflx: set[Address], mapped: set[Address], *, update: bool, owd: float
-    ) -> list[Action]:
+    ) -> list[act.Action]:
         """The peer's candidates (first set or a newer generation)."""
         self.remote_srflx, self.remote_mapped = srflx, mapped
         self._remote_port_mapping = bool(mapped)
@@ -212,19 +153,19 @@ class Race:
             self._retry_delay = None
             return self._propose(now, owd)
         if update and self.on_direct:
-            return [ProbeNow()]  # the peer's network changed under the call: still there?
+            return [act.ProbeNow()]  # the peer's network changed under the call: still there?
         return []
 
-    def local_candidates_changed(self, now: float, owd: float) -> list[Action]:
+    def local_candidates_changed(self, now: float, owd: float) -> list[act.Action]:
         """We re-gathered (network change): check the direct path now, or start a new round."""
         if self.on_direct:
-            return [ProbeNow()]
+            return [act.ProbeNow()]
         if self.controlling and self.have_remote:
             self._retry_delay = None
             return self._propose(now, owd)
         return []
 
-    def _propose(self, now: float, owd: float) -> list[Action]:
+    def _propose(self, now: float, owd: float) -> list[act.Action]:
         """Dialer: agree a start moment one one-way delay ahead and schedule the round."""
         delay = owd + START_MARGIN
         self._pending_round = self.round + 1
@@ -239,7 +180,7 @@ class Race:
         self._round_start = now + delay
         self._retry_at = None
         self.stats["rounds_proposed"] += 1
-        return [SendControl(msg)]
+        return [act.SendControl(msg)]
 
     def check_start(self, msg: CheckStart, now: float, owd: float) -> None:
         """Acceptor: the dialer's start moment, mapped onto our clock (no clock sync needed)."""
@@ -252,9 +193,9 @@ class Race:
         self._pending_round = msg.generation
         self._round_start = now + ahead
 
-    def _start_round(self, now: float, n_pairs: int) -> list[Action]:
+    def _start_round(self, now: float, n_pairs: int) -> list[act.Action]:
         self._round_start = None
-        action = StartRound(self._pending_round, reset=not self.on_direct)
+        action = act.StartRound(self._pending_round, reset=not self.on_direct)
         self.round = max(self.round, self._pending_round - 1) + 1
         wf, p = self.waterfall, self.plan()
         pm = p[Stage.PORT_MAPPING]
@@ -270,7 +211,7 @@ class Race:
         self.stats["rounds"] += 1
         return [action]
 
-    def round_failed(self, now: float, reason: str) -> list[Action]:
+    def round_failed(self, now: float, reason: str) -> list[act.Action]:
         """The round's checks all went unanswered: say why, start what the plan needs now."""
         wf = self.waterfall
         if wf[Stage.PORT_MAPPING].status is Status.STARTED:
@@ -291,7 +232,7 @@ class Race:
         wf.apply(p.values())
         out = self._start_hard(now, punch_failed=True)
         if self.controlling and self._retry_at is None and not self.on_direct:
-            self._retry_delay = _backoff(self._retry_delay, RETRY_FAILED)
+            self._retry_delay = backoff(self._retry_delay, RETRY_FAILED)
             self._retry_at = now + self._retry_delay
         return out
 
@@ -311,7 +252,7 @@ class Race:
             self._hard_start_at = now + HARD_START_DELAY
 
     # -- hard stages: starting -----------------------------------------------------------------
-    def _start_hard(self, now: float, *, punch_failed: bool) -> list[Action]:
+    def _start_hard(self, now: float, *, punch_failed: bool) -> list[act.Action]:
         """Start our initiating role of every hard stage the plan runs now."""
         if self.on_direct or not self.have_remote:
             return []
@@ -319,7 +260,7 @@ class Race:
             self._hard_start_at = now + HARD_START_DELAY  # its report is on the way
             return []
         p = self.plan()
-        out: list[Action] = []
+        out: list[act.Action] = []
         for stage in HARD:
             sp = p[stage]
             if sp.runs and (punch_failed or not sp.after):
@@ -327,13 +268,11 @@ class Race:
         return out
 
     def _new_attempt(self, stage: Stage, role: str, now: float) -> Attempt:
-        a = Attempt(self._next_attempt, stage, role, now)
-        self._next_attempt += 1
-        self._attempts[stage] = a
+        a = self.attempts.new(stage, role, now)
         self.waterfall.start(stage, now)
         return a
 
-    def _initiate(self, sp: StagePlan, now: float) -> list[Action]:
+    def _initiate(self, sp: StagePlan, now: float) -> list[act.Action]:
         """Our role of ``sp`` that starts on its own (birthday hard, predicted, mutual)."""
         stage = Stage(sp.stage)
         rec = self.waterfall[stage]
@@ -346,14 +285,14 @@ class Race:
                 return []
             a = self._new_attempt(stage, "hard", now)
             a.target = easy
-            return [StartBirthdayHard(a.id, sp, easy)]
+            return [act.StartBirthdayHard(a.id, sp, easy)]
         if stage is Stage.PORT_PREDICTION and sp.role == "predicted":
             peer = self.remote_public_endpoint()
             servers = tuple(s for s in self.local.sample_servers if s != peer)
             if peer is None or len(servers) < 2 or not delta:
                 return []
             a = self._new_attempt(stage, "predicted", now)
-            return [StartPredicted(a.id, peer, servers, delta)]
+            return [act.StartPredicted(a.id, peer, servers, delta)]
         if stage is Stage.PORT_PREDICTION and sp.role == "mutual":
             servers = self.local.sample_servers
             if len(set(servers)) < 2 or not delta:
@@ -362,10 +301,10 @@ class Race:
             early, self._early_probe = self._early_probe, None
             probe = early[0] if early is not None and now - early[1] <= MUTUAL_PROBE_FRESH else None
             a.has_peer_probe = probe is not None
-            return [StartMutual(a.id, servers, delta, probe)]
+            return [act.StartMutual(a.id, servers, delta, probe)]
         return []
 
-    def birthday_start(self, msg: HardNatBirthdayStart, now: float, owd: float) -> list[Action]:
+    def birthday_start(self, msg: HardNatBirthdayStart, now: float, owd: float) -> list[act.Action]:
         """The hard side began its attack: we are the easy side (if the plan agrees)."""
         if self.on_direct:
             return []
@@ -388,9 +327,9 @@ class Race:
             return []
         a = self._new_attempt(Stage.BIRTHDAY, "easy", now)
         a.target_ip = hard.public_ip
-        return [StartBirthdayEasy(a.id, hard, start.start, start.sockets)]
+        return [act.StartBirthdayEasy(a.id, hard, start.start, start.sockets)]
 
-    def hard_probe(self, msg: HardNatProbe, now: float) -> list[Action]:
+    def hard_probe(self, msg: HardNatProbe, now: float) -> list[act.Action]:
         """The peer's fresh port samples: we predict its port (or, both sequential, both do)."""
         if self.on_direct:
             return []
@@ -407,7 +346,7 @@ class Race:
             self.stats["prediction_probe_refused"] += 1
             log.info("prediction probe refused: %s", exc)
             return []
-        a = self._attempts.get(Stage.PORT_PREDICTION)
+        a = self.attempts.latest(Stage.PORT_PREDICTION)
         running = a is not None and not a.done
         if sp.role == "mutual":
             if a is not None and running and a.role == "mutual":
@@ -415,7 +354,7 @@ class Race:
                     self.stats["prediction_probe_refused"] += 1
                     return []
                 a.has_peer_probe = True
-                return [DeliverProbe(a.id, probe)]
+                return [act.DeliverProbe(a.id, probe)]
             # Ours has not begun: these samples start it (the peer waits for ours).
             self._early_probe = (probe, now)
             return self._initiate(sp, now)
@@ -423,29 +362,29 @@ class Race:
             self.stats["prediction_probe_refused"] += 1
             return []
         a = self._new_attempt(Stage.PORT_PREDICTION, "predicting", now)
-        return [StartPredicting(a.id, probe.external_ip, predict_window(probe))]
+        return [act.StartPredicting(a.id, probe.external_ip, predict_window(probe))]
 
     # -- hard stages: sockets and outcomes -----------------------------------------------------
     def socket_opened(self, attempt: int, local: Address) -> None:
         """An attempt's extra socket: a pair on it belongs to its stage."""
-        a = self._attempt(attempt)
-        if a is not None:
-            a.locals.add(local)
-            self._extra[local] = a.stage
+        self.attempts.socket_opened(attempt, local)
 
     def socket_closed(self, local: Address) -> None:
-        self._extra.pop(local, None)
+        self.attempts.socket_closed(local)
+
+    def stage_of(self, local: Address, remote: Address, kind: str) -> Stage | None:
+        return self.attempts.stage_of(local, remote, kind)
 
     def note(self, attempt: int, **details: object) -> None:
         """Figures of a running attempt for the report (sockets, probes sent, samples...)."""
-        a = self._attempt(attempt)
+        a = self.attempts.get(attempt)
         if a is not None:
             self.waterfall[a.stage].details.update(details)
 
     def attempt_ended(self, attempt: int, why: Reason, now: float) -> None:
         """An attempt's executor finished without a win (its grace is over, or it could not
         start): a failure, unless it already won or was beaten; then retry with back-off."""
-        a = self._attempt(attempt)
+        a = self.attempts.get(attempt)
         if a is None or a.done:
             return
         a.done = True
@@ -453,54 +392,25 @@ class Race:
             return
         self.waterfall.fail(a.stage, now, why)
         if not self.on_direct:
-            self._hard_backoff = _backoff(self._hard_backoff, RETRY_FAILED)
+            self._hard_backoff = backoff(self._hard_backoff, RETRY_FAILED)
             self._hard_start_at = now + self._hard_backoff
 
-    def _attempt(self, attempt: int) -> Attempt | None:
-        return next((a for a in self._attempts.values() if a.id == attempt), None)
+    def _won(self, stage: Stage, local: Address) -> list[act.Action]:
+        a = self.attempts.won(stage, local)
+        return [] if a is None else [act.KeepWinner(a.id, local)]
 
-    def stage_of(self, local: Address, remote: Address, kind: str) -> Stage | None:
-        """Which hard stage found the pair ``local -> remote`` (None: not a hard stage's)."""
-        if local in self._extra:
-            return self._extra[local]
-        if kind in (Stage.BIRTHDAY, Stage.PORT_PREDICTION):
-            return Stage(kind)
-        a = self._attempts.get(Stage.BIRTHDAY)
-        if a is None or local != self.base or (a.done and not a.main_won):
-            return None
-        # The main socket's own flow to the easy side is one more pinhole of the attack: a
-        # probe that lands on it (an ADM NAT gives it one port for the easy side's IP) is the
-        # birthday's hit, though the pair looks like the hole punch's.
-        if a.role == "hard" and a.target == remote:
-            return Stage.BIRTHDAY
-        # The easy side's view of the same: while it attacks, a pair from its main socket to the
-        # hard side's IP can only have been opened by one of the attack's pinholes (that NAT
-        # maps endpoint-dependently, so the plain punch cannot reach it). A kernel NAT may give a
-        # pinhole the port of a srflx candidate the punch is checking (Linux `fully-random`).
-        if a.role == "easy" and a.target_ip == remote[0]:
-            return Stage.BIRTHDAY
-        return None
-
-    def _won(self, stage: Stage, local: Address) -> list[Action]:
-        a = self._attempts.get(stage)
-        if a is None or a.done:
-            return []
-        a.done = True
-        a.main_won = local not in a.locals and local == self.base
-        return [KeepWinner(a.id, local)]
-
-    def _beat_others(self, winner: Stage, now: float) -> list[Action]:
+    def _beat_others(self, winner: Stage, now: float) -> list[act.Action]:
         """Every other running attempt stops now: ``winner`` found the path."""
-        out: list[Action] = []
-        for a in self._attempts.values():
-            if a.stage is not winner and not a.done:
+        out: list[act.Action] = []
+        for a in self.attempts.running():
+            if a.stage is not winner:
                 a.done = True
                 self.waterfall.beat(a.stage, now, winner)
-                out.append(StopAttempt(a.id, winner))
+                out.append(act.StopAttempt(a.id, winner))
         return out
 
     # -- check results -------------------------------------------------------------------------
-    def peer_seen(self, local: Address, remote: Address) -> list[Action]:
+    def peer_seen(self, local: Address, remote: Address) -> list[act.Action]:
         """A verified check from the peer at ``remote``, on our socket ``local``."""
         announced = self.remote_srflx | self.remote_mapped
         new_port = remote not in announced and any(remote[0] == a[0] for a in announced)
@@ -521,11 +431,11 @@ class Race:
             return Stage.PORT_MAPPING
         return Stage.HOLE_PUNCH
 
-    def pair_succeeded(self, pair: CandidatePair, now: float) -> list[Action]:
+    def pair_succeeded(self, pair: CandidatePair, now: float) -> list[act.Action]:
         """A verified answer on ``pair``: record who won, stop who lost, move the call."""
         wf = self.waterfall
         strategy = self.strategy_of(pair)
-        out: list[Action] = []
+        out: list[act.Action] = []
         hp, pm = Stage.HOLE_PUNCH, Stage.PORT_MAPPING
         if strategy in HARD:
             wf.succeed(strategy, now, pair.describe())
@@ -551,13 +461,15 @@ class Race:
             out += self._switch(pair, now, strategy, "check succeeded")
         return out
 
-    def pair_nominated(self, pair: CandidatePair, now: float) -> list[Action]:
+    def pair_nominated(self, pair: CandidatePair, now: float) -> list[act.Action]:
         self.stats["nominated"] += 1
         if self.direct_pair is not pair or not self.on_direct:
             return self._switch(pair, now, self.strategy_of(pair), "pair nominated")
         return []
 
-    def _switch(self, pair: CandidatePair, now: float, strategy: Stage, why: str) -> list[Action]:
+    def _switch(
+        self, pair: CandidatePair, now: float, strategy: Stage, why: str
+    ) -> list[act.Action]:
         self.direct_pair = pair
         self._retry_delay = self._retry_at = None
         if self.waterfall.direct_at is None:
@@ -566,18 +478,17 @@ class Race:
         self._hard_start_at = None
         self.upgrades += 1
         self.on_direct = True
-        return [SwitchPath(pair, strategy, why)]
+        return [act.SwitchPath(pair, strategy, why)]
 
     def path_dead(self, now: float) -> None:
         """The direct path died and the call is back on the relay: the dialer retries soon."""
         self.fallbacks += 1
         self.on_direct = False
         if self.controlling:
-            self._retry_delay = _backoff(self._retry_delay, RETRY_DEAD)
+            self._retry_delay = backoff(self._retry_delay, RETRY_DEAD)
             self._retry_at = now + self._retry_delay
 
     def close(self) -> None:
         """The call is over: no attempt is running any more."""
-        for a in self._attempts.values():
-            a.done = True
+        self.attempts.stop_all()
         self._round_start = self._retry_at = self._hard_start_at = None
