@@ -356,7 +356,7 @@ def test_port_mapping_makes_a_symmetric_nat_direct(
 
 # -- 2. the direct path dies mid-call -------------------------------------------------------------
 FAULT_CALL_S = 10.0
-#: After the upgrade, let the upgrade's overlap (agent.OVERLAP_MIN, 0.25 s) finish first.
+#: After the upgrade, let the upgrade's overlap (traversal.paths.OVERLAP_MIN, 0.25 s) finish first.
 SETTLE_S = 1.0
 #: How long the drop rule stays: long enough for the fallback and a failed background retry.
 CUT_S = 3.0

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-from typing import Final
 
 from punchthrough.netio import Address, DatagramSocket, Network
 from punchthrough.signal import (
@@ -46,7 +44,6 @@ from punchthrough.transport.path import Path
 from punchthrough.traversal.candidates import describe, remote_candidates
 from punchthrough.traversal.checks import Action as CheckAction
 from punchthrough.traversal.checks import (
-    CandidatePair,
     CheckEngine,
     ConsentResponse,
     PairNominated,
@@ -61,6 +58,7 @@ from punchthrough.traversal.host import ConnectionSide, DirectHost, TraversalSet
 from punchthrough.traversal.keys import derive_credentials
 from punchthrough.traversal.local import LocalCandidates
 from punchthrough.traversal.monitor import DirectMonitor, Verdict
+from punchthrough.traversal.paths import DEFAULT_OWD, CallPaths
 from punchthrough.traversal.race import (
     Action,
     LocalView,
@@ -77,12 +75,6 @@ from punchthrough.traversal.race import (
 __all__ = ["ConnectionSide", "DirectHost", "LocalCandidates", "TraversalAgent", "TraversalSettings"]
 
 log = logging.getLogger(__name__)
-
-#: One-way delay assumed before QUIC has measured the round-trip time (RFC 9002 section 6.2.2
-#: uses 333 ms as the initial RTT; our connection has always measured it by now).
-DEFAULT_OWD: Final = 0.05
-#: Relay mirroring after a switch to a direct path: at least this long, or 2 round trips.
-OVERLAP_MIN: Final = 0.25
 
 
 class TraversalAgent:
@@ -110,13 +102,10 @@ class TraversalAgent:
         )
         self.stats = self.race.stats
         self.remote_generation = -1
-        #: Sockets checks may go out on: the main socket and the hard stages' extra sockets.
-        self._sockets: dict[Address, DatagramSocket] = {self.base: host.sock}
+        self.paths = CallPaths(conn, host.sock)
         self.hard = HardStages(self, self.race)
         self._timer: asyncio.TimerHandle | None = None
-        self._direct: Path | None = None  # the direct path the call is on (or was, last)
         self._sent_generation = -1
-        self._cid_change_at: float | None = None
         self._closed = False
 
     # -- the race's view of the world, and its outputs ---------------------------------------
@@ -142,7 +131,8 @@ class TraversalAgent:
             elif isinstance(action, ProbeNow):
                 self._probe_now(now)
             elif isinstance(action, SwitchPath):
-                self._switch(action.pair, now, action.reason)
+                self.paths.switch(action.pair, now, action.reason)
+                self.monitor.reset(now, action.pair.rtt)
             else:
                 self.hard.execute(action)
 
@@ -283,18 +273,15 @@ class TraversalAgent:
 
     def adopt_socket(self, local: Address, sock: DatagramSocket) -> None:
         """An extra socket (hard stage) checks and the direct path may use."""
-        self._sockets[local] = sock
+        self.paths.sockets[local] = sock
 
     def forget_socket(self, local: Address) -> None:
         """An extra socket closed: no checks, pairs or direct path on it any more."""
         if local == self.base:
             return
-        self._sockets.pop(local, None)
         self.race.socket_closed(local)
         self.engine.remove_base(local)
-        paths = self._conn.paths
-        for path in [p for p in paths.paths if p.kind == "direct" and p.local == local]:
-            paths.remove(path, "its socket closed")
+        self.paths.forget(local)
 
     def probe(self, local: Address, remote: Address, kind: str) -> None:
         """One check of a hard stage (sent once, from ``local``)."""
@@ -322,7 +309,7 @@ class TraversalAgent:
 
     def heard(self, path: Path) -> None:
         """A QUIC packet for this connection arrived on a direct path."""
-        if path != self._direct or not self._on_direct():
+        if path != self.paths.direct or not self._on_direct():
             return
         mon = self.monitor
         if mon.heard(self._loop.time()):
@@ -358,7 +345,7 @@ class TraversalAgent:
         self._rearm()
 
     def _transmit(self, t: Transmit) -> None:
-        sock = self._sockets.get(t.local)
+        sock = self.paths.sockets.get(t.local)
         if sock is None:
             self.stats["check_no_socket"] += 1
             return
@@ -369,25 +356,13 @@ class TraversalAgent:
             self.stats["check_send_errors"] += 1
             log.debug("check to %s failed: %s", describe(t.remote), exc)
 
-    def _path_for(self, local: Address, remote: Address) -> Path:
-        path = Path.direct(local, remote)
-        paths = self._conn.paths
-        if not paths.has(path):
-            sock = self._sockets.get(local, self._host.sock)
-
-            def send(data: bytes, _remote: Address = remote) -> None:
-                sock.sendto(data, _remote)
-
-            paths.add(path, send)
-        return path
-
     def _peer_seen(self, local: Address, remote: Address, now: float) -> None:
         # The peer proved (MESSAGE-INTEGRITY) it sends from ``remote``: accept its QUIC packets
         # from there, so none is dropped while our own check of that pair is still under way.
-        self._path_for(local, remote)
+        self.paths.path_for(local, remote)
         # A verified check on a hard stage's socket: that socket won; the others close now.
         self._execute(self._facts().peer_seen(local, remote), now)
-        direct = self._direct
+        direct = self.paths.direct
         if (
             direct is not None
             and remote == direct.remote
@@ -398,55 +373,14 @@ class TraversalAgent:
 
     # -- paths -------------------------------------------------------------------------------
     def _on_direct(self) -> bool:
-        current = self._conn.paths.current
-        return current is not None and current.kind == "direct"
-
-    def _switch(self, pair: CandidatePair, now: float, reason: str) -> None:
-        paths = self._conn.paths
-        previous = paths.current
-        path = self._path_for(pair.local, pair.remote)
-        if paths.switch_to(path, f"{reason}: {pair.describe()}"):
-            self._conn.path_switched()
-        self._direct = path
-        rtt = self._conn.quic_rtt() or 2 * DEFAULT_OWD
-        overlap = max(OVERLAP_MIN, 2 * rtt)
-        if previous is not None and previous != path:
-            # Overlap: the peer may not take packets on the new path for another round trip
-            # (its own check of the pair is in flight); the old path still delivers them.
-            relay = previous if previous.kind == "relay" else self._relay_path()
-            if relay is not None:
-                paths.mirror(relay, now + overlap)
-        self.monitor.reset(now, pair.rtt)
-        # New connection ID for the new path, but only once the overlap's packets (old CID)
-        # have arrived through the relay: the RETIRE_CONNECTION_ID frame races ahead on the
-        # faster direct path, and the peer's QUIC stack drops packets for a retired CID.
-        self._cid_change_at = now + overlap + rtt
-
-    def _change_cid(self) -> None:
-        self._cid_change_at = None
-        if not self._on_direct():
-            return
-        try:
-            self._conn.change_connection_id()
-        except Exception:  # no spare CID from the peer yet: linkability only, not correctness
-            self.stats["cid_change_failed"] += 1
-            log.debug("change_connection_id failed", exc_info=True)
-
-    def _relay_path(self) -> Path | None:
-        return next((p for p in self._conn.paths.paths if p.kind == "relay"), None)
+        return self.paths.on_direct()
 
     def _recovered(self) -> None:
-        relay = self._relay_path()
-        if relay is not None:
-            self._conn.paths.stop_mirror(relay)
+        self.paths.stop_mirror()
         self.stats["suspicions_cleared"] += 1
 
     def _fall_back(self, now: float, reason: str) -> None:
-        relay = self._relay_path()
-        paths = self._conn.paths
-        paths.stop_mirror()
-        if relay is not None and paths.switch_to(relay, reason):
-            self._conn.path_switched()
+        self.paths.back_to_relay(reason)
         self.engine.reset()
         self.monitor.verdict = Verdict.DEAD
         self._facts().path_dead(now)
@@ -460,7 +394,7 @@ class TraversalAgent:
     def _rearm(self) -> None:
         if self._closed:
             return
-        times = [self.engine.next_deadline(), self.race.next_deadline(), self._cid_change_at]
+        times = [self.engine.next_deadline(), self.race.next_deadline(), self.paths.cid_change_at]
         if self._on_direct() and self.race.direct_pair is not None:
             times.append(self.monitor.next_deadline(self._loop.time()))
         due = min((t for t in times if t is not None), default=None)
@@ -483,8 +417,9 @@ class TraversalAgent:
         now = self._loop.time()
         race = self._facts()
         self._execute(race.poll(now, n_pairs=len(self.engine.pairs), owd=self.owd()), now)
-        if self._cid_change_at is not None and now >= self._cid_change_at:
-            self._change_cid()
+        due = self.paths.cid_change_at
+        if due is not None and now >= due and not self.paths.change_cid():
+            self.stats["cid_change_failed"] += 1
         self._run(self.engine.poll(now), now)
         if self._on_direct() and self.race.direct_pair is not None:
             self._watch(now)
@@ -506,12 +441,7 @@ class TraversalAgent:
         before = mon.verdict
         verdict = mon.poll(now)
         if verdict is Verdict.SUSPECT and before is not Verdict.SUSPECT:
-            relay = self._relay_path()
-            if relay is not None:
-                self._conn.paths.mirror(relay, math.inf)
-                # An ack-eliciting packet on both paths: the relay's copy re-opens our NAT's
-                # relay binding if it was forgotten, so the peer can fall back to us.
-                self._conn.ping()
+            self.paths.mirror_relay()
             self._host.network_suspect("direct path silent")
             self.stats["suspicions"] += 1
         elif verdict is Verdict.DEAD:
