@@ -72,20 +72,21 @@ async def run_echo_session(
     frame_size: int = DEFAULT_FRAME_SIZE,
     connect_timeout: float | None = None,
     straggler_wait: float = STRAGGLER_WAIT,
-    started_at: float | None = None,
+    process_started_at: float | None = None,
     on_connected: Callable[[Connection], None] | None = None,
 ) -> dict[str, object]:
     """Connect to an echoing peer, stream numbered frames at ``pps`` for ``duration`` seconds.
 
-    Returns the ``connect --json`` summary. Times are milliseconds from ``started_at`` (loop
-    time; default: now); ``traversal`` is :meth:`Connection.traversal_report` (its own times
-    count from the connection's start). Connection errors propagate (:class:`ConnectError`
-    subclasses).
+    Returns the ``connect --json`` summary. Every time in it (``*_ms``, ``path_changes``, the
+    ``traversal`` report) is milliseconds from the ``connect()`` call, the origin every report of
+    this package uses. ``process_started_at`` (loop time) adds ``from_process_start_ms``: the
+    same moments counted from the process's start, named as such. Connection errors propagate
+    (:class:`ConnectError` subclasses).
     """
     if duration < 0 or pps <= 0:
         raise ValueError("duration must be >= 0 and pps > 0")
     loop = asyncio.get_running_loop()
-    t0 = loop.time() if started_at is None else started_at
+    t0 = loop.time()
     conn = await ep.connect(peer_id, timeout=connect_timeout)
     connected = loop.time()
     if on_connected is not None:
@@ -146,7 +147,7 @@ async def run_echo_session(
         changes = [c.to_json(t0) for c in conn.paths.changes]
         await conn.close("echo session done")
     gaps = [(b - a) * 1000.0 for a, b in itertools.pairwise(arrivals)]
-    return {
+    out: dict[str, object] = {
         "peer_id": str(conn.peer_id),
         "connected_ms": round((connected - t0) * 1000.0, 1),
         "first_echo_ms": round((arrivals[0] - t0) * 1000.0, 1) if arrivals else None,
@@ -166,13 +167,24 @@ async def run_echo_session(
             "max": _percentile(rtts, 1.0),
         },
         "path_changes": changes,
-        # When the call first went direct (ms from the session start, like connected_ms), and
+        # When the call first went direct (ms from connect(), like connected_ms), and
         # which stage found the path: "port-mapping", "hole-punch", or None (relay only).
         "direct_ms": round((direct_at - t0) * 1000.0, 1) if direct_at is not None else None,
         "strategy": report.strategy,
         "traversal": traversal,
         "closed_early": closed.reason if closed is not None else None,
     }
+    if process_started_at is not None:
+
+        def since(t: float | None) -> float | None:
+            return None if t is None else round((t - process_started_at) * 1000.0, 1)
+
+        out["from_process_start_ms"] = {
+            "connect_called": since(t0),
+            "connected": since(connected),
+            "direct": since(direct_at),
+        }
+    return out
 
 
 async def _echo_stream(reader: asyncio.StreamReader, writer: QuicStreamWriter) -> None:

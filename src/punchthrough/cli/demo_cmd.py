@@ -28,7 +28,7 @@ DEFAULT_B = "apdm-random"
 
 def _timeline_table(result: dict[str, Any]) -> Table:
     table = Table(title=f"alice ({result['nat_a']})  <->  bob ({result['nat_b']})")
-    table.add_column("t (ms)", justify="right")
+    table.add_column("t (ms from connect())", justify="right")
     table.add_column("who")
     table.add_column("what")
     for e in result["timeline"]:

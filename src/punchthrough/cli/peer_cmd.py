@@ -259,7 +259,7 @@ def connect(
         except (EndpointError, OSError) as exc:
             raise _fail(f"connection failed: {exc}", as_json) from None
         try:
-            return await run_echo_session(ep, peer, duration, pps, started_at=started)
+            return await run_echo_session(ep, peer, duration, pps, process_started_at=started)
         except EndpointError as exc:
             raise _fail(f"connection failed: {exc}", as_json) from None
         finally:

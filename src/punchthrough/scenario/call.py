@@ -33,7 +33,8 @@ STUN_PORT = 3478
 
 @dataclass
 class Timeline:
-    """Events in virtual time (ms since the scenario started)."""
+    """Events in virtual time: ms since the scenario started while it runs, then re-based on
+    alice's ``connect()`` call (the origin of every report) when it ends."""
 
     origin: float
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -201,7 +202,6 @@ async def _scenario(
                     eb.peer_id,
                     duration,
                     pps,
-                    started_at=start,
                     on_connected=lambda c: tl.add(
                         loop.time(), "alice", "connected: QUIC over the relay"
                     ),
@@ -237,6 +237,9 @@ async def _scenario(
             f"{result['frames_sent']} frames echoed, max gap {result['max_gap_ms']} ms",
         )
         tl.events.sort(key=lambda e: e["t_ms"])
+        # One origin in every report: alice's connect() call (setup before it is negative).
+        for e in tl.events:
+            e["t_ms"] = round(e["t_ms"] - base, 1)
         out: dict[str, Any] = {
             "nat_a": nat_a,
             "nat_b": nat_b,
