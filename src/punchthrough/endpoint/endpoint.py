@@ -51,6 +51,7 @@ from punchthrough.endpoint.errors import (
 from punchthrough.identity import Identity, PeerId
 from punchthrough.nat.allocation import PortAllocation, classify_port_allocation
 from punchthrough.nat.behavior import filtering_behavior
+from punchthrough.nat.summary import NatSummary
 from punchthrough.netio import Address, DatagramReceiver, DatagramSocket, Network, UdpNetwork
 from punchthrough.portmap import PortMapError, PortMapper, PortMapping
 from punchthrough.relay import (
@@ -69,7 +70,6 @@ from punchthrough.transport.quic import is_initial
 from punchthrough.traversal.agent import LocalCandidates, TraversalAgent
 from punchthrough.traversal.candidates import make_candidates
 from punchthrough.traversal.hardnat.plan import Budget
-from punchthrough.traversal.hardnat.summary import NatSummary
 from punchthrough.traversal.keys import recipient_ufrag
 from punchthrough.traversal.stages import MappingHint
 

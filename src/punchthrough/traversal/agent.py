@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final, Protocol
 
+from punchthrough.nat.summary import APD, NatSummary
 from punchthrough.netio import Address, DatagramSocket, Network
 from punchthrough.signal import (
     Candidate,
@@ -58,7 +59,6 @@ from punchthrough.traversal.checks import (
 )
 from punchthrough.traversal.hard import HardStages
 from punchthrough.traversal.hardnat.plan import HARD_STAGES, Budget, StagePlan, plan_stages
-from punchthrough.traversal.hardnat.summary import APD, NatSummary
 from punchthrough.traversal.keys import derive_credentials
 from punchthrough.traversal.monitor import DirectMonitor, Verdict
 from punchthrough.traversal.stages import MappingHint, Waterfall

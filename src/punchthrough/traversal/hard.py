@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from punchthrough.nat.summary import NatSummary
 from punchthrough.netio import Address, DatagramSocket
 from punchthrough.signal import HardNatBirthdayStart, HardNatProbe
 from punchthrough.stun import StunClient, StunError
@@ -65,7 +66,6 @@ from punchthrough.traversal.hardnat.prediction import (
     predicted_burst,
     predicting_schedule,
 )
-from punchthrough.traversal.hardnat.summary import NatSummary
 
 if TYPE_CHECKING:
     from punchthrough.traversal.agent import TraversalAgent
