@@ -35,8 +35,9 @@ import logging
 import math
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from dataclasses import replace
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, cast, get_args
 
 from punchthrough.endpoint.config import EndpointConfig
 from punchthrough.endpoint.connection import AllowCallback, Connection, call_allow
@@ -49,9 +50,11 @@ from punchthrough.endpoint.errors import (
     PeerUnreachable,
 )
 from punchthrough.identity import Identity, PeerId
-from punchthrough.nat.allocation import PortAllocation, classify_port_allocation
-from punchthrough.nat.behavior import filtering_behavior
-from punchthrough.nat.summary import NatSummary
+from punchthrough.nat.behavior import Behavior, Sample
+from punchthrough.nat.classify import NatObservations, Purpose, classify_nat
+from punchthrough.nat.filtering import filter_wait, filtering_test
+from punchthrough.nat.probe import PROBE_RTO
+from punchthrough.nat.summary import AD, APD, EI
 from punchthrough.netio import Address, DatagramReceiver, DatagramSocket, Network, UdpNetwork
 from punchthrough.portmap import PortMapError, PortMapper, PortMapping
 from punchthrough.relay import (
@@ -60,8 +63,17 @@ from punchthrough.relay import (
     RelayClient,
     RelayError,
 )
+from punchthrough.signal.messages import Behavior as BehaviorText
+from punchthrough.signal.messages import PortMappingProtocol
+from punchthrough.stun import (
+    BindingResult,
+    MessageClass,
+    Method,
+    StunClient,
+    StunDecodeError,
+    StunError,
+)
 from punchthrough.stun import Message as StunMessage
-from punchthrough.stun import MessageClass, Method, StunClient, StunDecodeError, StunError
 from punchthrough.stun import Username as StunUsername
 from punchthrough.stun import decode_message as decode_stun
 from punchthrough.transport.demux import DatagramMux, PacketKind, classify, quic_destination_cid
@@ -93,13 +105,17 @@ def _address_towards(gateway: str, host_ips: Sequence[str]) -> str | None:
 RELAY_RETRY_INITIAL: Final = 1.0
 RELAY_RETRY_MAX: Final = 30.0
 #: Budget of one STUN Binding to a server while gathering candidates: a server that has not
-#: answered by then is skipped (its RTO is :data:`GATHER_RTO`, so 3 tries fit).
+#: answered by then is skipped (from an RTO of ``PROBE_RTO``, 0.25 s, 3 tries fit); it also
+#: caps the filtering test's wait.
 GATHER_TIMEOUT: Final = 1.0
-GATHER_RTO: Final = 0.25
-#: Filtering test (RFC 5780 section 4.4) while gathering: wait this many server round trips for
-#: a CHANGE-REQUEST answer, at least :data:`FILTER_WAIT_MIN` (netcheck's own figures).
-FILTER_WAIT_RTTS: Final = 4.0
-FILTER_WAIT_MIN: Final = 0.5
+#: The planner's mapping verdict as the candidates' hint (Purpose.PLAN never says AD).
+_HINTS: Final[dict[BehaviorText, MappingHint]] = {
+    EI: "independent",
+    AD: "dependent",
+    APD: "dependent",
+    "unknown": "unknown",
+}
+_PROTOCOLS: Final[frozenset[str]] = frozenset(get_args(PortMappingProtocol))
 #: Hints that the network may have changed (a send error, a dead direct path) make the endpoint
 #: look at most this often.
 SUSPECT_DEBOUNCE: Final = 0.5
@@ -214,7 +230,7 @@ class Endpoint:
         self.network = network
         self.mux = DatagramMux(sock)
         #: STUN client on the main socket (netcheck and candidate gathering use it).
-        self.stun = StunClient(sock, rto=GATHER_RTO)
+        self.stun = StunClient(sock, rto=PROBE_RTO)
         self.mux.add_stun_handler(self.stun.handle_datagram)
         self.mux.add_stun_handler(self._stun_check)
         #: Our candidates (shared by every connection), re-gathered on network changes.
@@ -719,16 +735,16 @@ class Endpoint:
         """
         srflx: list[tuple[Address, str]] = []
         seen: dict[str, Address] = {}
-        samples: list[Address] = []  # in the order the mappings were made
+        samples: list[Sample] = []  # in the order the mappings were made
         for addr, client in self._relays.items():
             # where the relay sees us now (registration, then kept fresh by its keepalives)
             srflx.append((client.mapped_address, addr[0]))
             seen[addr[0]] = client.mapped_address
-            samples.append(client.mapped_address)
-        results: list[tuple[Address, Any]] = []
+            samples.append(Sample(addr, client.mapped_address))
+        results: list[tuple[Address, BindingResult]] = []
         if self.stun_servers:
 
-            async def one(server: Address) -> tuple[Address, Any] | None:
+            async def one(server: Address) -> tuple[Address, BindingResult] | None:
                 try:
                     res = await self.stun.binding(server, timeout=GATHER_TIMEOUT)
                 except (StunError, OSError):
@@ -740,18 +756,21 @@ class Endpoint:
                     results.append(r)
                     srflx.append((r[1].mapped, r[0][0]))
                     seen.setdefault(r[0][0], r[1].mapped)
-                    samples.append(r[1].mapped)
+                    samples.append(Sample(r[0], r[1].mapped))
         self._srflx_seen = seen
-        mapping: MappingHint = "unknown"
-        allocation, delta = "unknown", None
-        if len(samples) >= 2:
-            mapping = "independent" if len(set(samples)) == 1 else "dependent"
-        if mapping == "dependent":
-            verdict = classify_port_allocation([a[1] for a in samples])
-            if verdict.kind in (PortAllocation.SEQUENTIAL, PortAllocation.RANDOM):
-                allocation, delta = verdict.kind.value, verdict.delta
         mapper = self.port_mapper
         mapped = mapper.candidate if mapper is not None else None
+        protocol = (
+            mapper.mapping.protocol if mapper is not None and mapper.mapping is not None else None
+        )
+        offered: tuple[PortMappingProtocol, ...] = ()
+        if mapped is not None and protocol in _PROTOCOLS:
+            offered = (cast(PortMappingProtocol, protocol),)
+        obs = NatObservations(
+            samples=samples, udp=bool(samples) or not self.stun_servers, port_mapping=offered
+        )
+        summary = classify_nat(obs, Purpose.PLAN)
+        mapping = _HINTS[summary.mapping]
         cands = make_candidates(
             self._sock.local_address[1], host_ips=self._host_ips(), srflx=srflx, mapped=mapped
         )
@@ -761,49 +780,39 @@ class Endpoint:
             local.generation += 1
         local.candidates = cands
         local.mapping = mapping
-        local.allocation, local.delta = allocation, delta
+        local.allocation, local.delta = summary.allocation, summary.delta
         local.mapped = mapped
-        local.mapped_protocol = (
-            mapper.mapping.protocol if mapper is not None and mapper.mapping is not None else None
-        )
-        local.public_ip = srflx[0][0][0] if srflx else None
-        local.summary = self._summary(samples, mapping, "unknown", allocation, delta)
+        local.mapped_protocol = protocol
+        local.public_ip = summary.public_ip
+        local.summary = summary
         self._filter_round += 1
         if self._filter_task is not None:
             self._filter_task.cancel()
             self._filter_task = None
         if mapping == "independent" and any(r.other_address for _, r in results):
-            # The filtering test waits up to FILTER_WAIT_MIN for answers a filtering NAT drops:
+            # The filtering test waits up to MIN_FILTER_WAIT for answers a filtering NAT drops:
             # run it behind the call instead of before it. Only the NAT summary waits for it
             # (connections send theirs when it is ready); candidates and the hole punch don't.
             local.summary_ready = False
             self._filter_task = self._loop.create_task(
-                self._finish_filtering(
-                    self._filter_round, results, samples, mapping, allocation, delta
-                )
+                self._finish_filtering(self._filter_round, results, obs)
             )
         else:
             local.summary_ready = True
         return local
 
     async def _finish_filtering(
-        self,
-        round_: int,
-        results: list[tuple[Address, Any]],
-        samples: list[Address],
-        mapping: MappingHint,
-        allocation: str,
-        delta: int | None,
+        self, round_: int, results: list[tuple[Address, BindingResult]], obs: NatObservations
     ) -> None:
         try:
             filtering = await self._filtering_test(results)
         except Exception:  # a bug here must not leave the summary pending forever
             log.exception("filtering test failed")
-            filtering = "unknown"
+            filtering = Behavior.UNKNOWN
         if round_ != self._filter_round or self._closed:
             return  # a newer gather superseded this one
         local = self._local
-        local.summary = self._summary(samples, mapping, filtering, allocation, delta)
+        local.summary = classify_nat(replace(obs, filtering=filtering), Purpose.PLAN)
         local.summary_ready = True
         self._filter_task = None
         for agent in set(self._ufrags.values()):
@@ -816,81 +825,18 @@ class Endpoint:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(task)
 
-    async def _filtering_test(self, results: list[tuple[Address, Any]]) -> str:
-        """RFC 5780 section 4.4 tests II and III from a fresh socket (the main socket has
-        already sent to the servers' other addresses, which would open its own filter).
+    async def _filtering_test(self, results: list[tuple[Address, BindingResult]]) -> Behavior:
+        """RFC 5780 section 4.4 tests II and III against the first RFC 5780 server (from a
+        fresh socket: the main socket has already sent to the servers' other addresses).
 
         Only worth it for an endpoint-independent mapping: the planner needs that side's
         filtering to know whether the peer's unannounced ports get through."""
         rfc5780 = [(srv, res) for srv, res in results if res.other_address is not None]
         if not rfc5780 or self.network is None:
-            return "unknown"
+            return Behavior.UNKNOWN
         server, res = rfc5780[0]
-        wait = min(GATHER_TIMEOUT, max(FILTER_WAIT_MIN, FILTER_WAIT_RTTS * res.rtt))
-        try:
-            sock = await self.network.bind(self._sock.local_address[0], 0)
-        except OSError:
-            return "unknown"
-        client = StunClient(sock, rto=GATHER_RTO)
-        client.attach()
-
-        async def answered(**kw: bool) -> bool:
-            try:
-                await client.binding(server, timeout=wait, **kw)
-            except (StunError, OSError):
-                return False
-            return True
-
-        try:
-            both, port_only = await asyncio.gather(
-                answered(change_ip=True, change_port=True), answered(change_port=True)
-            )
-        finally:
-            client.close()
-            sock.close()
-        return filtering_behavior(both, port_only).value
-
-    def _summary(
-        self,
-        samples: list[Address],
-        mapping: MappingHint,
-        filtering: str,
-        allocation: str,
-        delta: int | None,
-    ) -> NatSummary:
-        """Our NAT as the stage planner sees it, from the gathered samples (a netcheck-like
-        report: mapping, filtering, allocation with its delta and observed port range)."""
-        local = self._local
-        ports = [a[1] for a in samples]
-        protocols = (
-            (local.mapped_protocol,)
-            if local.mapped is not None and local.mapped_protocol in ("nat-pmp", "pcp", "upnp")
-            else ()
-        )
-        report = {
-            "udp": bool(samples) or not self.stun_servers,
-            "mapping": {
-                "independent": "endpoint-independent",
-                # Two servers at different IPs saw different ports: the mapping depends at least
-                # on the address; a random or sequential allocator means address-and-port.
-                "dependent": "address-and-port-dependent",
-                "unknown": "unknown",
-            }[mapping],
-            "filtering": filtering,
-            "port_allocation": {
-                "kind": allocation if allocation in ("sequential", "random") else "unknown",
-                "delta": delta,
-                "ports": ports,
-                "port_range": [min(ports), max(ports)] if ports else None,
-            },
-            "public_ip": local.public_ip,
-            "port_mapping": {p.replace("-", "_"): True for p in protocols},
-        }
-        try:
-            return NatSummary.from_netcheck_json(report)
-        except ValueError:
-            self._stats["nat_summary_errors"] += 1
-            return NatSummary(udp=True, mapping=report["mapping"])  # type: ignore[arg-type]
+        wait = filter_wait([res.rtt], GATHER_TIMEOUT)
+        return await filtering_test(self.network, self._sock.local_address[0], server, wait)
 
     # -- network changes -----------------------------------------------------------------------
     @property
