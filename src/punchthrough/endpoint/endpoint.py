@@ -61,6 +61,7 @@ from punchthrough.relay import (
     NOTICE_RATE_LIMITED,
     NOTICE_UNKNOWN_DESTINATION,
     RelayClient,
+    RelayCloseCode,
     RelayError,
 )
 from punchthrough.signal.messages import Behavior as BehaviorText
@@ -385,8 +386,7 @@ class Endpoint:
                     del self._relays[addr]
                 if self._closed:
                     return
-                reason = client.close_reason or ""
-                if "replaced" in reason:
+                if client.close_code == RelayCloseCode.REPLACED:
                     # Another instance of this identity registered after us: last one wins.
                     # Taking it back would make the two fight forever, so stay off this relay.
                     log.warning(
@@ -396,7 +396,9 @@ class Endpoint:
                     )
                     self._stats["relay_replaced"] += 1
                     return
-                log.warning("lost relay %s:%d (%s); re-registering", *addr, reason)
+                log.warning(
+                    "lost relay %s:%d (%s); re-registering", *addr, client.close_reason or ""
+                )
                 self._stats["relay_lost"] += 1
                 client = None
                 delay = RELAY_RETRY_INITIAL
