@@ -49,6 +49,7 @@ from punchthrough.endpoint.errors import (
     NoRelay,
     PeerUnreachable,
 )
+from punchthrough.endpoint.relays import RelaySet, RelaySpec, parse_relay
 from punchthrough.identity import Identity, PeerId
 from punchthrough.nat.behavior import Behavior, Sample
 from punchthrough.nat.classify import NatObservations, Purpose, classify_nat
@@ -61,8 +62,6 @@ from punchthrough.relay import (
     NOTICE_RATE_LIMITED,
     NOTICE_UNKNOWN_DESTINATION,
     RelayClient,
-    RelayCloseCode,
-    RelayError,
 )
 from punchthrough.signal.messages import Behavior as BehaviorText
 from punchthrough.signal.messages import PortMappingProtocol
@@ -102,9 +101,6 @@ def _address_towards(gateway: str, host_ips: Sequence[str]) -> str | None:
     return candidates[0] if candidates else None
 
 
-#: Re-registration back-off after a relay connection is lost (seconds): first try, cap.
-RELAY_RETRY_INITIAL: Final = 1.0
-RELAY_RETRY_MAX: Final = 30.0
 #: Budget of one STUN Binding to a server while gathering candidates: a server that has not
 #: answered by then is skipped (from an RTO of ``PROBE_RTO``, 0.25 s, 3 tries fit); it also
 #: caps the filtering test's wait.
@@ -164,27 +160,6 @@ class _WatchedSocket:
         self._sock.close()
 
 
-RelaySpec = Address | str
-
-
-def parse_relay(spec: RelaySpec) -> Address:
-    """``("198.51.100.20", 3478)`` or ``"198.51.100.20:3478"`` / ``"[2001:db8::1]:3478"``."""
-    if isinstance(spec, tuple):
-        host, port = spec
-    else:
-        host, sep, port_text = spec.strip().rpartition(":")
-        if not sep or not port_text.isdigit():
-            raise ValueError(f"relay {spec!r} is not IP:PORT")
-        host, port = host.strip("[]"), int(port_text)
-    try:
-        ip = str(ipaddress.ip_address(host))
-    except ValueError:
-        raise ValueError(f"relay host {host!r} is not an IP address") from None
-    if not 0 < int(port) < 65536:
-        raise ValueError(f"relay port {port} is not 1-65535")
-    return (ip, int(port))
-
-
 class _Binding:
     """What :meth:`Endpoint.bind` returns: await it, or use it as an async context manager."""
 
@@ -242,9 +217,18 @@ class Endpoint:
         self.stun_servers: list[Address] = list(stun)
         self.config = config
         self._allow = allow
-        self._relay_specs: list[Address] = []
-        self._relays: dict[Address, RelayClient] = {}
-        self._relay_tasks: dict[Address, asyncio.Task[None]] = {}
+        self._stats: Counter[str] = Counter()
+        self._relays = RelaySet(
+            self.mux,
+            identity,
+            config,
+            self._stats,
+            is_closed=lambda: self._closed,
+            on_data=self._relay_data,
+            on_notice=self._relay_notice,
+            on_network=self._network_event,
+            last_seen=lambda ip: self._srflx_seen.get(ip),
+        )
         self._cids: dict[bytes, Connection] = {}
         self._connections: set[Connection] = set()
         self._dialing: dict[PeerId, set[Connection]] = {}
@@ -253,7 +237,6 @@ class Endpoint:
         self._accept_waiter: asyncio.Future[None] | None = None
         self._pending_admission = 0
         self._closed = False
-        self._stats: Counter[str] = Counter()
         #: Network watch: local addresses last seen, hint debounce, re-gathers in progress.
         self._last_ips: set[str] = set()
         self._last_suspect = -math.inf
@@ -319,7 +302,7 @@ class Endpoint:
             try:
                 if gateway is not None:
                     await ep._start_port_mapping(net, gateway, upnp=upnp)
-                await ep._start_relays(relay_addrs)
+                await ep._relays.start(relay_addrs)
                 await ep.gather()
                 ep._start_network_watch()
             except BaseException:
@@ -329,107 +312,7 @@ class Endpoint:
 
         return _Binding(make)
 
-    async def _start_relays(self, addrs: list[Address]) -> None:
-        self._relay_specs = list(dict.fromkeys(addrs))
-        if not self._relay_specs:
-            return
-        results = await asyncio.gather(
-            *(self._register(a) for a in self._relay_specs), return_exceptions=True
-        )
-        errors: list[str] = []
-        for addr, result in zip(self._relay_specs, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, Exception):
-                    raise result
-                errors.append(f"{addr[0]}:{addr[1]}: {result}")
-                self._relay_tasks[addr] = self._loop.create_task(self._supervise(addr, None))
-        if not self._relays:
-            raise NoRelay("no relay registered us: " + "; ".join(errors))
-
-    async def _register(self, addr: Address) -> None:
-        client = await RelayClient.connect(
-            self.mux,
-            addr,
-            self.identity,
-            timeout=self.config.relay_timeout,
-            nat_keepalive=self.config.nat_keepalive,
-        )
-        if self._closed:
-            await client.close()
-            raise EndpointClosed("endpoint closed")
-        self._attach_relay(addr, client)
-        self._relay_tasks[addr] = self._loop.create_task(self._supervise(addr, client))
-
-    def _attach_relay(self, addr: Address, client: RelayClient) -> None:
-        previous = self._srflx_seen.get(addr[0])
-        self._relays[addr] = client
-        if previous is not None and previous != client.observed_address:
-            # Re-registered and seen from elsewhere: our NAT or network changed under us.
-            self._network_event(f"re-registered with relay {addr[0]}:{addr[1]} from a new address")
-        client.set_receiver(lambda src, payload: self._relay_data(addr, src, payload))
-        client.set_notice_handler(lambda code, peer: self._relay_notice(addr, code, peer))
-        client.set_network_handler(self._network_event)
-        log.info(
-            "registered with relay %s:%d as %s (seen as %s:%d)",
-            *addr,
-            self.identity.peer_id.short,
-            *client.observed_address,
-        )
-
-    async def _supervise(self, addr: Address, client: RelayClient | None) -> None:
-        """Keep a registration alive: when the relay connection is lost, register again."""
-        delay = RELAY_RETRY_INITIAL
-        while not self._closed:
-            if client is not None:
-                await client.wait_closed()
-                if self._relays.get(addr) is client:
-                    del self._relays[addr]
-                if self._closed:
-                    return
-                if client.close_code == RelayCloseCode.REPLACED:
-                    # Another instance of this identity registered after us: last one wins.
-                    # Taking it back would make the two fight forever, so stay off this relay.
-                    log.warning(
-                        "relay %s:%d: our registration was taken over by another instance of "
-                        "this identity; not re-registering",
-                        *addr,
-                    )
-                    self._stats["relay_replaced"] += 1
-                    return
-                log.warning(
-                    "lost relay %s:%d (%s); re-registering", *addr, client.close_reason or ""
-                )
-                self._stats["relay_lost"] += 1
-                client = None
-                delay = RELAY_RETRY_INITIAL
-            await asyncio.sleep(delay)
-            try:
-                client = await RelayClient.connect(
-                    self.mux,
-                    addr,
-                    self.identity,
-                    timeout=self.config.relay_timeout,
-                    nat_keepalive=self.config.nat_keepalive,
-                )
-            except (RelayError, OSError) as exc:
-                log.info("relay %s:%d still unavailable: %s", *addr, exc)
-                delay = min(delay * 2, RELAY_RETRY_MAX)
-                continue
-            if self._closed:
-                await client.close()
-                return
-            self._attach_relay(addr, client)
-
     # -- relay data plane -----------------------------------------------------------------------
-    def _relay_sender(self, relay: Address, peer: PeerId) -> Any:
-        def send(data: bytes) -> None:
-            client = self._relays.get(relay)
-            if client is None or client.closed:
-                raise OSError(f"not registered with relay {relay[0]}:{relay[1]}")
-            client.send(peer, data)
-
-        return send
-
     def _register_cid(self, cid: bytes, conn: Connection | None) -> None:
         if conn is None:
             self._cids.pop(cid, None)
@@ -447,7 +330,7 @@ class Endpoint:
                 return
             path = Path.relay(relay)
             if not conn.paths.has(path):
-                conn.paths.add(path, self._relay_sender(relay, src))
+                conn.paths.add(path, self._relays.sender(relay, src))
             conn.packet_received(payload, path)
             return
         if classify(payload) is PacketKind.QUIC_LONG and is_initial(payload):
@@ -466,7 +349,7 @@ class Endpoint:
             return
         conn = self._new_connection(src, is_client=False)
         path = Path.relay(relay)
-        conn.paths.add(path, self._relay_sender(relay, src))
+        conn.paths.add(path, self._relays.sender(relay, src))
         conn._start_server(initial, path)
         self._stats["incoming"] += 1
         self._pending_admission += 1
@@ -514,11 +397,11 @@ class Endpoint:
                 continue
             tried = self._relays_tried.setdefault(conn, {relay})
             tried.add(relay)
-            untried = [a for a in self._relays if a not in tried]
+            untried = [a for a in self._relays.clients if a not in tried]
             if untried:
                 nxt = untried[0]
                 tried.add(nxt)
-                conn.paths.add(Path.relay(nxt), self._relay_sender(nxt, peer), make_current=True)
+                conn.paths.add(Path.relay(nxt), self._relays.sender(nxt, peer), make_current=True)
                 conn.paths.remove(Path.relay(relay), "peer not registered there")
             else:
                 conn._unreachable(
@@ -562,12 +445,13 @@ class Endpoint:
         if self._closed:
             raise EndpointClosed("endpoint is closed")
         peer = peer_id if isinstance(peer_id, PeerId) else PeerId.parse(peer_id)
-        relay = next((a for a in self._relay_specs if a in self._relays), None)
+        registered = self._relays.registered()
+        relay = registered[0] if registered else None
         if relay is None:
-            raise NoRelay("not registered with any relay" if self._relay_specs else "no relays")
+            raise NoRelay("not registered with any relay" if self._relays.specs else "no relays")
         timeout = self.config.connect_timeout if timeout is None else timeout
         conn = self._new_connection(peer, is_client=True)
-        conn.paths.add(Path.relay(relay), self._relay_sender(relay, peer))
+        conn.paths.add(Path.relay(relay), self._relays.sender(relay, peer))
         self._relays_tried[conn] = {relay}
         self._dialing.setdefault(peer, set()).add(conn)
         try:
@@ -636,7 +520,7 @@ class Endpoint:
 
     def sample_servers(self) -> list[Address]:
         """STUN servers for fresh port samples: our relays (they answer STUN) and --stun."""
-        return list(dict.fromkeys([*self._relays, *self.stun_servers]))
+        return list(dict.fromkeys([*self._relays.clients, *self.stun_servers]))
 
     def register_ufrag(self, ufrag: str, agent: TraversalAgent | None) -> None:
         """Route checks whose USERNAME names ``ufrag`` to ``agent`` (``None`` removes)."""
@@ -670,7 +554,7 @@ class Endpoint:
                 if agent.owns(msg.transaction_id):
                     agent.handle_stun(data, local, addr)
                     return True
-            if addr in self._relays:
+            if addr in self._relays.clients:
                 return False  # a relay's answer to its client's NAT keepalive (next handler)
             self._stats["checks_unknown_transaction"] += 1
             return True
@@ -738,7 +622,7 @@ class Endpoint:
         srflx: list[tuple[Address, str]] = []
         seen: dict[str, Address] = {}
         samples: list[Sample] = []  # in the order the mappings were made
-        for addr, client in self._relays.items():
+        for addr, client in self._relays.clients.items():
             # where the relay sees us now (registration, then kept fresh by its keepalives)
             srflx.append((client.mapped_address, addr[0]))
             seen[addr[0]] = client.mapped_address
@@ -894,7 +778,7 @@ class Endpoint:
         if changed is not None:
             await self.network_changed(changed)
             return
-        clients = [c for c in self._relays.values() if not c.closed]
+        clients = [c for c in self._relays.clients.values() if not c.closed]
         # A changed mapping or a relay answering again calls _network_event.
         await asyncio.gather(*(c.refresh(REFRESH_TIMEOUT) for c in clients))
 
@@ -920,7 +804,7 @@ class Endpoint:
             reasons, self._change_reasons = self._change_reasons, []
             self._regathering = True
             try:
-                clients = [c for c in self._relays.values() if not c.closed]
+                clients = [c for c in self._relays.clients.values() if not c.closed]
                 for client in clients:
                     client.ping()
                 await asyncio.gather(*(c.refresh(REFRESH_TIMEOUT) for c in clients))
@@ -950,11 +834,11 @@ class Endpoint:
     @property
     def relay_addresses(self) -> list[Address]:
         """Relays we are registered with right now."""
-        return [a for a in self._relay_specs if a in self._relays]
+        return self._relays.registered()
 
     @property
     def relays(self) -> dict[Address, RelayClient]:
-        return dict(self._relays)
+        return dict(self._relays.clients)
 
     @property
     def connections(self) -> list[Connection]:
@@ -990,18 +874,13 @@ class Endpoint:
             for task in watchers:
                 task.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)
-            for task in self._relay_tasks.values():
-                task.cancel()
-            await asyncio.gather(*self._relay_tasks.values(), return_exceptions=True)
-            await asyncio.gather(
-                *(c.close() for c in self._relays.values()), return_exceptions=True
-            )
+            await self._relays.close()
             if self.port_mapper is not None:
                 await self.port_mapper.close()
         finally:
             for c in list(self._connections):
                 c.abort()
-            self._relays.clear()
+            self._relays.clients.clear()
             self._ufrags.clear()
             self.stun.close()
             self.mux.close()
