@@ -33,23 +33,21 @@ import contextlib
 import ipaddress
 import logging
 import math
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, Final, cast, get_args
 
+from punchthrough.endpoint.admission import Admission
 from punchthrough.endpoint.config import EndpointConfig
-from punchthrough.endpoint.connection import AllowCallback, Connection, call_allow
+from punchthrough.endpoint.connection import AllowCallback, Connection
+from punchthrough.endpoint.dialer import Dialer
 from punchthrough.endpoint.errors import (
-    ConnectError,
-    ConnectionClosed,
-    ConnectTimeout,
     EndpointClosed,
-    NoRelay,
-    PeerUnreachable,
 )
 from punchthrough.endpoint.relays import RelaySet, RelaySpec, parse_relay
+from punchthrough.endpoint.router import PacketRouter
 from punchthrough.identity import Identity, PeerId
 from punchthrough.nat.behavior import Behavior, Sample
 from punchthrough.nat.classify import NatObservations, Purpose, classify_nat
@@ -59,30 +57,19 @@ from punchthrough.nat.summary import AD, APD, EI
 from punchthrough.netio import Address, DatagramReceiver, DatagramSocket, Network, UdpNetwork
 from punchthrough.portmap import PortMapError, PortMapper, PortMapping
 from punchthrough.relay import (
-    NOTICE_RATE_LIMITED,
-    NOTICE_UNKNOWN_DESTINATION,
     RelayClient,
 )
 from punchthrough.signal.messages import Behavior as BehaviorText
 from punchthrough.signal.messages import PortMappingProtocol
 from punchthrough.stun import (
     BindingResult,
-    MessageClass,
-    Method,
     StunClient,
-    StunDecodeError,
     StunError,
 )
-from punchthrough.stun import Message as StunMessage
-from punchthrough.stun import Username as StunUsername
-from punchthrough.stun import decode_message as decode_stun
-from punchthrough.transport.demux import DatagramMux, PacketKind, classify, quic_destination_cid
-from punchthrough.transport.path import Path
-from punchthrough.transport.quic import is_initial
+from punchthrough.transport.demux import DatagramMux
 from punchthrough.traversal.agent import LocalCandidates, TraversalAgent
 from punchthrough.traversal.candidates import make_candidates
 from punchthrough.traversal.hardnat.plan import Budget
-from punchthrough.traversal.keys import recipient_ufrag
 from punchthrough.traversal.stages import MappingHint
 
 log = logging.getLogger(__name__)
@@ -207,16 +194,12 @@ class Endpoint:
         self.mux = DatagramMux(sock)
         #: STUN client on the main socket (netcheck and candidate gathering use it).
         self.stun = StunClient(sock, rto=PROBE_RTO)
-        self.mux.add_stun_handler(self.stun.handle_datagram)
-        self.mux.add_stun_handler(self._stun_check)
         #: Our candidates (shared by every connection), re-gathered on network changes.
         self._local = LocalCandidates()
-        self._ufrags: dict[str, TraversalAgent] = {}
         self.port_mapper: PortMapper | None = None
         self._srflx_seen: dict[str, Address] = {}
         self.stun_servers: list[Address] = list(stun)
         self.config = config
-        self._allow = allow
         self._stats: Counter[str] = Counter()
         self._relays = RelaySet(
             self.mux,
@@ -224,18 +207,37 @@ class Endpoint:
             config,
             self._stats,
             is_closed=lambda: self._closed,
-            on_data=self._relay_data,
-            on_notice=self._relay_notice,
+            on_data=lambda relay, src, data: self._router.relay_data(relay, src, data),
+            on_notice=lambda relay, code, peer: self._dialer.relay_notice(relay, code, peer),
             on_network=self._network_event,
             last_seen=lambda ip: self._srflx_seen.get(ip),
         )
-        self._cids: dict[bytes, Connection] = {}
+        self._admission = Admission(
+            config,
+            self._stats,
+            allow,
+            new_connection=lambda peer: self._new_connection(peer, is_client=False),
+            relay_sender=self._relays.sender,
+            is_closed=lambda: self._closed,
+        )
+        self._router = PacketRouter(
+            self.mux,
+            sock,
+            self._stats,
+            relay_sender=self._relays.sender,
+            incoming=self._admission.incoming,
+            is_relay=lambda addr: addr in self._relays.clients,
+        )
+        self.mux.add_stun_handler(self.stun.handle_datagram)
+        self.mux.add_stun_handler(self._router.stun_check)
+        self._dialer = Dialer(
+            self._relays,
+            config,
+            self._stats,
+            new_connection=lambda peer: self._new_connection(peer, is_client=True),
+            is_closed=lambda: self._closed,
+        )
         self._connections: set[Connection] = set()
-        self._dialing: dict[PeerId, set[Connection]] = {}
-        self._relays_tried: dict[Connection, set[Address]] = {}
-        self._accepted: deque[Connection] = deque()
-        self._accept_waiter: asyncio.Future[None] | None = None
-        self._pending_admission = 0
         self._closed = False
         #: Network watch: local addresses last seen, hint debounce, re-gathers in progress.
         self._last_ips: set[str] = set()
@@ -313,104 +315,6 @@ class Endpoint:
         return _Binding(make)
 
     # -- relay data plane -----------------------------------------------------------------------
-    def _register_cid(self, cid: bytes, conn: Connection | None) -> None:
-        if conn is None:
-            self._cids.pop(cid, None)
-            self.mux.remove_quic_cid(cid)
-        else:
-            self._cids[cid] = conn
-            self.mux.add_quic_cid(cid, conn._direct_packet)
-
-    def _relay_data(self, relay: Address, src: PeerId, payload: bytes) -> None:
-        cid = quic_destination_cid(payload)
-        conn = self._cids.get(cid) if cid is not None else None
-        if conn is not None:
-            if conn.peer_id != src:
-                self._stats["dropped_relay_wrong_peer"] += 1
-                return
-            path = Path.relay(relay)
-            if not conn.paths.has(path):
-                conn.paths.add(path, self._relays.sender(relay, src))
-            conn.packet_received(payload, path)
-            return
-        if classify(payload) is PacketKind.QUIC_LONG and is_initial(payload):
-            self._incoming(relay, src, payload)
-            return
-        self._stats["dropped_relay_unknown"] += 1
-
-    def _incoming(self, relay: Address, src: PeerId, initial: bytes) -> None:
-        if self._closed:
-            self._stats["dropped_closing"] += 1
-            return
-        if self._pending_admission >= self.config.accept_backlog:
-            # Half-open connections cost ~90 KiB each: bound them (a flood of Initials from
-            # a registered peer must not exhaust memory); QUIC retransmits the Initial.
-            self._stats["dropped_incoming_backlog"] += 1
-            return
-        conn = self._new_connection(src, is_client=False)
-        path = Path.relay(relay)
-        conn.paths.add(path, self._relays.sender(relay, src))
-        conn._start_server(initial, path)
-        self._stats["incoming"] += 1
-        self._pending_admission += 1
-        self._loop.create_task(self._admit_when_ready(conn))
-
-    async def _admit_when_ready(self, conn: Connection) -> None:
-        try:
-            await conn._wait_ready()
-        except (ConnectError, ConnectionClosed) as exc:
-            log.info("incoming connection from %s failed: %s", conn.peer_id.short, exc)
-            self._stats["incoming_failed"] += 1
-            return
-        finally:
-            self._pending_admission -= 1
-        if self._closed or conn.closed:
-            return
-        self._stats["accepted"] += 1
-        self._accepted.append(conn)
-        if self._accept_waiter is not None and not self._accept_waiter.done():
-            self._accept_waiter.set_result(None)
-
-    async def _admit(self, peer_id: PeerId) -> str | None:
-        """Acceptor policy: None admits; a string is the refusal reason sent to the dialer."""
-        if self._closed:
-            return "endpoint closing"
-        if len(self._accepted) >= self.config.accept_backlog:
-            self._stats["refused_busy"] += 1
-            return "busy"
-        if self._allow is not None and not await call_allow(self._allow, peer_id):
-            self._stats["refused_allow"] += 1
-            return "refused"
-        return None
-
-    def _relay_notice(self, relay: Address, code: int, peer: PeerId) -> None:
-        if code == NOTICE_RATE_LIMITED:
-            self._stats["relay_rate_limited"] += 1
-            return
-        if code != NOTICE_UNKNOWN_DESTINATION:
-            self._stats["relay_notice_unknown"] += 1
-            return
-        self._stats["relay_unknown_destination"] += 1
-        for conn in list(self._dialing.get(peer, ())):
-            current = conn.paths.current
-            if current is None or current != Path.relay(relay):
-                continue
-            tried = self._relays_tried.setdefault(conn, {relay})
-            tried.add(relay)
-            untried = [a for a in self._relays.clients if a not in tried]
-            if untried:
-                nxt = untried[0]
-                tried.add(nxt)
-                conn.paths.add(Path.relay(nxt), self._relays.sender(nxt, peer), make_current=True)
-                conn.paths.remove(Path.relay(relay), "peer not registered there")
-            else:
-                conn._unreachable(
-                    PeerUnreachable(
-                        f"peer {peer} is not registered with "
-                        + ", ".join(f"{a[0]}:{a[1]}" for a in sorted(tried))
-                    )
-                )
-
     # -- connections ----------------------------------------------------------------------------
     def _new_connection(self, peer: PeerId, *, is_client: bool) -> Connection:
         conn = Connection(
@@ -418,9 +322,9 @@ class Endpoint:
             peer_id=peer,
             is_client=is_client,
             config=self.config,
-            register_cid=self._register_cid,
+            register_cid=self._router.register_cid,
             on_closed=self._connection_closed,
-            admit=None if is_client else self._admit,
+            admit=None if is_client else self._admission.admit,
             direct=self if self.config.direct else None,
         )
         self._connections.add(conn)
@@ -428,11 +332,9 @@ class Endpoint:
 
     def _connection_closed(self, conn: Connection) -> None:
         self._connections.discard(conn)
-        self._relays_tried.pop(conn, None)
-        for cid in [c for c, owner in self._cids.items() if owner is conn]:
-            self._register_cid(cid, None)
-        with contextlib.suppress(ValueError):
-            self._accepted.remove(conn)
+        self._dialer.forget(conn)
+        self._router.forget(conn)
+        self._admission.forget(conn)
 
     async def connect(self, peer_id: PeerId | str, timeout: float | None = None) -> Connection:
         """Dial ``peer_id`` through a relay; returns once the connection is usable.
@@ -442,56 +344,11 @@ class Endpoint:
         :class:`ConnectTimeout` (after ``timeout``, default ``config.connect_timeout``) or
         :class:`EndpointClosed`.
         """
-        if self._closed:
-            raise EndpointClosed("endpoint is closed")
-        peer = peer_id if isinstance(peer_id, PeerId) else PeerId.parse(peer_id)
-        registered = self._relays.registered()
-        relay = registered[0] if registered else None
-        if relay is None:
-            raise NoRelay("not registered with any relay" if self._relays.specs else "no relays")
-        timeout = self.config.connect_timeout if timeout is None else timeout
-        conn = self._new_connection(peer, is_client=True)
-        conn.paths.add(Path.relay(relay), self._relays.sender(relay, peer))
-        self._relays_tried[conn] = {relay}
-        self._dialing.setdefault(peer, set()).add(conn)
-        try:
-            conn._start_client()
-            async with asyncio.timeout(timeout):
-                await conn._wait_ready()
-        except TimeoutError:
-            conn.abort()
-            raise ConnectTimeout(
-                f"no usable connection to {peer.short} within {timeout:g} s "
-                "(peer offline or not accepting?)"
-            ) from None
-        except ConnectionClosed as exc:
-            conn.abort()
-            if self._closed:
-                raise EndpointClosed("endpoint closed while connecting") from None
-            raise ConnectError(str(exc)) from None
-        except BaseException:
-            conn.abort()
-            raise
-        finally:
-            dialing = self._dialing.get(peer)
-            if dialing is not None:
-                dialing.discard(conn)
-                if not dialing:
-                    del self._dialing[peer]
-        self._stats["connected"] += 1
-        return conn
+        return await self._dialer.connect(peer_id, timeout)
 
     async def accept(self) -> Connection:
         """The next authenticated, allowed incoming connection; :class:`EndpointClosed` at end."""
-        while not self._accepted:
-            if self._closed:
-                raise EndpointClosed("endpoint is closed")
-            self._accept_waiter = self._loop.create_future()
-            try:
-                await self._accept_waiter
-            finally:
-                self._accept_waiter = None
-        return self._accepted.popleft()
+        return await self._admission.accept()
 
     def __aiter__(self) -> AsyncIterator[Connection]:
         return self._iterate()
@@ -524,41 +381,7 @@ class Endpoint:
 
     def register_ufrag(self, ufrag: str, agent: TraversalAgent | None) -> None:
         """Route checks whose USERNAME names ``ufrag`` to ``agent`` (``None`` removes)."""
-        if agent is None:
-            self._ufrags.pop(ufrag, None)
-        else:
-            self._ufrags[ufrag] = agent
-
-    def _stun_check(self, data: bytes, addr: Address) -> bool:
-        """A STUN datagram the STUN client did not claim: a peer's check or check response."""
-        try:
-            msg: StunMessage = decode_stun(data)
-        except StunDecodeError:
-            self._stats["checks_malformed"] += 1
-            return True
-        if msg.method != Method.BINDING:
-            return False
-        local = self._sock.local_address
-        if msg.message_class is MessageClass.REQUEST:
-            user = msg.get(StunUsername)
-            ufrag = recipient_ufrag(user.value) if user is not None else None
-            agent = self._ufrags.get(ufrag) if ufrag is not None else None
-            if agent is None:
-                # No connection of ours has that key: drop, count, never answer.
-                self._stats["checks_unknown_username"] += 1
-                return True
-            agent.handle_stun(data, local, addr)
-            return True
-        if msg.message_class in (MessageClass.SUCCESS_RESPONSE, MessageClass.ERROR_RESPONSE):
-            for agent in list(self._ufrags.values()):
-                if agent.owns(msg.transaction_id):
-                    agent.handle_stun(data, local, addr)
-                    return True
-            if addr in self._relays.clients:
-                return False  # a relay's answer to its client's NAT keepalive (next handler)
-            self._stats["checks_unknown_transaction"] += 1
-            return True
-        return False
+        self._router.register_ufrag(ufrag, agent)
 
     async def _start_port_mapping(self, net: Network, gateway: str, *, upnp: bool) -> None:
         """Map the main socket's port on the gateway (NAT-PMP / PCP / UPnP); best effort."""
@@ -701,7 +524,7 @@ class Endpoint:
         local.summary = classify_nat(replace(obs, filtering=filtering), Purpose.PLAN)
         local.summary_ready = True
         self._filter_task = None
-        for agent in set(self._ufrags.values()):
+        for agent in set(self._router.ufrags.values()):
             agent.local_summary_ready()
 
     async def summary_ready(self) -> None:
@@ -819,7 +642,7 @@ class Endpoint:
             text = "; ".join(dict.fromkeys(reasons))
             self.network_events.append((self._loop.time(), text))
             log.info("network changed (%s): candidate generation %d", text, self._local.generation)
-            for agent in list(self._ufrags.values()):
+            for agent in list(self._router.ufrags.values()):
                 agent.local_candidates_changed()
 
     # -- state ----------------------------------------------------------------------------------
@@ -860,8 +683,7 @@ class Endpoint:
         if self._closed:
             return
         self._closed = True
-        if self._accept_waiter is not None and not self._accept_waiter.done():
-            self._accept_waiter.set_result(None)
+        self._admission.wake()
         try:
             conns = list(self._connections)
             if conns:
@@ -881,7 +703,7 @@ class Endpoint:
             for c in list(self._connections):
                 c.abort()
             self._relays.clients.clear()
-            self._ufrags.clear()
+            self._router.ufrags.clear()
             self.stun.close()
             self.mux.close()
             self._sock.close()
