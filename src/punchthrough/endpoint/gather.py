@@ -6,11 +6,12 @@ no packet is sent for them) and one STUN Binding to each ``--stun`` server, all 
 observations are also the samples of :func:`punchthrough.nat.classify.classify_nat`
 (``Purpose.PLAN``), which gives the NAT summary sent to peers.
 
-The RFC 5780 filtering test waits up to ``MIN_FILTER_WAIT`` for answers a filtering NAT drops,
-so it runs behind the call, in the background: candidates and the hole punch do not wait for
-it, only the NAT summary does (``LocalCandidates.summary_ready``; connections send their summary
-once it is final). It is only worth running for an endpoint-independent mapping: the planner
-needs that side's filtering to know whether the peer's unannounced ports get through.
+The RFC 5780 filtering test waits at least ``MIN_FILTER_WAIT`` (0.5 s) for answers a filtering
+NAT drops, so it runs behind the call, in the background: candidates and the hole punch do not
+wait for it, only the NAT summary does (``LocalCandidates.summary_ready``; connections send
+their summary once it is final). It is only worth running for an endpoint-independent mapping:
+the planner needs that side's filtering to know whether the peer's unannounced ports get
+through.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ _HINTS: Final[dict[BehaviorText, MappingHint]] = {
     APD: "dependent",
     "unknown": "unknown",
 }
+#: Port-mapping protocols a peer's planner knows (the signal schema's ``PortMappingProtocol``).
 _PROTOCOLS: Final[frozenset[str]] = frozenset(get_args(PortMappingProtocol))
 
 
