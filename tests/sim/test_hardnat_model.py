@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from punchthrough.nat.summary import estimate_range_size
 from punchthrough.netio import Address
 from punchthrough.sim.nat import Admitted, NatTable, Translated, nat_config
 from punchthrough.traversal.hardnat.birthday import EasySidePlan, HardSidePlan, scan_range
@@ -32,7 +33,6 @@ from punchthrough.traversal.hardnat.stats import (
     success_probability,
     wilson_interval,
 )
-from punchthrough.traversal.hardnat.summary import estimate_range_size
 
 HARD_IP, EASY_IP = "203.0.113.10", "198.51.100.50"
 HARD_HOST, EASY_HOST = "10.0.0.2", "10.1.0.2"

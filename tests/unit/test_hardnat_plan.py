@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from punchthrough.nat.summary import NatSummary, SummaryError
 from punchthrough.signal import decode, encode
 from punchthrough.signal.messages import NatReportSummary
 from punchthrough.traversal.hardnat.plan import Budget, StagePlan, plan_stages
-from punchthrough.traversal.hardnat.summary import NatSummary, SummaryError
 
 EI, AD, APD = "endpoint-independent", "address-dependent", "address-and-port-dependent"
 

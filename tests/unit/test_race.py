@@ -8,12 +8,12 @@ from dataclasses import replace
 
 import pytest
 
+from punchthrough.nat.summary import APD, EI, NatSummary
 from punchthrough.netio import Address
 from punchthrough.signal import CheckStart, HardNatBirthdayStart
 from punchthrough.traversal.checks import CandidatePair
 from punchthrough.traversal.hardnat.plan import Budget
 from punchthrough.traversal.hardnat.prediction import make_probe
-from punchthrough.traversal.hardnat.summary import APD, EI, NatSummary
 from punchthrough.traversal.race import (
     HARD_START_DELAY,
     MAX_ATTEMPTS,

@@ -15,6 +15,7 @@ from punchthrough.netio import Address, DatagramSocket, UdpNetwork
 from punchthrough.relay import (
     NOTICE_UNKNOWN_DESTINATION,
     RelayClient,
+    RelayCloseCode,
     RelayError,
     RelayLimits,
     RelayRegistrationError,
@@ -267,6 +268,29 @@ async def test_relay_close_ends_client_registration_and_releases_everything() ->
         assert asyncio.all_tasks() <= tasks_before
         a.rc.send(a.id, b"x")
         assert a.rc.stats["dropped_closed"] == 1
+    finally:
+        await h.close()
+
+
+async def test_close_code_says_why_the_relay_closed_and_none_when_we_did() -> None:
+    """Supervisors decide on ``close_code``, never on the reason text."""
+    server = await RelayServer.start(NET, [("127.0.0.1", 0)], limits=FAST)
+    h = Harness(server)
+    try:
+        ident = Identity.generate()
+        old = await h.peer(identity=ident)
+        mine = await h.peer()
+        await h.peer(identity=ident)
+        async with asyncio.timeout(2):
+            await old.rc.wait_closed()
+        assert old.rc.close_code == RelayCloseCode.REPLACED
+        await mine.rc.close()
+        assert mine.rc.close_code is None
+        survivor = await h.peer()
+        await server.close()
+        async with asyncio.timeout(3):
+            await survivor.rc.wait_closed()
+        assert survivor.rc.close_code == RelayCloseCode.SHUTDOWN
     finally:
         await h.close()
 

@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import pytest
 
+from punchthrough.nat.summary import NatSummary
 from punchthrough.netio import Address
 from punchthrough.signal import Candidate
 from punchthrough.stun import (
@@ -40,7 +41,6 @@ from punchthrough.traversal import (
 )
 from punchthrough.traversal.checks import MAX_PAIRS, MAX_TRANSACTIONS, Action
 from punchthrough.traversal.hardnat.plan import plan_stages
-from punchthrough.traversal.hardnat.summary import NatSummary
 from punchthrough.traversal.monitor import (
     KEEPALIVE,
     KEEPALIVE_MAX,

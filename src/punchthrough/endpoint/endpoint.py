@@ -1,183 +1,66 @@
 """``Endpoint``: one identity, one UDP socket, any number of peer connections.
 
-The endpoint binds ONE main socket and puts a :class:`DatagramMux` on it. On that socket run a
-STUN client (netcheck, candidates), one :class:`RelayClient` per relay (registration under our
-peer id) and every peer connection, dialer and acceptor alike. Relayed QUIC packets arrive as
-relay DATA frames stamped with the sender's peer id and are routed by QUIC destination
-connection ID to their connection (so two connections with the same peer, e.g. both peers
-dialling at once, never get mixed up); a long-header Initial nobody owns creates an acceptor
-connection, anything else nobody owns is dropped and counted.
+The public façade. The endpoint binds ONE main socket and puts a :class:`DatagramMux` on it; on
+that socket run a STUN client (candidates, the NAT's classification), one relay registration
+per relay and every peer connection, dialer and acceptor alike. Each job is its own module,
+wired together here:
+
+- :mod:`.relays` keeps the relay registrations alive (:class:`RelaySet`);
+- :mod:`.router` routes what arrives to its connection (QUIC by connection ID, checks by
+  ufrag; an Initial nobody owns goes to :mod:`.admission`, anything else is dropped, counted);
+- :mod:`.dialer` and :mod:`.admission` make outgoing and take incoming connections;
+- :mod:`.gather` collects our candidates and classifies our NAT (``nat.classify``);
+  :mod:`.portmapping` maps the main socket on the gateway;
+- :mod:`.netwatch` notices network changes and re-gathers.
 
     async with Endpoint.bind(identity, relays=[("198.51.100.20", 3478)]) as ep:
         conn = await ep.connect(peer_id)
 
-Network changes. The endpoint keeps its NAT bindings alive (each relay client's STUN keepalive,
-every ``config.nat_keepalive``) and watches for a changed network, cheaply:
-
-- the set of local addresses, every ``nat_keepalive`` (a new address, a lost one: Wi-Fi to
-  cellular, a DHCP renumbering, a link that went down and came back);
-- a relay that sees us at a new address (NAT reboot or rebinding, a new network behind the same
-  private address) or answers again after unanswered keepalives (the network came back);
-- a send error on the main socket, or a direct path a connection's monitor found dead: these only
-  make the endpoint look now (addresses, a keepalive to each relay), they change nothing alone.
-
-A change runs :meth:`Endpoint.network_changed`: a QUIC PING to every relay (the registration
-follows our new address), a re-gather, a new candidate generation, and every connection's
-``CandidateUpdate`` plus new checks (``TraversalAgent.local_candidates_changed``).
+The endpoint is also what every connection's traversal agent uses for direct paths
+(``traversal.agent.DirectHost``: the socket, our candidates, check routing, the network).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
-import logging
-import math
-from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Sequence
 from types import TracebackType
-from typing import Any, Final
+from typing import Any
 
+from punchthrough.endpoint.admission import Admission
 from punchthrough.endpoint.config import EndpointConfig
 from punchthrough.endpoint.connection import Connection
-from punchthrough.endpoint.errors import (
-    ConnectError,
-    ConnectionClosed,
-    ConnectTimeout,
-    EndpointClosed,
-    NoRelay,
-    PeerUnreachable,
-)
-from punchthrough.endpoint.peerauth import AllowCallback, call_allow
+from punchthrough.endpoint.dialer import Dialer
+from punchthrough.endpoint.errors import EndpointClosed
+from punchthrough.endpoint.gather import Gatherer, host_ips
+from punchthrough.endpoint.netwatch import NetworkWatch, WatchedSocket
+from punchthrough.endpoint.peerauth import AllowCallback
+from punchthrough.endpoint.portmapping import MainSocketMapping
+from punchthrough.endpoint.relays import RelaySet, RelaySpec, parse_relay
+from punchthrough.endpoint.router import PacketRouter
 from punchthrough.identity import Identity, PeerId
-from punchthrough.nat.allocation import PortAllocation, classify_port_allocation
-from punchthrough.nat.behavior import filtering_behavior
-from punchthrough.netio import Address, DatagramReceiver, DatagramSocket, Network, UdpNetwork
-from punchthrough.portmap import PortMapError, PortMapper, PortMapping
-from punchthrough.relay import (
-    NOTICE_RATE_LIMITED,
-    NOTICE_UNKNOWN_DESTINATION,
-    RelayClient,
-    RelayError,
-)
-from punchthrough.stun import Message as StunMessage
-from punchthrough.stun import MessageClass, Method, StunClient, StunDecodeError, StunError
-from punchthrough.stun import Username as StunUsername
-from punchthrough.stun import decode_message as decode_stun
-from punchthrough.transport.demux import DatagramMux, PacketKind, classify, quic_destination_cid
-from punchthrough.transport.path import Path
-from punchthrough.transport.quic import is_initial
-from punchthrough.traversal.candidates import make_candidates
-from punchthrough.traversal.hardnat.plan import Budget
-from punchthrough.traversal.hardnat.summary import NatSummary
+from punchthrough.nat.probe import PROBE_RTO
+from punchthrough.netio import Address, DatagramSocket, Network, UdpNetwork
+from punchthrough.portmap import PortMapper
+from punchthrough.relay import RelayClient
+from punchthrough.stun import StunClient
+from punchthrough.transport.demux import DatagramMux
 from punchthrough.traversal.host import AgentHandle
-from punchthrough.traversal.keys import recipient_ufrag
-from punchthrough.traversal.local import LocalCandidates, MappingHint
+from punchthrough.traversal.local import LocalCandidates
 
-log = logging.getLogger(__name__)
-
-
-def _address_towards(gateway: str, host_ips: Sequence[str]) -> str | None:
-    """Our address on the gateway's LAN: same /24 first, then any non-loopback address.
-
-    The mapper binds its socket there (PCP puts it in the request); the first listed address is
-    often 127.0.0.1, from which the gateway is unreachable (found in the lab).
-    """
-    usable = [ip for ip in host_ips if not ipaddress.ip_address(ip).is_loopback]
-    prefix = gateway.rsplit(".", 1)[0] + "."
-    same_net = [ip for ip in usable if ip.startswith(prefix)]
-    candidates = same_net or usable
-    return candidates[0] if candidates else None
-
-
-#: Re-registration back-off after a relay connection is lost (seconds): first try, cap.
-RELAY_RETRY_INITIAL: Final = 1.0
-RELAY_RETRY_MAX: Final = 30.0
-#: Budget of one STUN Binding to a server while gathering candidates: a server that has not
-#: answered by then is skipped (its RTO is :data:`GATHER_RTO`, so 3 tries fit).
-GATHER_TIMEOUT: Final = 1.0
-GATHER_RTO: Final = 0.25
-#: Filtering test (RFC 5780 section 4.4) while gathering: wait this many server round trips for
-#: a CHANGE-REQUEST answer, at least :data:`FILTER_WAIT_MIN` (netcheck's own figures).
-FILTER_WAIT_RTTS: Final = 4.0
-FILTER_WAIT_MIN: Final = 0.5
-#: Hints that the network may have changed (a send error, a dead direct path) make the endpoint
-#: look at most this often.
-SUSPECT_DEBOUNCE: Final = 0.5
-#: How long a network-change re-gather waits for each relay's fresh STUN answer.
-REFRESH_TIMEOUT: Final = 1.0
-
-
-class _WatchedSocket:
-    """The main socket, with a hook on send errors (the kernel's ENETUNREACH, EADDRNOTAVAIL,
-    ICMP errors: ``send_errors`` grows, or ``sendto`` raises). Everything else passes through."""
-
-    def __init__(self, sock: DatagramSocket, on_error: Callable[[str], None]) -> None:
-        self._sock = sock
-        self._on_error = on_error
-        self._errors = sock.send_errors
-
-    @property
-    def local_address(self) -> Address:
-        return self._sock.local_address
-
-    @property
-    def closed(self) -> bool:
-        return self._sock.closed
-
-    @property
-    def send_errors(self) -> int:
-        return self._sock.send_errors
-
-    def sendto(self, data: bytes, addr: Address) -> None:
-        try:
-            self._sock.sendto(data, addr)
-        except OSError as exc:
-            if not self._sock.closed:
-                self._on_error(f"send to {addr[0]}:{addr[1]} failed: {exc}")
-            raise
-        errors = self._sock.send_errors
-        if errors != self._errors:
-            self._errors = errors
-            self._on_error(f"send errors on the main socket ({errors})")
-
-    def set_receiver(self, receiver: DatagramReceiver | None) -> None:
-        self._sock.set_receiver(receiver)
-
-    def close(self) -> None:
-        self._sock.close()
-
-
-RelaySpec = Address | str
-
-
-def parse_relay(spec: RelaySpec) -> Address:
-    """``("198.51.100.20", 3478)`` or ``"198.51.100.20:3478"`` / ``"[2001:db8::1]:3478"``."""
-    if isinstance(spec, tuple):
-        host, port = spec
-    else:
-        host, sep, port_text = spec.strip().rpartition(":")
-        if not sep or not port_text.isdigit():
-            raise ValueError(f"relay {spec!r} is not IP:PORT")
-        host, port = host.strip("[]"), int(port_text)
-    try:
-        ip = str(ipaddress.ip_address(host))
-    except ValueError:
-        raise ValueError(f"relay host {host!r} is not an IP address") from None
-    if not 0 < int(port) < 65536:
-        raise ValueError(f"relay port {port} is not 1-65535")
-    return (ip, int(port))
+__all__ = ["Endpoint", "RelaySpec", "parse_relay"]
 
 
 class _Binding:
     """What :meth:`Endpoint.bind` returns: await it, or use it as an async context manager."""
 
-    def __init__(self, factory: Any) -> None:
+    def __init__(self, factory: Callable[[], Coroutine[Any, Any, Endpoint]]) -> None:
         self._factory = factory
         self._endpoint: Endpoint | None = None
 
     def __await__(self) -> Generator[Any, None, Endpoint]:
-        return self._factory().__await__()  # type: ignore[no-any-return]
+        return self._factory().__await__()
 
     async def __aenter__(self) -> Endpoint:
         self._endpoint = await self._factory()
@@ -208,49 +91,76 @@ class Endpoint:
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self.identity = identity
-        self._sock: DatagramSocket = _WatchedSocket(
-            sock, lambda reason: self.network_suspect(reason)
-        )
-        sock = self._sock
-        self.network = network
-        self.mux = DatagramMux(sock)
-        #: STUN client on the main socket (netcheck and candidate gathering use it).
-        self.stun = StunClient(sock, rto=GATHER_RTO)
-        self.mux.add_stun_handler(self.stun.handle_datagram)
-        self.mux.add_stun_handler(self._stun_check)
-        #: Our candidates (shared by every connection), re-gathered on network changes.
-        self._local = LocalCandidates()
-        self._ufrags: dict[str, AgentHandle] = {}
-        self.port_mapper: PortMapper | None = None
-        self._srflx_seen: dict[str, Address] = {}
-        self.stun_servers: list[Address] = list(stun)
         self.config = config
-        self._allow = allow
-        self._relay_specs: list[Address] = []
-        self._relays: dict[Address, RelayClient] = {}
-        self._relay_tasks: dict[Address, asyncio.Task[None]] = {}
-        self._cids: dict[bytes, Connection] = {}
-        self._connections: set[Connection] = set()
-        self._dialing: dict[PeerId, set[Connection]] = {}
-        self._relays_tried: dict[Connection, set[Address]] = {}
-        self._accepted: deque[Connection] = deque()
-        self._accept_waiter: asyncio.Future[None] | None = None
-        self._pending_admission = 0
+        self.network = network
         self._closed = False
         self._stats: Counter[str] = Counter()
-        #: Network watch: local addresses last seen, hint debounce, re-gathers in progress.
-        self._last_ips: set[str] = set()
-        self._last_suspect = -math.inf
-        self._watch_task: asyncio.Task[None] | None = None
-        self._bg_tasks: set[asyncio.Task[Any]] = set()
-        #: The background RFC 5780 filtering test of the latest gather (see ``gather``).
-        self._filter_task: asyncio.Task[None] | None = None
-        self._filter_round = 0
-        self._regather_lock = asyncio.Lock()
-        self._change_reasons: list[str] = []
-        self._regathering = False
-        #: ``(loop time, reason)`` of every network change acted upon (re-gathers).
-        self.network_events: list[tuple[float, str]] = []
+        self._connections: set[Connection] = set()
+        closed = self._is_closed
+        self._sock: DatagramSocket = WatchedSocket(sock, lambda r: self.network_suspect(r))
+        self.mux = DatagramMux(self._sock)
+        #: STUN client on the main socket (candidate gathering uses it).
+        self.stun = StunClient(self._sock, rto=PROBE_RTO)
+        #: Our candidates (shared by every connection), re-gathered on network changes.
+        self._local = LocalCandidates()
+        self._relays = RelaySet(
+            self.mux,
+            identity,
+            config,
+            self._stats,
+            is_closed=closed,
+            on_data=lambda relay, src, data: self._router.relay_data(relay, src, data),
+            on_notice=lambda relay, code, peer: self._dialer.relay_notice(relay, code, peer),
+            on_network=lambda reason: self._watch.relay_event(reason),
+            last_seen=lambda ip: self._gatherer.seen.get(ip),
+        )
+        self._admission = Admission(
+            config,
+            self._stats,
+            allow,
+            new_connection=lambda peer: self._new_connection(peer, is_client=False),
+            relay_sender=self._relays.sender,
+            is_closed=closed,
+        )
+        self._router = PacketRouter(
+            self.mux,
+            self._sock,
+            self._stats,
+            relay_sender=self._relays.sender,
+            incoming=self._admission.incoming,
+            is_relay=lambda addr: addr in self._relays.clients,
+        )
+        self.mux.add_stun_handler(self.stun.handle_datagram)
+        self.mux.add_stun_handler(self._router.stun_check)
+        self._dialer = Dialer(
+            self._relays,
+            config,
+            self._stats,
+            new_connection=lambda peer: self._new_connection(peer, is_client=True),
+            is_closed=closed,
+        )
+        self._mapping = MainSocketMapping(self._local, lambda: self._watch.changed_soon())
+        self._gatherer = Gatherer(
+            self._local,
+            self._sock,
+            network,
+            self.stun,
+            list(stun),
+            relays=self._relays.clients,
+            port_mapper=lambda: self._mapping.mapper,
+            agents=self._router.ufrags.values,
+            is_closed=closed,
+        )
+        self._watch = NetworkWatch(
+            self._local,
+            config.nat_keepalive,
+            self._stats,
+            relays=self._relays.clients,
+            gather=self._gatherer.gather,
+            host_ips=self._host_ips,
+            agents=self._router.ufrags.values,
+            is_closed=closed,
+        )
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -302,10 +212,11 @@ class Endpoint:
                 raise
             try:
                 if gateway is not None:
-                    await ep._start_port_mapping(net, gateway, upnp=upnp)
-                await ep._start_relays(relay_addrs)
+                    port_ = ep._sock.local_address[1]
+                    await ep._mapping.start(net, gateway, port_, ep._host_ips(), upnp=upnp)
+                await ep._relays.start(relay_addrs)
                 await ep.gather()
-                ep._start_network_watch()
+                ep._watch.start()
             except BaseException:
                 await ep.close()
                 raise
@@ -313,203 +224,11 @@ class Endpoint:
 
         return _Binding(make)
 
-    async def _start_relays(self, addrs: list[Address]) -> None:
-        self._relay_specs = list(dict.fromkeys(addrs))
-        if not self._relay_specs:
-            return
-        results = await asyncio.gather(
-            *(self._register(a) for a in self._relay_specs), return_exceptions=True
-        )
-        errors: list[str] = []
-        for addr, result in zip(self._relay_specs, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, Exception):
-                    raise result
-                errors.append(f"{addr[0]}:{addr[1]}: {result}")
-                self._relay_tasks[addr] = self._loop.create_task(self._supervise(addr, None))
-        if not self._relays:
-            raise NoRelay("no relay registered us: " + "; ".join(errors))
+    def _is_closed(self) -> bool:
+        return self._closed
 
-    async def _register(self, addr: Address) -> None:
-        client = await RelayClient.connect(
-            self.mux,
-            addr,
-            self.identity,
-            timeout=self.config.relay_timeout,
-            nat_keepalive=self.config.nat_keepalive,
-        )
-        if self._closed:
-            await client.close()
-            raise EndpointClosed("endpoint closed")
-        self._attach_relay(addr, client)
-        self._relay_tasks[addr] = self._loop.create_task(self._supervise(addr, client))
-
-    def _attach_relay(self, addr: Address, client: RelayClient) -> None:
-        previous = self._srflx_seen.get(addr[0])
-        self._relays[addr] = client
-        if previous is not None and previous != client.observed_address:
-            # Re-registered and seen from elsewhere: our NAT or network changed under us.
-            self._network_event(f"re-registered with relay {addr[0]}:{addr[1]} from a new address")
-        client.set_receiver(lambda src, payload: self._relay_data(addr, src, payload))
-        client.set_notice_handler(lambda code, peer: self._relay_notice(addr, code, peer))
-        client.set_network_handler(self._network_event)
-        log.info(
-            "registered with relay %s:%d as %s (seen as %s:%d)",
-            *addr,
-            self.identity.peer_id.short,
-            *client.observed_address,
-        )
-
-    async def _supervise(self, addr: Address, client: RelayClient | None) -> None:
-        """Keep a registration alive: when the relay connection is lost, register again."""
-        delay = RELAY_RETRY_INITIAL
-        while not self._closed:
-            if client is not None:
-                await client.wait_closed()
-                if self._relays.get(addr) is client:
-                    del self._relays[addr]
-                if self._closed:
-                    return
-                reason = client.close_reason or ""
-                if "replaced" in reason:
-                    # Another instance of this identity registered after us: last one wins.
-                    # Taking it back would make the two fight forever, so stay off this relay.
-                    log.warning(
-                        "relay %s:%d: our registration was taken over by another instance of "
-                        "this identity; not re-registering",
-                        *addr,
-                    )
-                    self._stats["relay_replaced"] += 1
-                    return
-                log.warning("lost relay %s:%d (%s); re-registering", *addr, reason)
-                self._stats["relay_lost"] += 1
-                client = None
-                delay = RELAY_RETRY_INITIAL
-            await asyncio.sleep(delay)
-            try:
-                client = await RelayClient.connect(
-                    self.mux,
-                    addr,
-                    self.identity,
-                    timeout=self.config.relay_timeout,
-                    nat_keepalive=self.config.nat_keepalive,
-                )
-            except (RelayError, OSError) as exc:
-                log.info("relay %s:%d still unavailable: %s", *addr, exc)
-                delay = min(delay * 2, RELAY_RETRY_MAX)
-                continue
-            if self._closed:
-                await client.close()
-                return
-            self._attach_relay(addr, client)
-
-    # -- relay data plane -----------------------------------------------------------------------
-    def _relay_sender(self, relay: Address, peer: PeerId) -> Any:
-        def send(data: bytes) -> None:
-            client = self._relays.get(relay)
-            if client is None or client.closed:
-                raise OSError(f"not registered with relay {relay[0]}:{relay[1]}")
-            client.send(peer, data)
-
-        return send
-
-    def _register_cid(self, cid: bytes, conn: Connection | None) -> None:
-        if conn is None:
-            self._cids.pop(cid, None)
-            self.mux.remove_quic_cid(cid)
-        else:
-            self._cids[cid] = conn
-            self.mux.add_quic_cid(cid, conn._direct_packet)
-
-    def _relay_data(self, relay: Address, src: PeerId, payload: bytes) -> None:
-        cid = quic_destination_cid(payload)
-        conn = self._cids.get(cid) if cid is not None else None
-        if conn is not None:
-            if conn.peer_id != src:
-                self._stats["dropped_relay_wrong_peer"] += 1
-                return
-            path = Path.relay(relay)
-            if not conn.paths.has(path):
-                conn.paths.add(path, self._relay_sender(relay, src))
-            conn.packet_received(payload, path)
-            return
-        if classify(payload) is PacketKind.QUIC_LONG and is_initial(payload):
-            self._incoming(relay, src, payload)
-            return
-        self._stats["dropped_relay_unknown"] += 1
-
-    def _incoming(self, relay: Address, src: PeerId, initial: bytes) -> None:
-        if self._closed:
-            self._stats["dropped_closing"] += 1
-            return
-        if self._pending_admission >= self.config.accept_backlog:
-            # Half-open connections cost ~90 KiB each: bound them (a flood of Initials from
-            # a registered peer must not exhaust memory); QUIC retransmits the Initial.
-            self._stats["dropped_incoming_backlog"] += 1
-            return
-        conn = self._new_connection(src, is_client=False)
-        path = Path.relay(relay)
-        conn.paths.add(path, self._relay_sender(relay, src))
-        conn._start_server(initial, path)
-        self._stats["incoming"] += 1
-        self._pending_admission += 1
-        self._loop.create_task(self._admit_when_ready(conn))
-
-    async def _admit_when_ready(self, conn: Connection) -> None:
-        try:
-            await conn._wait_ready()
-        except (ConnectError, ConnectionClosed) as exc:
-            log.info("incoming connection from %s failed: %s", conn.peer_id.short, exc)
-            self._stats["incoming_failed"] += 1
-            return
-        finally:
-            self._pending_admission -= 1
-        if self._closed or conn.closed:
-            return
-        self._stats["accepted"] += 1
-        self._accepted.append(conn)
-        if self._accept_waiter is not None and not self._accept_waiter.done():
-            self._accept_waiter.set_result(None)
-
-    async def _admit(self, peer_id: PeerId) -> str | None:
-        """Acceptor policy: None admits; a string is the refusal reason sent to the dialer."""
-        if self._closed:
-            return "endpoint closing"
-        if len(self._accepted) >= self.config.accept_backlog:
-            self._stats["refused_busy"] += 1
-            return "busy"
-        if self._allow is not None and not await call_allow(self._allow, peer_id):
-            self._stats["refused_allow"] += 1
-            return "refused"
-        return None
-
-    def _relay_notice(self, relay: Address, code: int, peer: PeerId) -> None:
-        if code == NOTICE_RATE_LIMITED:
-            self._stats["relay_rate_limited"] += 1
-            return
-        if code != NOTICE_UNKNOWN_DESTINATION:
-            self._stats["relay_notice_unknown"] += 1
-            return
-        self._stats["relay_unknown_destination"] += 1
-        for conn in list(self._dialing.get(peer, ())):
-            current = conn.paths.current
-            if current is None or current != Path.relay(relay):
-                continue
-            tried = self._relays_tried.setdefault(conn, {relay})
-            tried.add(relay)
-            untried = [a for a in self._relays if a not in tried]
-            if untried:
-                nxt = untried[0]
-                tried.add(nxt)
-                conn.paths.add(Path.relay(nxt), self._relay_sender(nxt, peer), make_current=True)
-                conn.paths.remove(Path.relay(relay), "peer not registered there")
-            else:
-                conn._unreachable(
-                    PeerUnreachable(
-                        f"peer {peer} is not registered with "
-                        + ", ".join(f"{a[0]}:{a[1]}" for a in sorted(tried))
-                    )
-                )
+    def _host_ips(self) -> list[str]:
+        return host_ips(self._sock, self.network)
 
     # -- connections ----------------------------------------------------------------------------
     def _new_connection(self, peer: PeerId, *, is_client: bool) -> Connection:
@@ -518,9 +237,9 @@ class Endpoint:
             peer_id=peer,
             is_client=is_client,
             config=self.config,
-            register_cid=self._register_cid,
+            register_cid=self._router.register_cid,
             on_closed=self._connection_closed,
-            admit=None if is_client else self._admit,
+            admit=None if is_client else self._admission.admit,
             direct=self if self.config.direct else None,
         )
         self._connections.add(conn)
@@ -528,11 +247,9 @@ class Endpoint:
 
     def _connection_closed(self, conn: Connection) -> None:
         self._connections.discard(conn)
-        self._relays_tried.pop(conn, None)
-        for cid in [c for c, owner in self._cids.items() if owner is conn]:
-            self._register_cid(cid, None)
-        with contextlib.suppress(ValueError):
-            self._accepted.remove(conn)
+        self._dialer.forget(conn)
+        self._router.forget(conn)
+        self._admission.forget(conn)
 
     async def connect(self, peer_id: PeerId | str, timeout: float | None = None) -> Connection:
         """Dial ``peer_id`` through a relay; returns once the connection is usable.
@@ -542,55 +259,11 @@ class Endpoint:
         :class:`ConnectTimeout` (after ``timeout``, default ``config.connect_timeout``) or
         :class:`EndpointClosed`.
         """
-        if self._closed:
-            raise EndpointClosed("endpoint is closed")
-        peer = peer_id if isinstance(peer_id, PeerId) else PeerId.parse(peer_id)
-        relay = next((a for a in self._relay_specs if a in self._relays), None)
-        if relay is None:
-            raise NoRelay("not registered with any relay" if self._relay_specs else "no relays")
-        timeout = self.config.connect_timeout if timeout is None else timeout
-        conn = self._new_connection(peer, is_client=True)
-        conn.paths.add(Path.relay(relay), self._relay_sender(relay, peer))
-        self._relays_tried[conn] = {relay}
-        self._dialing.setdefault(peer, set()).add(conn)
-        try:
-            conn._start_client()
-            async with asyncio.timeout(timeout):
-                await conn._wait_ready()
-        except TimeoutError:
-            conn.abort()
-            raise ConnectTimeout(
-                f"no usable connection to {peer.short} within {timeout:g} s "
-                "(peer offline or not accepting?)"
-            ) from None
-        except ConnectionClosed as exc:
-            conn.abort()
-            if self._closed:
-                raise EndpointClosed("endpoint closed while connecting") from None
-            raise ConnectError(str(exc)) from None
-        except BaseException:
-            conn.abort()
-            raise
-        finally:
-            dialing = self._dialing.get(peer)
-            if dialing is not None:
-                dialing.discard(conn)
-                if not dialing:
-                    del self._dialing[peer]
-        self._stats["connected"] += 1
-        return conn
+        return await self._dialer.connect(peer_id, timeout)
 
     async def accept(self) -> Connection:
         """The next authenticated, allowed incoming connection; :class:`EndpointClosed` at end."""
-        while not self._accepted:
-            if self._closed:
-                raise EndpointClosed("endpoint is closed")
-            self._accept_waiter = self._loop.create_future()
-            try:
-                await self._accept_waiter
-            finally:
-                self._accept_waiter = None
-        return self._accepted.popleft()
+        return await self._admission.accept()
 
     def __aiter__(self) -> AsyncIterator[Connection]:
         return self._iterate()
@@ -602,7 +275,19 @@ class Endpoint:
             except EndpointClosed:
                 return
 
-    # -- candidates and checks --------------------------------------------------------------------
+    # -- candidates, and what connections' agents use (traversal.agent.DirectHost) -------------
+    async def gather(self) -> LocalCandidates:
+        """(Re)collect our candidates: host, mapped, server-reflexive (relays, STUN servers).
+
+        Returns the shared :class:`LocalCandidates`; its ``generation`` grows when the set
+        changed (connections then send ``CandidateUpdate``).
+        """
+        return await self._gatherer.gather()
+
+    async def summary_ready(self) -> None:
+        """Wait for the running filtering test (the NAT summary is final afterwards)."""
+        await self._gatherer.summary_ready()
+
     @property
     def sock(self) -> DatagramSocket:
         """The main socket: STUN, relay traffic, checks and direct QUIC all use it."""
@@ -612,351 +297,21 @@ class Endpoint:
     def local_candidates(self) -> LocalCandidates:
         return self._local
 
-    @property
-    def budget(self) -> Budget:
-        """What the hard-NAT stages may spend (sockets, probes, rate, duration)."""
-        return self.config.hardnat_budget
-
     def sample_servers(self) -> list[Address]:
         """STUN servers for fresh port samples: our relays (they answer STUN) and --stun."""
-        return list(dict.fromkeys([*self._relays, *self.stun_servers]))
+        return list(dict.fromkeys([*self._relays.clients, *self.stun_servers]))
 
     def register_ufrag(self, ufrag: str, agent: AgentHandle | None) -> None:
         """Route checks whose USERNAME names ``ufrag`` to ``agent`` (``None`` removes)."""
-        if agent is None:
-            self._ufrags.pop(ufrag, None)
-        else:
-            self._ufrags[ufrag] = agent
+        self._router.register_ufrag(ufrag, agent)
 
-    def _stun_check(self, data: bytes, addr: Address) -> bool:
-        """A STUN datagram the STUN client did not claim: a peer's check or check response."""
-        try:
-            msg: StunMessage = decode_stun(data)
-        except StunDecodeError:
-            self._stats["checks_malformed"] += 1
-            return True
-        if msg.method != Method.BINDING:
-            return False
-        local = self._sock.local_address
-        if msg.message_class is MessageClass.REQUEST:
-            user = msg.get(StunUsername)
-            ufrag = recipient_ufrag(user.value) if user is not None else None
-            agent = self._ufrags.get(ufrag) if ufrag is not None else None
-            if agent is None:
-                # No connection of ours has that key: drop, count, never answer.
-                self._stats["checks_unknown_username"] += 1
-                return True
-            agent.handle_stun(data, local, addr)
-            return True
-        if msg.message_class in (MessageClass.SUCCESS_RESPONSE, MessageClass.ERROR_RESPONSE):
-            for agent in list(self._ufrags.values()):
-                if agent.owns(msg.transaction_id):
-                    agent.handle_stun(data, local, addr)
-                    return True
-            if addr in self._relays:
-                return False  # a relay's answer to its client's NAT keepalive (next handler)
-            self._stats["checks_unknown_transaction"] += 1
-            return True
-        return False
-
-    async def _start_port_mapping(self, net: Network, gateway: str, *, upnp: bool) -> None:
-        """Map the main socket's port on the gateway (NAT-PMP / PCP / UPnP); best effort."""
-        local_ip = _address_towards(gateway, self._host_ips())
-        mapper = PortMapper(
-            net,
-            gateway,
-            self._sock.local_address[1],
-            local_ip=local_ip,
-            upnp=upnp,
-            on_change=self._mapping_changed,
-        )
-        self.port_mapper = mapper
-        try:
-            mapping = await mapper.start()
-        except (OSError, PortMapError, ValueError) as exc:
-            self._local.port_mapping_note = f"port mapping failed: {exc}"
-            return
-        self._note_mapping(mapping)
-
-    def _note_mapping(self, mapping: PortMapping | None) -> None:
-        mapper = self.port_mapper
-        if mapping is None:
-            answered = mapper.report.answered() if mapper is not None else []
-            self._local.port_mapping_note = (
-                "the gateway refused a mapping"
-                if answered
-                else "the gateway answers no port-mapping protocol"
-            )
-        elif mapping.double_nat:
-            self._local.port_mapping_note = (
-                f"mapping {mapping.external_text()} is behind another NAT (double NAT): not offered"
-            )
-        else:
-            self._local.port_mapping_note = f"mapped {mapping.external_text()} ({mapping.protocol})"
-
-    def _mapping_changed(self, mapping: PortMapping | None) -> None:
-        self._note_mapping(mapping)
-        if not self._closed:
-            self._loop.create_task(self.network_changed())
-
-    def _host_ips(self) -> list[str]:
-        local_ip = self._sock.local_address[0]
-        if local_ip not in ("0.0.0.0", "::", ""):
-            return [local_ip]
-        lister = getattr(self.network, "interface_addresses", None)
-        if callable(lister):
-            try:
-                ips = lister()
-            except OSError:
-                return []
-            return [str(ip) for ip in ips]
-        return []
-
-    async def gather(self) -> LocalCandidates:
-        """(Re)collect our candidates: host, mapped, server-reflexive (relays, STUN servers).
-
-        Returns the shared :class:`LocalCandidates`; its ``generation`` grows when the set
-        changed (connections then send ``CandidateUpdate``).
-        """
-        srflx: list[tuple[Address, str]] = []
-        seen: dict[str, Address] = {}
-        samples: list[Address] = []  # in the order the mappings were made
-        for addr, client in self._relays.items():
-            # where the relay sees us now (registration, then kept fresh by its keepalives)
-            srflx.append((client.mapped_address, addr[0]))
-            seen[addr[0]] = client.mapped_address
-            samples.append(client.mapped_address)
-        results: list[tuple[Address, Any]] = []
-        if self.stun_servers:
-
-            async def one(server: Address) -> tuple[Address, Any] | None:
-                try:
-                    res = await self.stun.binding(server, timeout=GATHER_TIMEOUT)
-                except (StunError, OSError):
-                    return None
-                return server, res
-
-            for r in await asyncio.gather(*(one(s) for s in self.stun_servers)):
-                if r is not None:
-                    results.append(r)
-                    srflx.append((r[1].mapped, r[0][0]))
-                    seen.setdefault(r[0][0], r[1].mapped)
-                    samples.append(r[1].mapped)
-        self._srflx_seen = seen
-        mapping: MappingHint = "unknown"
-        allocation, delta = "unknown", None
-        if len(samples) >= 2:
-            mapping = "independent" if len(set(samples)) == 1 else "dependent"
-        if mapping == "dependent":
-            verdict = classify_port_allocation([a[1] for a in samples])
-            if verdict.kind in (PortAllocation.SEQUENTIAL, PortAllocation.RANDOM):
-                allocation, delta = verdict.kind.value, verdict.delta
-        mapper = self.port_mapper
-        mapped = mapper.candidate if mapper is not None else None
-        cands = make_candidates(
-            self._sock.local_address[1], host_ips=self._host_ips(), srflx=srflx, mapped=mapped
-        )
-        local = self._local
-        changed = cands != local.candidates or mapping != local.mapping
-        if changed and local.candidates:
-            local.generation += 1
-        local.candidates = cands
-        local.mapping = mapping
-        local.allocation, local.delta = allocation, delta
-        local.mapped = mapped
-        local.mapped_protocol = (
-            mapper.mapping.protocol if mapper is not None and mapper.mapping is not None else None
-        )
-        local.public_ip = srflx[0][0][0] if srflx else None
-        local.summary = self._summary(samples, mapping, "unknown", allocation, delta)
-        self._filter_round += 1
-        if self._filter_task is not None:
-            self._filter_task.cancel()
-            self._filter_task = None
-        if mapping == "independent" and any(r.other_address for _, r in results):
-            # The filtering test waits up to FILTER_WAIT_MIN for answers a filtering NAT drops:
-            # run it behind the call instead of before it. Only the NAT summary waits for it
-            # (connections send theirs when it is ready); candidates and the hole punch don't.
-            local.summary_ready = False
-            self._filter_task = self._loop.create_task(
-                self._finish_filtering(
-                    self._filter_round, results, samples, mapping, allocation, delta
-                )
-            )
-        else:
-            local.summary_ready = True
-        return local
-
-    async def _finish_filtering(
-        self,
-        round_: int,
-        results: list[tuple[Address, Any]],
-        samples: list[Address],
-        mapping: MappingHint,
-        allocation: str,
-        delta: int | None,
-    ) -> None:
-        try:
-            filtering = await self._filtering_test(results)
-        except Exception:  # a bug here must not leave the summary pending forever
-            log.exception("filtering test failed")
-            filtering = "unknown"
-        if round_ != self._filter_round or self._closed:
-            return  # a newer gather superseded this one
-        local = self._local
-        local.summary = self._summary(samples, mapping, filtering, allocation, delta)
-        local.summary_ready = True
-        self._filter_task = None
-        for agent in set(self._ufrags.values()):
-            agent.local_summary_ready()
-
-    async def summary_ready(self) -> None:
-        """Wait for the running filtering test (the NAT summary is final afterwards)."""
-        task = self._filter_task
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(task)
-
-    async def _filtering_test(self, results: list[tuple[Address, Any]]) -> str:
-        """RFC 5780 section 4.4 tests II and III from a fresh socket (the main socket has
-        already sent to the servers' other addresses, which would open its own filter).
-
-        Only worth it for an endpoint-independent mapping: the planner needs that side's
-        filtering to know whether the peer's unannounced ports get through."""
-        rfc5780 = [(srv, res) for srv, res in results if res.other_address is not None]
-        if not rfc5780 or self.network is None:
-            return "unknown"
-        server, res = rfc5780[0]
-        wait = min(GATHER_TIMEOUT, max(FILTER_WAIT_MIN, FILTER_WAIT_RTTS * res.rtt))
-        try:
-            sock = await self.network.bind(self._sock.local_address[0], 0)
-        except OSError:
-            return "unknown"
-        client = StunClient(sock, rto=GATHER_RTO)
-        client.attach()
-
-        async def answered(**kw: bool) -> bool:
-            try:
-                await client.binding(server, timeout=wait, **kw)
-            except (StunError, OSError):
-                return False
-            return True
-
-        try:
-            both, port_only = await asyncio.gather(
-                answered(change_ip=True, change_port=True), answered(change_port=True)
-            )
-        finally:
-            client.close()
-            sock.close()
-        return filtering_behavior(both, port_only).value
-
-    def _summary(
-        self,
-        samples: list[Address],
-        mapping: MappingHint,
-        filtering: str,
-        allocation: str,
-        delta: int | None,
-    ) -> NatSummary:
-        """Our NAT as the stage planner sees it, from the gathered samples (a netcheck-like
-        report: mapping, filtering, allocation with its delta and observed port range)."""
-        local = self._local
-        ports = [a[1] for a in samples]
-        protocols = (
-            (local.mapped_protocol,)
-            if local.mapped is not None and local.mapped_protocol in ("nat-pmp", "pcp", "upnp")
-            else ()
-        )
-        report = {
-            "udp": bool(samples) or not self.stun_servers,
-            "mapping": {
-                "independent": "endpoint-independent",
-                # Two servers at different IPs saw different ports: the mapping depends at least
-                # on the address; a random or sequential allocator means address-and-port.
-                "dependent": "address-and-port-dependent",
-                "unknown": "unknown",
-            }[mapping],
-            "filtering": filtering,
-            "port_allocation": {
-                "kind": allocation if allocation in ("sequential", "random") else "unknown",
-                "delta": delta,
-                "ports": ports,
-                "port_range": [min(ports), max(ports)] if ports else None,
-            },
-            "public_ip": local.public_ip,
-            "port_mapping": {p.replace("-", "_"): True for p in protocols},
-        }
-        try:
-            return NatSummary.from_netcheck_json(report)
-        except ValueError:
-            self._stats["nat_summary_errors"] += 1
-            return NatSummary(udp=True, mapping=report["mapping"])  # type: ignore[arg-type]
-
-    # -- network changes -----------------------------------------------------------------------
-    @property
-    def nat_keepalive(self) -> float:
-        """Keepalive interval of our NAT bindings (``config.nat_keepalive``)."""
-        return self.config.nat_keepalive
-
-    def _spawn(self, coro: Any) -> None:
-        task = self._loop.create_task(coro)
-        self._bg_tasks.add(task)
-        task.add_done_callback(self._bg_tasks.discard)
-
-    def _start_network_watch(self) -> None:
-        self._last_ips = set(self._host_ips())
-        if self._watch_task is None and not self._closed:
-            self._watch_task = self._loop.create_task(self._watch_network())
-
-    async def _watch_network(self) -> None:
-        """Every ``nat_keepalive``: have our local addresses changed? (Cheap: no packet.)"""
-        while not self._closed:
-            await asyncio.sleep(self.config.nat_keepalive)
-            changed = self._addresses_changed()
-            if changed is not None:
-                await self.network_changed(changed)
-
-    def _addresses_changed(self) -> str | None:
-        """What changed in our local addresses since last looked (``None``: nothing)."""
-        ips = set(self._host_ips())
-        if ips == self._last_ips:
-            return None
-        gone, new = sorted(self._last_ips - ips), sorted(ips - self._last_ips)
-        self._last_ips = ips
-        parts = ([f"new address {', '.join(new)}"] if new else []) + (
-            [f"lost address {', '.join(gone)}"] if gone else []
-        )
-        return "local addresses changed: " + "; ".join(parts)
-
+    # -- network changes (see punchthrough.endpoint.netwatch) -----------------------------------
     def network_suspect(self, reason: str) -> None:
         """A hint that the network may have changed (a send error, a direct path found dead):
         look now (our addresses, a keepalive to each relay, which reports a new mapping or a
-        relay answering again), at most every :data:`SUSPECT_DEBOUNCE`. Never re-gathers by
-        itself."""
-        now = self._loop.time()
-        if self._closed or now - self._last_suspect < SUSPECT_DEBOUNCE:
-            return
-        self._last_suspect = now
-        self._stats["network_suspicions"] += 1
-        log.debug("checking the network: %s", reason)
-        self._spawn(self._check_network())
-
-    async def _check_network(self) -> None:
-        changed = self._addresses_changed()
-        if changed is not None:
-            await self.network_changed(changed)
-            return
-        clients = [c for c in self._relays.values() if not c.closed]
-        # A changed mapping or a relay answering again calls _network_event.
-        await asyncio.gather(*(c.refresh(REFRESH_TIMEOUT) for c in clients))
-
-    def _network_event(self, reason: str) -> None:
-        """A relay client saw a change (new mapping, answers again): re-gather, unless a
-        re-gather already under way covers it (it refreshes every relay first)."""
-        if self._closed or self._regathering:
-            return
-        self._spawn(self.network_changed(reason))
+        relay answering again), at most every ``netwatch.SUSPECT_DEBOUNCE``. Never re-gathers
+        by itself."""
+        self._watch.suspect(reason)
 
     async def network_changed(self, reason: str = "network changed") -> None:
         """Our network changed (new address, NAT reboot or rebinding, a relay reachable again,
@@ -964,32 +319,12 @@ class Endpoint:
         each where it sees us now, re-gather, and start a new candidate generation (even when
         the candidates look the same: the paths may not be), which every connection sends to
         its peer (``CandidateUpdate``) before checking again. Concurrent calls coalesce."""
-        if self._closed:
-            return
-        self._change_reasons.append(reason)
-        async with self._regather_lock:
-            if self._closed or not self._change_reasons:
-                return  # a re-gather that started after this call covered it
-            reasons, self._change_reasons = self._change_reasons, []
-            self._regathering = True
-            try:
-                clients = [c for c in self._relays.values() if not c.closed]
-                for client in clients:
-                    client.ping()
-                await asyncio.gather(*(c.refresh(REFRESH_TIMEOUT) for c in clients))
-                before = self._local.generation
-                await self.gather()
-                if self._local.generation == before:
-                    self._local.generation += 1
-            finally:
-                self._regathering = False
-            self._last_ips = set(self._host_ips())
-            self._stats["regathers"] += 1
-            text = "; ".join(dict.fromkeys(reasons))
-            self.network_events.append((self._loop.time(), text))
-            log.info("network changed (%s): candidate generation %d", text, self._local.generation)
-            for agent in list(self._ufrags.values()):
-                agent.local_candidates_changed()
+        await self._watch.network_changed(reason)
+
+    @property
+    def network_events(self) -> list[tuple[float, str]]:
+        """``(loop time, reason)`` of every network change acted upon (re-gathers)."""
+        return self._watch.events
 
     # -- state ----------------------------------------------------------------------------------
     @property
@@ -1001,13 +336,23 @@ class Endpoint:
         return self.sock.local_address
 
     @property
+    def stun_servers(self) -> list[Address]:
+        """The ``stun`` servers given to :meth:`bind`."""
+        return self._gatherer.stun_servers
+
+    @property
+    def port_mapper(self) -> PortMapper | None:
+        """The main socket's port mapping on the gateway (None: no gateway given)."""
+        return self._mapping.mapper
+
+    @property
     def relay_addresses(self) -> list[Address]:
         """Relays we are registered with right now."""
-        return [a for a in self._relay_specs if a in self._relays]
+        return self._relays.registered()
 
     @property
     def relays(self) -> dict[Address, RelayClient]:
-        return dict(self._relays)
+        return dict(self._relays.clients)
 
     @property
     def connections(self) -> list[Connection]:
@@ -1029,33 +374,24 @@ class Endpoint:
         if self._closed:
             return
         self._closed = True
-        if self._accept_waiter is not None and not self._accept_waiter.done():
-            self._accept_waiter.set_result(None)
+        self._admission.wake()
         try:
             conns = list(self._connections)
             if conns:
                 await asyncio.gather(*(c.close(reason) for c in conns), return_exceptions=True)
-            watchers = list(self._bg_tasks)
-            if self._watch_task is not None:
-                watchers.append(self._watch_task)
-            if self._filter_task is not None:
-                watchers.append(self._filter_task)
+            watchers = self._watch.tasks()
+            if self._gatherer.filter_task is not None:
+                watchers.append(self._gatherer.filter_task)
             for task in watchers:
                 task.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)
-            for task in self._relay_tasks.values():
-                task.cancel()
-            await asyncio.gather(*self._relay_tasks.values(), return_exceptions=True)
-            await asyncio.gather(
-                *(c.close() for c in self._relays.values()), return_exceptions=True
-            )
-            if self.port_mapper is not None:
-                await self.port_mapper.close()
+            await self._relays.close()
+            await self._mapping.close()
         finally:
             for c in list(self._connections):
                 c.abort()
-            self._relays.clear()
-            self._ufrags.clear()
+            self._relays.clients.clear()
+            self._router.ufrags.clear()
             self.stun.close()
             self.mux.close()
             self._sock.close()

@@ -15,7 +15,10 @@ One run answers, from one main socket plus one fresh socket for filtering:
    observe. The probe is capped below the filtering wait, so a silent gateway costs nothing.
 
 Filtering tests succeed by an answer and fail by silence, so their wait is what a run costs: it is
-sized from the RTTs measured in step 1 (see ``_filter_wait``), not a fixed guess.
+sized from the RTTs measured in step 1 (see :func:`~punchthrough.nat.filtering.filter_wait`), not
+a fixed guess. The report's verdicts come with the NAT summary the stage planner takes
+(``report.summary``), from the classifier the endpoint's candidate gathering uses too
+(:mod:`punchthrough.nat.classify`).
 """
 
 from __future__ import annotations
@@ -31,23 +34,23 @@ from punchthrough.nat.allocation import (
     PortAllocation,
     classify_port_allocation,
 )
-from punchthrough.nat.behavior import Behavior, Sample, filtering_behavior, mapping_behavior
-from punchthrough.nat.probe import sample_mappings
+from punchthrough.nat.behavior import Behavior, Sample, filtering_behavior
+from punchthrough.nat.classify import (
+    NatObservations,
+    Purpose,
+    classify_allocation,
+    classify_mapping,
+    classify_nat,
+)
+from punchthrough.nat.filtering import filter_wait, filtering_probes
+from punchthrough.nat.probe import PROBE_RTO, sample_mappings
+from punchthrough.nat.summary import NatSummary, usable_protocols
 from punchthrough.netio import Address, DatagramSocket, Network
 from punchthrough.portmap import PortMapper
 from punchthrough.portmap.mapper import DEFAULT_PROBE_TIMEOUT
 from punchthrough.stun import BindingResult, StunClient, StunError
 
 log = logging.getLogger(__name__)
-
-#: Floor for how long a filtering test waits for an answer that may legitimately never come.
-MIN_FILTER_WAIT = 0.5
-#: A filtered-out answer is declared missing after this many measured round trips (the client
-#: retransmits inside the window, so one lost packet does not flip the verdict).
-FILTER_WAIT_RTTS = 4.0
-#: Default initial retransmission timeout for netcheck probes. RFC 8489 section 6.2.1 suggests
-#: 500 ms for the open Internet; netcheck probes are few and latency-sensitive, so start lower.
-DEFAULT_RTO = 0.25
 
 
 class NetcheckError(Exception):
@@ -83,6 +86,8 @@ class NetcheckReport:
     )
     port_mapping_external: str | None = None
     double_nat: bool | None = None
+    #: The NAT as the stage planner sees it (None: the run failed). Not part of ``to_json``.
+    summary: NatSummary | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -122,12 +127,6 @@ class NetcheckReport:
         return f"{abbrev[self.mapping]}M+{abbrev[self.filtering]}F, {kind}"
 
 
-def _filter_wait(rtts: Sequence[float], timeout: float) -> float:
-    if not rtts:
-        return timeout
-    return min(timeout, max(MIN_FILTER_WAIT, FILTER_WAIT_RTTS * max(rtts)))
-
-
 async def _binding_or_none(
     client: StunClient, dest: Address, timeout: float, **kw: bool
 ) -> BindingResult | None:
@@ -136,10 +135,6 @@ async def _binding_or_none(
     except StunError as exc:
         log.debug("binding to %s failed: %s", _fmt(dest), exc)
         return None
-
-
-async def _answered(client: StunClient, dest: Address, wait: float, **kw: bool) -> bool:
-    return await _binding_or_none(client, dest, wait, **kw) is not None
 
 
 async def _port_mapping(
@@ -190,7 +185,7 @@ async def run_netcheck(
     *,
     timeout: float = 3.0,
     samples: int = 5,
-    rto: float = DEFAULT_RTO,
+    rto: float = PROBE_RTO,
     bind_host: str = "0.0.0.0",
     port_range: tuple[int, int] = DEFAULT_PORT_RANGE,
     gateway: str | None = None,
@@ -222,6 +217,7 @@ async def run_netcheck(
     sockets: list[DatagramSocket] = []
     clients: list[StunClient] = []
     portmap_task: asyncio.Task[None] | None = None
+    sample_list: list[Sample] = []
     ok = False
     try:
         main_sock = await network.bind(bind_host, 0)
@@ -265,8 +261,10 @@ async def run_netcheck(
         report.sample_destinations = [_fmt(s.destination) for s in sample_list]
         report.mapped_endpoints = [_fmt(s.mapped) for s in sample_list]
         report.public_ip = sample_list[0].mapped[0]
-        report.mapping = mapping_behavior(sample_list)
-        report.allocation = classify_port_allocation([s.mapped[1] for s in sample_list], port_range)
+        report.mapping = classify_mapping(sample_list, Purpose.REPORT)
+        report.allocation = classify_allocation(
+            sample_list, report.mapping, Purpose.REPORT, port_range
+        )
         report.preserves_port = sample_list[0].mapped[1] == main_sock.local_address[1]
         if len(sample_list) < samples:
             report.errors.append(
@@ -275,7 +273,7 @@ async def run_netcheck(
             )
 
         # Step 3: filtering (fresh socket) and hairpinning (main socket), concurrently.
-        wait = _filter_wait([r.rtt for _, r in answered], timeout)
+        wait = filter_wait([r.rtt for _, r in answered], timeout)
         hairpin_target = sample_list[0].mapped
         if rfc5780 is not None:
             filt_sock = await network.bind(bind_host, 0)
@@ -284,10 +282,9 @@ async def run_netcheck(
             filt.attach()
             clients.append(filt)
             target = rfc5780[0]
+            test_ii, test_iii = filtering_probes(filt, target, wait)
             both, port_only, report.hairpinning = await asyncio.gather(
-                _answered(filt, target, wait, change_ip=True, change_port=True),
-                _answered(filt, target, wait, change_port=True),
-                main.probe_hairpin(hairpin_target, wait),
+                test_ii, test_iii, main.probe_hairpin(hairpin_target, wait)
             )
             report.filtering = filtering_behavior(both, port_only)
         else:
@@ -308,4 +305,22 @@ async def run_netcheck(
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise  # we are being cancelled ourselves: do not swallow it
+        if ok:
+            report.summary = _summary(report, sample_list, port_range)
         report.duration_ms = (loop.time() - started) * 1000.0
+
+
+def _summary(
+    report: NetcheckReport, samples: list[Sample], port_range: tuple[int, int]
+) -> NatSummary:
+    """The planner's view of this run (the same classifier the endpoint's gathering uses)."""
+    port_mapping = usable_protocols(report.port_mapping, double_nat=report.double_nat is True)
+    obs = NatObservations(
+        samples=samples,
+        udp=report.udp,
+        filtering=report.filtering,
+        port_mapping=port_mapping,
+        local_port=report.local_address[1] if report.local_address is not None else None,
+        port_range=port_range,
+    )
+    return classify_nat(obs, Purpose.REPORT)

@@ -1,10 +1,12 @@
 """Fresh port-allocation samples from one socket (used by netcheck and, later, by port
-prediction right before an attempt, since a sequential NAT's next port drifts with every flow)."""
+prediction right before an attempt, since a sequential NAT's next port drifts with every flow),
+and the retransmission timeout every NAT probe starts from."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Final
 
 from punchthrough.nat.allocation import (
     DEFAULT_PORT_RANGE,
@@ -15,6 +17,10 @@ from punchthrough.nat.behavior import Sample
 from punchthrough.netio import Address
 from punchthrough.stun import StunClient, StunError
 
+#: Initial retransmission timeout of NAT probes (netcheck's and an endpoint's candidate
+#: gathering). RFC 8489 section 6.2.1 suggests 500 ms for the open Internet; these probes are
+#: few and latency-sensitive, so they start lower.
+PROBE_RTO: Final = 0.25
 #: RFC-free rule of thumb: five points distinguish delta, churn gaps and randomness with a
 #: majority vote (see allocation.MAJORITY); fewer leave one outlier deciding the verdict.
 DEFAULT_SAMPLE_COUNT = 5

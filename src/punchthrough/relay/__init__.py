@@ -6,10 +6,12 @@
   relays sharing one namespace;
 * :mod:`.server` - :class:`RelayServer` (one UDP service per address: STUN + QUIC control +
   forwarding);
-* :mod:`.client` - :class:`RelayClient`, run over an endpoint's shared socket multiplexer.
+* :mod:`.client` - :class:`RelayClient`, run over an endpoint's shared socket multiplexer;
+* :mod:`.close` - :class:`RelayCloseCode`, why the relay closed a control connection.
 """
 
 from punchthrough.relay.client import RelayClient
+from punchthrough.relay.close import RelayCloseCode
 from punchthrough.relay.errors import (
     RelayClosed,
     RelayError,
@@ -50,6 +52,7 @@ __all__ = [
     "Registration",
     "Registry",
     "RelayClient",
+    "RelayCloseCode",
     "RelayClosed",
     "RelayError",
     "RelayFrameError",

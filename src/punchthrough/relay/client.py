@@ -142,8 +142,12 @@ class RelayClient:
         self._observed: Address | None = None
         self._control: tuple[asyncio.StreamReader, QuicStreamWriter] | None = None
         self._control_lock = asyncio.Lock()
-        #: Why the relay connection ended (None while it is up or if we closed it).
+        #: Why the relay connection ended (None while it is up or if we closed it): for people.
         self.close_reason: str | None = None
+        #: The relay's application close code when it closed the connection (a
+        #: :class:`RelayCloseCode` value; any int from a newer relay): for code. None while up,
+        #: if we closed it, or if it ended otherwise (idle timeout, transport error).
+        self.close_code: int | None = None
         #: The relay's identity (from its certificate), known after the handshake.
         self.relay_peer_id: PeerId | None = None
         self._stats: Counter[str] = Counter(
@@ -289,6 +293,8 @@ class RelayClient:
                 self._handshake.set_exception(RelayClosed(f"relay refused connection: {reason}"))
             if not self._closing:
                 self.close_reason = reason
+                if event.frame_type is None:  # an application CONNECTION_CLOSE (0x1d)
+                    self.close_code = event.error_code
                 log.info("relay %s:%d connection ended: %s", *self.relay_address, reason)
             self._teardown(reason, from_driver=True)
 

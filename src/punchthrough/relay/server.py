@@ -60,6 +60,7 @@ from punchthrough.identity import (
     verify_exporter,
 )
 from punchthrough.netio import Address, DatagramSocket, Network
+from punchthrough.relay.close import RelayCloseCode
 from punchthrough.relay.frames import (
     DATA_HEADER_LENGTH,
     FRAME_DATA,
@@ -100,12 +101,12 @@ from punchthrough.transport.quic import (
 
 log = logging.getLogger(__name__)
 
-#: QUIC application error codes on control connections (RFC 9000 section 20.2: ours to define).
-CLOSE_NORMAL: Final = 0
-CLOSE_REPLACED: Final = 0x101
-CLOSE_PROTOCOL: Final = 0x102
-CLOSE_REGISTER_TIMEOUT: Final = 0x103
-CLOSE_SHUTDOWN: Final = 0x104
+#: QUIC application error codes on control connections (defined in :mod:`.close`).
+CLOSE_NORMAL: Final = RelayCloseCode.NORMAL
+CLOSE_REPLACED: Final = RelayCloseCode.REPLACED
+CLOSE_PROTOCOL: Final = RelayCloseCode.PROTOCOL
+CLOSE_REGISTER_TIMEOUT: Final = RelayCloseCode.REGISTER_TIMEOUT
+CLOSE_SHUTDOWN: Final = RelayCloseCode.SHUTDOWN
 #: Bounded write of a control reply (the client's flow control is never near full).
 REPLY_TIMEOUT: Final = 5.0
 #: Bind attempts when a port 0 listen address needs port+1 free on both IPs (RFC 5780 mode).

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from punchthrough.nat.summary import NatSummary
 from punchthrough.netio import Address, DatagramSocket, Network
 from punchthrough.signal import (
     Candidates,
@@ -53,7 +54,6 @@ from punchthrough.traversal.checks import (
     Transmit,
 )
 from punchthrough.traversal.hard import HardStages
-from punchthrough.traversal.hardnat.summary import NatSummary
 from punchthrough.traversal.host import ConnectionSide, DirectHost, TraversalSettings
 from punchthrough.traversal.keys import derive_credentials
 from punchthrough.traversal.local import LocalCandidates

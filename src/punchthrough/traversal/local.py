@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from punchthrough.nat.summary import NatSummary
 from punchthrough.netio import Address
 from punchthrough.signal import Candidate
-from punchthrough.traversal.hardnat.summary import NatSummary
 
 #: What one side knows about its own NAT's mapping, from the addresses servers at different
 #: IPs observed for its main socket: ``independent`` (all the same), ``dependent`` (they

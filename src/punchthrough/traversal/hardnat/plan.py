@@ -1,9 +1,9 @@
 """Stage choice for ``race()``: which waterfall stages can work for this pair of NATs, and how.
 
-Pure: both sides' :class:`~.summary.NatSummary` in, one :class:`StagePlan` per stage out (in
-the design's order), each ``run`` or ``skip`` with a reason a human can read in the traversal
-report, the local side's role in an asymmetric stage and the success probability where one can
-be computed. This encodes DESIGN's pair matrix (the tests check every cell):
+Pure: both sides' :class:`~punchthrough.nat.summary.NatSummary` in, one :class:`StagePlan` per
+stage out (in the design's order), each ``run`` or ``skip`` with a reason a human can read in the
+traversal report, the local side's role in an asymmetric stage and the success probability where
+one can be computed. This encodes DESIGN's pair matrix (the tests check every cell):
 
 - A port mapping on either side makes that side endpoint-independent with endpoint-independent
   filtering (the gateway admits anyone to a mapped port): most cells go direct by hole punch.
@@ -28,8 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from punchthrough.nat.summary import AD, APD, EI, NatSummary
 from punchthrough.traversal.hardnat.stats import poisson_cdf, success_probability
-from punchthrough.traversal.hardnat.summary import AD, APD, EI, NatSummary, Side
 from punchthrough.traversal.reasons import Why
 
 Stage = Literal["port-mapping", "hole-punch", "port-prediction", "birthday", "relay"]
@@ -41,6 +41,7 @@ STAGE_ORDER: Final[tuple[Stage, ...]] = (
     "relay",
 )
 Action = Literal["run", "skip"]
+Side = Literal["local", "remote"]
 SIDES: Final[tuple[Side, Side]] = ("local", "remote")
 HARD_STAGES: Final[tuple[Stage, Stage]] = ("port-prediction", "birthday")
 #: The local side's part in an asymmetric stage. Birthday: ``hard`` opens many sockets, ``easy``

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from punchthrough.nat.summary import NatSummary
 from punchthrough.netio import Address
 from punchthrough.signal import Message
 from punchthrough.traversal.checks import CandidatePair
 from punchthrough.traversal.hardnat.plan import StagePlan
 from punchthrough.traversal.hardnat.prediction import SequentialProbe, Window
-from punchthrough.traversal.hardnat.summary import NatSummary
 from punchthrough.traversal.race.records import Stage
 
 

@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import replace
 
 import punchthrough.traversal.race.actions as act
+from punchthrough.nat.summary import APD, NatSummary
 from punchthrough.netio import Address
 from punchthrough.signal import CheckStart, HardNatBirthdayStart, HardNatProbe
 from punchthrough.traversal.checks import CandidatePair
@@ -31,7 +32,6 @@ from punchthrough.traversal.hardnat.prediction import (
     parse_probe,
     predict_window,
 )
-from punchthrough.traversal.hardnat.summary import APD, NatSummary
 from punchthrough.traversal.local import LocalView
 from punchthrough.traversal.race.attempts import Attempt, Attempts
 from punchthrough.traversal.race.policy import (

@@ -1,8 +1,11 @@
-"""One side's NAT as the stage planner sees it, from netcheck JSON or a peer's NatReportSummary.
+"""One side's NAT as the stage planner sees it: :class:`NatSummary`.
 
-Both converters produce the same :class:`NatSummary`, so the planner never cares where a report
-came from. Hostile or malformed input (the peer's summary comes off the control stream, netcheck
-JSON may come from a file) raises :class:`SummaryError` and nothing else.
+It lives in ``nat`` (below ``traversal``) because it is what NAT classification produces:
+:func:`punchthrough.nat.classify.classify` builds it from what netcheck or an endpoint's
+candidate gathering observed. Two converters read it from outside: a peer's
+``NatReportSummary`` (the control stream) and netcheck JSON (``--json`` output read back from a
+file). All three produce the same :class:`NatSummary`, so the planner never cares where a report
+came from. Hostile or malformed input raises :class:`SummaryError` and nothing else.
 
 Port range. netcheck reports the *observed* range of its samples (min..max). Two uses differ:
 
@@ -19,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Final, Literal, cast, get_args
+from typing import Final, cast, get_args
 
 from punchthrough.nat.allocation import DEFAULT_PORT_RANGE
 from punchthrough.signal.messages import (
@@ -44,9 +47,6 @@ APD: Final = "address-and-port-dependent"
 
 class SummaryError(ValueError):
     """A NAT report cannot be read (malformed JSON shape or values)."""
-
-
-Side = Literal["local", "remote"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,9 +172,7 @@ class NatSummary:
             pm_raw = {}
         if not isinstance(pm_raw, Mapping):
             raise SummaryError("port_mapping must be an object")
-        protocols: tuple[PortMappingProtocol, ...] = ()
-        if data.get("double_nat") is not True:
-            protocols = tuple(v for k, v in _PORTMAP_KEYS.items() if pm_raw.get(k) is True)
+        protocols = usable_protocols(pm_raw, double_nat=data.get("double_nat") is True)
         preserves = data.get("preserves_port")
         return cls(
             udp=udp,
@@ -188,6 +186,17 @@ class NatSummary:
             port_mapping=protocols if udp else (),
             preserves_port=preserves if isinstance(preserves, bool) else None,
         )
+
+
+def usable_protocols(
+    answered: Mapping[str, object], *, double_nat: bool
+) -> tuple[PortMappingProtocol, ...]:
+    """Port-mapping protocols a peer may count on, from netcheck's ``port_mapping`` (which
+    protocols answered, keyed as in its JSON): none behind a double NAT (the mapping's external
+    address is private, useless to peers)."""
+    if double_nat:
+        return ()
+    return tuple(v for k, v in _PORTMAP_KEYS.items() if answered.get(k) is True)
 
 
 def estimate_range_size(port_range: tuple[int, int] | None, samples: int | None) -> int:

@@ -1,0 +1,206 @@
+"""Relay supervision: the endpoint's registrations, one :class:`RelayClient` per relay.
+
+The endpoint is reachable only while some relay knows it, so registrations are kept alive here:
+registered at bind (all relays at once), registered again with back-off when a relay connection
+is lost, and given up for good only when another instance of our identity took the registration
+over (a typed :class:`RelayCloseCode`, never the reason text: taking it back would make the two
+instances fight forever). Everything a registration delivers (DATA frames, NOTICEs, "the relay
+sees us elsewhere") goes to the callbacks the endpoint wires in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Final
+
+from punchthrough.endpoint.config import EndpointConfig
+from punchthrough.endpoint.errors import EndpointClosed, NoRelay
+from punchthrough.identity import Identity, PeerId
+from punchthrough.netio import Address
+from punchthrough.relay import RelayClient, RelayCloseCode, RelayError
+from punchthrough.transport.demux import DatagramMux
+
+log = logging.getLogger(__name__)
+
+#: Re-registration back-off after a relay connection is lost: the first try after 1 s (past a
+#: momentary outage), doubling up to 30 s, the relay's QUIC idle timeout
+#: (``relay.client.DEFAULT_IDLE_TIMEOUT``), so a relay that comes back is found again within
+#: about one idle period.
+RELAY_RETRY_INITIAL: Final = 1.0
+RELAY_RETRY_MAX: Final = 30.0
+
+RelaySpec = Address | str
+#: ``(relay, sender peer id, payload)`` of a relayed DATA frame.
+DataHandler = Callable[[Address, PeerId, bytes], None]
+#: ``(relay, NOTICE code, peer id)``.
+NoticeHandler = Callable[[Address, int, PeerId], None]
+
+
+def parse_relay(spec: RelaySpec) -> Address:
+    """``("198.51.100.20", 3478)`` or ``"198.51.100.20:3478"`` / ``"[2001:db8::1]:3478"``."""
+    if isinstance(spec, tuple):
+        host, port = spec
+    else:
+        host, sep, port_text = spec.strip().rpartition(":")
+        if not sep or not port_text.isdigit():
+            raise ValueError(f"relay {spec!r} is not IP:PORT")
+        host, port = host.strip("[]"), int(port_text)
+    try:
+        ip = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ValueError(f"relay host {host!r} is not an IP address") from None
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"relay port {port} is not 1-65535")
+    return (ip, int(port))
+
+
+class RelaySet:
+    """Our registrations, kept alive. ``clients`` holds the live ones (registration order)."""
+
+    def __init__(
+        self,
+        mux: DatagramMux,
+        identity: Identity,
+        config: EndpointConfig,
+        stats: Counter[str],
+        *,
+        is_closed: Callable[[], bool],
+        on_data: DataHandler,
+        on_notice: NoticeHandler,
+        on_network: Callable[[str], None],
+        last_seen: Callable[[str], Address | None],
+    ) -> None:
+        """``on_network(reason)``: the relay sees us at a new address, or answers again.
+        ``last_seen(relay_ip)``: where that relay's IP saw us at the last gather (a
+        re-registration from elsewhere means our network changed)."""
+        self._loop = asyncio.get_running_loop()
+        self._mux = mux
+        self._identity = identity
+        self._config = config
+        self._stats = stats
+        self._is_closed = is_closed
+        self._on_data = on_data
+        self._on_notice = on_notice
+        self._on_network = on_network
+        self._last_seen = last_seen
+        #: The relays asked for (deduplicated, in the caller's order).
+        self.specs: list[Address] = []
+        #: Relays we are registered with right now.
+        self.clients: dict[Address, RelayClient] = {}
+        self._tasks: dict[Address, asyncio.Task[None]] = {}
+
+    def registered(self) -> list[Address]:
+        """Relays we are registered with, in the caller's order."""
+        return [a for a in self.specs if a in self.clients]
+
+    def sender(self, relay: Address, peer: PeerId) -> Callable[[bytes], None]:
+        """A path's send function: ``peer`` through ``relay`` (OSError when not registered)."""
+
+        def send(data: bytes) -> None:
+            client = self.clients.get(relay)
+            if client is None or client.closed:
+                raise OSError(f"not registered with relay {relay[0]}:{relay[1]}")
+            client.send(peer, data)
+
+        return send
+
+    async def start(self, addrs: list[Address]) -> None:
+        """Register with every relay at once; :class:`NoRelay` if none took us. The ones that
+        failed are retried in the background."""
+        self.specs = list(dict.fromkeys(addrs))
+        if not self.specs:
+            return
+        results = await asyncio.gather(
+            *(self._register(a) for a in self.specs), return_exceptions=True
+        )
+        errors: list[str] = []
+        for addr, result in zip(self.specs, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result
+                errors.append(f"{addr[0]}:{addr[1]}: {result}")
+                self._tasks[addr] = self._loop.create_task(self._supervise(addr, None))
+        if not self.clients:
+            raise NoRelay("no relay registered us: " + "; ".join(errors))
+
+    async def _connect(self, addr: Address) -> RelayClient:
+        return await RelayClient.connect(
+            self._mux,
+            addr,
+            self._identity,
+            timeout=self._config.relay_timeout,
+            nat_keepalive=self._config.nat_keepalive,
+        )
+
+    async def _register(self, addr: Address) -> None:
+        client = await self._connect(addr)
+        if self._is_closed():
+            await client.close()
+            raise EndpointClosed("endpoint closed")
+        self._attach(addr, client)
+        self._tasks[addr] = self._loop.create_task(self._supervise(addr, client))
+
+    def _attach(self, addr: Address, client: RelayClient) -> None:
+        previous = self._last_seen(addr[0])
+        self.clients[addr] = client
+        if previous is not None and previous != client.observed_address:
+            # Re-registered and seen from elsewhere: our NAT or network changed under us.
+            self._on_network(f"re-registered with relay {addr[0]}:{addr[1]} from a new address")
+        client.set_receiver(lambda src, payload: self._on_data(addr, src, payload))
+        client.set_notice_handler(lambda code, peer: self._on_notice(addr, code, peer))
+        client.set_network_handler(self._on_network)
+        log.info(
+            "registered with relay %s:%d as %s (seen as %s:%d)",
+            *addr,
+            self._identity.peer_id.short,
+            *client.observed_address,
+        )
+
+    async def _supervise(self, addr: Address, client: RelayClient | None) -> None:
+        """Keep a registration alive: when the relay connection is lost, register again."""
+        delay = RELAY_RETRY_INITIAL
+        while not self._is_closed():
+            if client is not None:
+                await client.wait_closed()
+                if self.clients.get(addr) is client:
+                    del self.clients[addr]
+                if self._is_closed():
+                    return
+                if client.close_code == RelayCloseCode.REPLACED:
+                    # Another instance of this identity registered after us: last one wins.
+                    # Taking it back would make the two fight forever, so stay off this relay.
+                    log.warning(
+                        "relay %s:%d: our registration was taken over by another instance of "
+                        "this identity; not re-registering",
+                        *addr,
+                    )
+                    self._stats["relay_replaced"] += 1
+                    return
+                log.warning(
+                    "lost relay %s:%d (%s); re-registering", *addr, client.close_reason or ""
+                )
+                self._stats["relay_lost"] += 1
+                client = None
+                delay = RELAY_RETRY_INITIAL
+            await asyncio.sleep(delay)
+            try:
+                client = await self._connect(addr)
+            except (RelayError, OSError) as exc:
+                log.info("relay %s:%d still unavailable: %s", *addr, exc)
+                delay = min(delay * 2, RELAY_RETRY_MAX)
+                continue
+            if self._is_closed():
+                await client.close()
+                return
+            self._attach(addr, client)
+
+    async def close(self) -> None:
+        """Stop supervising, then leave every relay."""
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(*(c.close() for c in self.clients.values()), return_exceptions=True)
