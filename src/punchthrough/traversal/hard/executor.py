@@ -42,17 +42,20 @@ class HardStages(Runner):
             a = self.new_attempt(action.attempt, Stage.PORT_PREDICTION)
             a.peer_probe = action.peer_probe
             self.spawn(prediction.mutual(self, a, action))
-        elif isinstance(action, DeliverProbe):
-            a = self._attempts[action.attempt]
+        else:
+            self._to_running(action)
+
+    def _to_running(self, action: DeliverProbe | KeepWinner | StopAttempt) -> None:
+        """An action for a running attempt: it wakes at once to act on it."""
+        a = self._attempts.get(action.attempt)
+        if a is None:  # its role never ran (the call was closing): nothing to stop
+            return
+        if isinstance(action, DeliverProbe):
             a.peer_probe = action.probe
-            a.wake.set()
         elif isinstance(action, KeepWinner):
-            a = self._attempts[action.attempt]
             a.winner = a.by_local.get(action.local)
             self.release(a)
-            a.wake.set()
-        elif isinstance(action, StopAttempt):
-            a = self._attempts[action.attempt]
+        else:
             a.beaten = True
             self.release(a, keep_winner=False)
-            a.wake.set()
+        a.wake.set()
