@@ -25,14 +25,14 @@ from punchthrough.sim.clock import (
     VirtualTimeLoop,
     run,
 )
-from punchthrough.sim.nat import (
+from punchthrough.sim.nat import NatTable
+from punchthrough.sim.nat_binding import Binding
+from punchthrough.sim.nat_config import (
     PROFILES,
     AllocationPolicy,
-    Binding,
     FilteringBehaviour,
     MappingBehaviour,
     NatConfig,
-    NatTable,
     nat_config,
     profile,
 )
