@@ -2,8 +2,8 @@
 
 A *realm* is one addressing domain: the public internet, or the inside of a NAT. Every host and
 every NAT's WAN side sits in exactly one realm; a NAT's LAN side owns an inner realm whose
-unknown destinations route to the NAT (its default route), which is how NATs chain. Nodes only
-hold state; :class:`~punchthrough.sim.world.World` moves the packets between them.
+unknown destinations route to the NAT (its default route), which is how NATs chain. Nodes hold
+addresses, sockets and NAT tables; :class:`~punchthrough.sim.world.World` moves the packets.
 
 Hosts implement :class:`~punchthrough.netio.Network` and their sockets
 :class:`~punchthrough.netio.DatagramSocket`: endpoint code cannot tell it is simulated.

@@ -1,8 +1,8 @@
 """A candidate pair (RFC 8445 section 6.1.2): one local base and one remote address, and the
 state of the checks between them.
 
-Shared by the check engine, the waterfall (:mod:`punchthrough.traversal.race`) and the agent,
-none of which needs the others to name a pair.
+Apart from the engine because the engine's actions, the waterfall
+(:mod:`punchthrough.traversal.race`) and the agent name pairs without needing how they are checked.
 """
 
 from __future__ import annotations
