@@ -6,12 +6,14 @@ with Lab(["eim-apdf", "apdm-random"]) as lab:
 
 from punchthrough.lab.addresses import Address
 from punchthrough.lab.delay import router_delay_for_rtt
+from punchthrough.lab.host import Host, HostSpec
+from punchthrough.lab.namespaces import STATE_DIR
 from punchthrough.lab.natdiscovery import NatDiscoveryResult, parse_natdiscovery, run_natdiscovery
 from punchthrough.lab.netcheck import netcheck_all, netcheck_argv
 from punchthrough.lab.proc import LabError, LabProcess
 from punchthrough.lab.profiles import PROFILE_NAMES, PROFILES, NatProfile, get_profile
 from punchthrough.lab.rules import RouterOptions, nat_ruleset
-from punchthrough.lab.topology import STATE_DIR, Host, HostSpec, Lab
+from punchthrough.lab.topology import Lab
 
 __all__ = [
     "PROFILES",

@@ -25,18 +25,21 @@ from punchthrough.sim.clock import (
     VirtualTimeLoop,
     run,
 )
-from punchthrough.sim.nat import (
+from punchthrough.sim.link import Link
+from punchthrough.sim.nat import NatTable
+from punchthrough.sim.nat_binding import Binding
+from punchthrough.sim.nat_config import (
     PROFILES,
     AllocationPolicy,
-    Binding,
     FilteringBehaviour,
     MappingBehaviour,
     NatConfig,
-    NatTable,
     nat_config,
     profile,
 )
-from punchthrough.sim.world import Host, Link, Nat, Realm, SimSocket, TraceEvent, World
+from punchthrough.sim.nodes import Host, Nat, Realm, SimSocket
+from punchthrough.sim.trace import TraceEvent
+from punchthrough.sim.world import World
 
 __all__ = [
     "DEFAULT_TIME_LIMIT",

@@ -1,316 +1,53 @@
-"""The virtual internet: realms of addresses, hosts with sockets, links, and NAT boxes.
+"""The virtual internet: it builds the nodes and moves packets between them.
 
-A *realm* is one addressing domain: the public internet, or the inside of a NAT. Every host and
-every NAT's WAN side sits in exactly one realm; a NAT's LAN side owns an inner realm whose
-unknown destinations route to the NAT (its default route), which is how NATs chain. Packets move
-hop by hop on the running event loop's clock (virtual under :func:`punchthrough.sim.run`), with
-per-link latency, jitter and loss drawn from one seeded generator in send order, so a run is
-reproducible bit for bit.
-
-Hosts implement :class:`~punchthrough.netio.Network` and their sockets
-:class:`~punchthrough.netio.DatagramSocket`: endpoint code cannot tell it is simulated.
+Packets move hop by hop through realms and NAT tables (:mod:`punchthrough.sim.nodes`) on the
+running event loop's clock (virtual under :func:`punchthrough.sim.run`), with per-link latency,
+jitter and loss drawn from one seeded generator in send order, so a run is reproducible bit for
+bit. The node classes, links and trace lines are re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import heapq
-import ipaddress
-import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
-from punchthrough.netio import Address, DatagramReceiver, DatagramSocket, SocketClosed
+from punchthrough.netio import Address
 from punchthrough.portmap.natpmp_wire import NATPMP_PORT
 from punchthrough.sim.clock import VirtualTimeLoop
-from punchthrough.sim.nat import Admitted, NatConfig, NatTable, Translated
+from punchthrough.sim.link import NO_DELAY, Link
+from punchthrough.sim.nat_binding import Admitted, Translated
+from punchthrough.sim.nat_config import NatConfig
+from punchthrough.sim.nodes import (
+    EPHEMERAL_PORTS,
+    MAX_UDP_PAYLOAD,
+    Host,
+    Nat,
+    NatLan,
+    NatWan,
+    Realm,
+    SimSocket,
+)
 from punchthrough.sim.portmap_responder import respond
+from punchthrough.sim.trace import TraceEvent
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "EPHEMERAL_PORTS",
+    "MAX_UDP_PAYLOAD",
+    "NO_DELAY",
+    "Host",
+    "Link",
+    "Nat",
+    "Realm",
+    "SimSocket",
+    "TraceEvent",
+    "World",
+]
 
-#: Linux ``net.ipv4.ip_local_port_range`` default: where port 0 binds land.
-EPHEMERAL_PORTS: Final = (32768, 60999)
-#: Largest UDP payload over IPv4 (65535 - 20 IP - 8 UDP); larger sends fail with EMSGSIZE.
-MAX_UDP_PAYLOAD: Final = 65507
-_WILDCARD: Final = "0.0.0.0"
 #: Same slack as asyncio's clock resolution check in ``BaseEventLoop._run_once``.
 _EPSILON: Final = 1e-9
-
-
-@dataclass(frozen=True, slots=True)
-class Link:
-    """A host's (or NAT's WAN) access link: one-way latency, uniform jitter, loss probability."""
-
-    latency: float = 0.005
-    jitter: float = 0.0
-    loss: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.latency < 0 or self.jitter < 0 or not 0.0 <= self.loss <= 1.0:
-            raise ValueError(f"bad link parameters {self}")
-
-
-NO_DELAY: Final = Link(0.0)
-
-
-@dataclass(frozen=True, slots=True)
-class TraceEvent:
-    """One line of the packet trace."""
-
-    time: float
-    kind: str  # send, deliver, drop, nat-out, nat-in, hairpin, portmap, map, expire, churn, ...
-    node: str
-    src: Address | None
-    dst: Address | None
-    size: int
-    detail: str = ""
-
-    def __str__(self) -> str:
-        path = ""
-        if self.src is not None and self.dst is not None:
-            path = f"{self.src[0]}:{self.src[1]} -> {self.dst[0]}:{self.dst[1]} {self.size}B"
-        text = f"{self.time:11.6f} {self.kind:<8} {self.node:<10} {path}"
-        return f"{text}  {self.detail}".rstrip() if self.detail else text.rstrip()
-
-
-class Realm:
-    """An addressing domain: the internet, or the inside of one NAT."""
-
-    def __init__(self, name: str, gateway: Nat | None = None) -> None:
-        self.name = name
-        self.gateway = gateway
-        self.nodes: dict[str, Host | _NatWan | _NatLan] = {}
-
-    def _attach(self, ip: str, node: Host | _NatWan | _NatLan) -> None:
-        ipaddress.IPv4Address(ip)  # ValueError on a malformed address
-        if ip in self.nodes:
-            raise ValueError(f"address {ip} already in use in realm {self.name}")
-        self.nodes[ip] = node
-
-    def __repr__(self) -> str:
-        return f"Realm({self.name!r})"
-
-
-class SimSocket:
-    """A UDP socket on a simulated host; implements :class:`DatagramSocket`."""
-
-    def __init__(self, host: Host, local: Address) -> None:
-        self._host = host
-        self._local = local
-        self._receiver: DatagramReceiver | None = None
-        self._closed = False
-        self._send_errors = 0
-
-    @property
-    def local_address(self) -> Address:
-        return self._local
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def send_errors(self) -> int:
-        return self._send_errors
-
-    def sendto(self, data: bytes, addr: Address) -> None:
-        if self._closed:
-            raise SocketClosed(f"socket {self._local[0]}:{self._local[1]} is closed")
-        payload = bytes(data)
-        try:
-            dst = (str(ipaddress.IPv4Address(addr[0])), int(addr[1]))
-            if not 0 < dst[1] <= 0xFFFF:
-                raise ValueError("port")
-        except (ValueError, TypeError, IndexError):
-            self._send_errors += 1  # the kernel would refuse it (EINVAL / EAFNOSUPPORT)
-            return
-        if len(payload) > MAX_UDP_PAYLOAD:
-            self._send_errors += 1  # EMSGSIZE
-            return
-        src_ip = self._local[0] if self._local[0] != _WILDCARD else self._host.addresses[0]
-        self._host.world._send_from_host(self._host, (src_ip, self._local[1]), dst, payload)
-
-    def set_receiver(self, receiver: DatagramReceiver | None) -> None:
-        self._receiver = receiver
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._host._unbind(self)
-
-    def _deliver(self, data: bytes, src: Address) -> bool:
-        receiver = self._receiver
-        if receiver is None:
-            return False
-        try:
-            receiver(data, src)
-        except Exception:  # as UdpSocket: a buggy consumer must not stop the network
-            log.exception("datagram receiver failed on %d bytes from %s:%d", len(data), *src)
-        return True
-
-    def __repr__(self) -> str:
-        return f"SimSocket({self._host.name} {self._local[0]}:{self._local[1]})"
-
-
-class Host:
-    """A simulated machine with one or more addresses in one realm; a :class:`Network`."""
-
-    def __init__(
-        self, world: World, name: str, addresses: tuple[str, ...], realm: Realm, link: Link
-    ) -> None:
-        self.world = world
-        self.name = name
-        self.addresses = addresses
-        self.realm = realm
-        self.link = link
-        self._sockets: dict[Address, SimSocket] = {}
-        self._rng = random.Random(f"{world.seed}/host/{name}")
-
-    @property
-    def address(self) -> str:
-        return self.addresses[0]
-
-    async def bind(self, host: str = _WILDCARD, port: int = 0) -> DatagramSocket:
-        """Bind like Linux without SO_REUSEADDR: wildcard and specific binds of a port clash."""
-        ip = host or _WILDCARD
-        if ":" in ip:
-            raise OSError(errno.EAFNOSUPPORT, "the simulator is IPv4 only")
-        if ip != _WILDCARD and ip not in self.addresses:
-            raise OSError(errno.EADDRNOTAVAIL, f"{ip} is not an address of {self.name}")
-        if not 0 <= port <= 0xFFFF:
-            raise OSError(errno.EINVAL, f"port {port} out of range")
-        if port == 0:
-            port = self._ephemeral(ip)
-        elif self._in_use(ip, port):
-            raise OSError(errno.EADDRINUSE, f"{ip}:{port} already in use on {self.name}")
-        sock = SimSocket(self, (ip, port))
-        self._sockets[(ip, port)] = sock
-        return sock
-
-    def _in_use(self, ip: str, port: int) -> bool:
-        if (ip, port) in self._sockets or (_WILDCARD, port) in self._sockets:
-            return True
-        return ip == _WILDCARD and any((a, port) in self._sockets for a in self.addresses)
-
-    def _ephemeral(self, ip: str) -> int:
-        lo, hi = EPHEMERAL_PORTS
-        for _ in range(64):
-            port = self._rng.randint(lo, hi)
-            if not self._in_use(ip, port):
-                return port
-        for port in range(lo, hi + 1):
-            if not self._in_use(ip, port):
-                return port
-        raise OSError(errno.EADDRINUSE, "no free ephemeral port")
-
-    def _unbind(self, sock: SimSocket) -> None:
-        if self._sockets.get(sock.local_address) is sock:
-            del self._sockets[sock.local_address]
-
-    def _socket_for(self, dst: Address) -> SimSocket | None:
-        return self._sockets.get(dst) or self._sockets.get((_WILDCARD, dst[1]))
-
-    @property
-    def sockets(self) -> list[SimSocket]:
-        return list(self._sockets.values())
-
-    def interface_addresses(self) -> list[str]:
-        """This host's addresses (what a host-candidate gatherer lists, as on a real host)."""
-        return list(self.addresses)
-
-    def __repr__(self) -> str:
-        return f"Host({self.name!r}, {', '.join(self.addresses)})"
-
-
-class Nat:
-    """A NAT box: WAN address in an outer realm, a gateway address in its own inner realm."""
-
-    def __init__(
-        self,
-        world: World,
-        name: str,
-        config: NatConfig,
-        external_ip: str,
-        outer: Realm,
-        inside_ip: str,
-        link: Link,
-    ) -> None:
-        self.world = world
-        self.name = name
-        self.config = config
-        self.external_ip = external_ip
-        self.outer = outer
-        self.inside_ip = inside_ip
-        self.link = link
-        self.inside = Realm(f"{name}-lan", gateway=self)
-        self.table = NatTable(
-            config,
-            external_ip,
-            random.Random(f"{world.seed}/nat/{name}"),
-            now=world.now,
-            name=name,
-            observer=self._observe,
-        )
-        self._wan = _NatWan(self)
-        self._lan = _NatLan(self)
-
-    def add_host(self, name: str, *addresses: str, link: Link | None = None) -> Host:
-        """A host on this NAT's LAN."""
-        return self.world.add_host(name, *addresses, realm=self.inside, link=link)
-
-    def add_nat(
-        self,
-        name: str,
-        config: NatConfig,
-        external_ip: str,
-        *,
-        inside_ip: str = "10.0.1.1",
-        link: Link | None = None,
-    ) -> Nat:
-        """A NAT whose WAN side is on this NAT's LAN (a home router behind a CGNAT)."""
-        return self.world.add_nat(
-            name, config, external_ip, realm=self.inside, inside_ip=inside_ip, link=link
-        )
-
-    def flush(self) -> int:
-        """Forget every binding at once, as a router reboot or ``conntrack -F`` does.
-
-        Returns how many bindings were dropped. Port mappings go too (a rebooted gateway's
-        epoch restarts; clients re-map).
-        """
-        now = self.world.now
-        gone = len(self.table.bindings)
-        self.table = NatTable(
-            self.config,
-            self.external_ip,
-            random.Random(f"{self.world.seed}/nat/{self.name}/flush/{now}"),
-            now=now,
-            name=self.name,
-            observer=self._observe,
-        )
-        self._observe(now, "flush", f"{gone} bindings dropped")
-        return gone
-
-    def _observe(self, at: float, kind: str, detail: str) -> None:
-        if self.world.tracing:
-            self.world._trace(TraceEvent(at, kind, self.name, None, None, 0, detail))
-
-    def __repr__(self) -> str:
-        return f"Nat({self.name!r}, {self.external_ip})"
-
-
-@dataclass(frozen=True, slots=True)
-class _NatWan:
-    nat: Nat
-
-
-@dataclass(frozen=True, slots=True)
-class _NatLan:
-    nat: Nat
 
 
 _Event = tuple[float, int, Callable[..., None], tuple[Any, ...]]
@@ -492,16 +229,16 @@ class World:
             assert realm.gateway is not None
             self._schedule(self.now + delay, self._arrive_nat_lan, realm.gateway, src, dst, data)
             return
-        if isinstance(target, _NatLan):
+        if isinstance(target, NatLan):
             self._schedule(self.now + delay, self._arrive_gateway, target.nat, src, dst, data)
             return
-        far = self._delay(target.nat.link if isinstance(target, _NatWan) else target.link)
+        far = self._delay(target.nat.link if isinstance(target, NatWan) else target.link)
         if far is None:
-            name = target.nat.name if isinstance(target, _NatWan) else target.name
+            name = target.nat.name if isinstance(target, NatWan) else target.name
             self._drop(node, src, dst, len(data), f"loss on link of {name}")
             return
         when = self.now + delay + far
-        if isinstance(target, _NatWan):
+        if isinstance(target, NatWan):
             self._schedule(when, self._arrive_nat_wan, target.nat, src, dst, data)
         else:
             self._schedule(when, self._arrive_host, target, src, dst, data)
