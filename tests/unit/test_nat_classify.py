@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from punchthrough.scenario.netcheck import netcheck_world
 
 from punchthrough.nat import (
     Behavior,
@@ -15,6 +14,7 @@ from punchthrough.nat import (
     filter_wait,
 )
 from punchthrough.nat.filtering import FILTER_WAIT_RTTS, MIN_FILTER_WAIT
+from punchthrough.scenario.netcheck import netcheck_world
 from punchthrough.sim import PROFILES
 
 APD, AD, EI = "address-and-port-dependent", "address-dependent", "endpoint-independent"
