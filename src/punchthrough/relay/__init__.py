@@ -7,7 +7,8 @@
 * :mod:`.server` - :class:`RelayServer` (one UDP service per address: STUN + QUIC control +
   forwarding), built from :mod:`.listen` (its sockets), :mod:`.control` (control connections
   and registration) and :mod:`.forward` (the data plane);
-* :mod:`.client` - :class:`RelayClient`, run over an endpoint's shared socket multiplexer.
+* :mod:`.client` - :class:`RelayClient`, run over an endpoint's shared socket multiplexer, with
+  :mod:`.nat_keepalive` (STUN keepalives of its NAT binding).
 """
 
 from punchthrough.relay.client import RelayClient
