@@ -8,7 +8,8 @@
   forwarding), built from :mod:`.listen` (its sockets), :mod:`.control` (control connections
   and registration) and :mod:`.forward` (the data plane);
 * :mod:`.client` - :class:`RelayClient`, run over an endpoint's shared socket multiplexer, with
-  :mod:`.nat_keepalive` (STUN keepalives of its NAT binding).
+  :mod:`.control_client` (its side of the control stream) and :mod:`.nat_keepalive` (STUN
+  keepalives of its NAT binding).
 """
 
 from punchthrough.relay.client import RelayClient

@@ -32,25 +32,10 @@ from typing import Final
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
 
-from punchthrough.identity import (
-    RELAY_REGISTER_CONTEXT,
-    Identity,
-    IdentityError,
-    PeerId,
-    apply_identity,
-    channel_binding,
-    peer_certificate_chain,
-    peer_id_from_certificate,
-    sign_exporter,
-    verify_quic_peer,
-)
+from punchthrough.identity import Identity, PeerId, apply_identity
 from punchthrough.netio import Address
-from punchthrough.relay.errors import (
-    RelayClosed,
-    RelayError,
-    RelayRegistrationError,
-    RelayTimeout,
-)
+from punchthrough.relay import control_client
+from punchthrough.relay.errors import RelayClosed, RelayError, RelayTimeout
 from punchthrough.relay.frames import (
     DATA_HEADER_LENGTH,
     FRAME_DATA,
@@ -61,16 +46,7 @@ from punchthrough.relay.frames import (
     encode_data,
 )
 from punchthrough.relay.nat_keepalive import NatKeepalive
-from punchthrough.signal import RelayError as RelayErrorMsg
-from punchthrough.signal import (
-    RelayLookup,
-    RelayLookupResult,
-    RelayRegister,
-    RelayRegistered,
-    SignalError,
-    read_message,
-    write_message,
-)
+from punchthrough.signal import RelayLookup
 from punchthrough.transport.demux import DatagramMux
 from punchthrough.transport.quic import QuicDriver, QuicStreamWriter
 
@@ -199,35 +175,14 @@ class RelayClient:
         )
         await asyncio.shield(self._handshake)
         conn = self._driver.connection
-        try:
-            if relay_peer_id is not None:
-                verify_quic_peer(conn, relay_peer_id)
-            chain = peer_certificate_chain(conn)
-            self.relay_peer_id = peer_id_from_certificate(chain[0]) if chain else None
-        except IdentityError as exc:
-            raise RelayError(f"relay identity: {exc}") from None
+        self.relay_peer_id = control_client.relay_peer_id(conn, relay_peer_id)
         reader, writer = self._driver.open_stream()
-        signature = sign_exporter(
-            self._identity, channel_binding(conn), context=RELAY_REGISTER_CONTEXT
+        answer = await control_client.register(
+            reader, writer, conn, self._identity, self._loop.time
         )
-        msg = RelayRegister(
-            peer_id=self._identity.peer_id,
-            timestamp_ms=max(0, int(self._loop.time() * 1000)),
-            signature=signature,
-        )
-        try:
-            await write_message(writer, msg, timeout=None)
-            reply = await read_message(reader)
-        except ConnectionError as exc:
-            raise RelayClosed(f"relay control connection closed: {exc}") from None
-        except SignalError as exc:
-            raise RelayError(f"bad reply from relay: {exc}") from None
-        if reply is None:
+        if answer is None:
             raise RelayClosed(f"relay closed the control stream ({self.close_reason or 'eof'})")
-        if isinstance(reply, RelayErrorMsg):
-            raise RelayRegistrationError(reply.code, reply.reason)
-        if not isinstance(reply, RelayRegistered) or reply.peer_id != self._identity.peer_id:
-            raise RelayError(f"unexpected reply to registration: {type(reply).__name__}")
+        reply = control_client.registered(answer, self._identity)
         self._control = (reader, writer)
         self._observed = (reply.observed_ip, reply.observed_port)
         self._mapped = self._observed
@@ -247,19 +202,12 @@ class RelayClient:
         async with self._control_lock:
             try:
                 async with asyncio.timeout(timeout):
-                    await write_message(writer, RelayLookup(peer_id=peer_id), timeout=None)
-                    reply = await read_message(reader)
+                    reply = await control_client.request(
+                        reader, writer, RelayLookup(peer_id=peer_id)
+                    )
             except TimeoutError:
                 raise RelayTimeout(f"relay did not answer a lookup within {timeout} s") from None
-            except ConnectionError as exc:
-                raise RelayClosed(f"relay control connection closed: {exc}") from None
-            except SignalError as exc:
-                raise RelayError(f"bad reply from relay: {exc}") from None
-        if isinstance(reply, RelayErrorMsg):
-            raise RelayError(f"relay refused lookup: {reply.code} {reply.reason}")
-        if not isinstance(reply, RelayLookupResult) or reply.peer_id != peer_id:
-            raise RelayError(f"unexpected reply to lookup: {type(reply).__name__}")
-        return tuple((r.host, r.port) for r in reply.relays) if reply.found else ()
+        return control_client.lookup_result(reply, peer_id)
 
     # -- QUIC events, keepalive ----------------------------------------------------------------
     def _on_event(self, event: QuicEvent) -> None:
