@@ -16,8 +16,8 @@ from aioquic.quic.rangeset import RangeSet
 
 from punchthrough.netio import UdpNetwork
 from punchthrough.relay import RelayServer
+from punchthrough.relay.control import CONTROL_RECEIVE_BUFFER
 from punchthrough.relay.frames import RELAY_ALPN
-from punchthrough.relay.server import CONTROL_RECEIVE_BUFFER
 from punchthrough.transport import DatagramMux
 from punchthrough.transport.quic import QuicDriver
 

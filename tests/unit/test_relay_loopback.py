@@ -23,7 +23,7 @@ from punchthrough.relay import (
     RelayTimeout,
     encode_data,
 )
-from punchthrough.relay import client as client_mod
+from punchthrough.relay import control_client as client_mod
 from punchthrough.signal import RELAY_UNAUTHORIZED
 from punchthrough.stun import ChangeRequest, StunClient
 from punchthrough.transport import DatagramMux

@@ -95,7 +95,8 @@ class Endpoint:
         self.network = network
         self._closed = False
         self._stats: Counter[str] = Counter()
-        self._connections: set[Connection] = set()
+        #: Insertion-ordered (not a set hashed by id): closing goes in the same order every run.
+        self._connections: dict[Connection, None] = {}
         closed = self._is_closed
         self._sock: DatagramSocket = WatchedSocket(sock, lambda r: self.network_suspect(r))
         self.mux = DatagramMux(self._sock)
@@ -242,11 +243,11 @@ class Endpoint:
             admit=None if is_client else self._admission.admit,
             direct=self if self.config.direct else None,
         )
-        self._connections.add(conn)
+        self._connections[conn] = None
         return conn
 
     def _connection_closed(self, conn: Connection) -> None:
-        self._connections.discard(conn)
+        self._connections.pop(conn, None)
         self._dialer.forget(conn)
         self._router.forget(conn)
         self._admission.forget(conn)

@@ -187,7 +187,7 @@ class Gatherer:
         local.summary = classify_nat(replace(obs, filtering=filtering), Purpose.PLAN)
         local.summary_ready = True
         self.filter_task = None
-        for agent in set(self._agents()):
+        for agent in dict.fromkeys(self._agents()):  # each once, in a stable order
             agent.local_summary_ready()
 
     async def summary_ready(self) -> None:

@@ -24,7 +24,8 @@ from punchthrough.portmap.gateway import (
     local_ip_towards,
     parse_proc_net_route,
 )
-from punchthrough.portmap.mapper import PortMapper, PortMapping, ProbeReport
+from punchthrough.portmap.mapper import PortMapper
+from punchthrough.portmap.mapping import PortMapping, ProbeReport
 from punchthrough.portmap.natpmp import NatPmpSession
 from punchthrough.portmap.natpmp_wire import NatPmpDecodeError
 from punchthrough.portmap.pcp import PcpSession

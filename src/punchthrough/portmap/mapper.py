@@ -3,8 +3,9 @@ renewed, delete it on close.
 
 The NAT-PMP and PCP sessions are sans-IO (:mod:`punchthrough.portmap.session`); this module is
 their thin asyncio adapter: one control socket from the given :class:`~punchthrough.netio.Network`
-(so the simulator's gateways answer exactly like a real one), one loop timer per session, and
-futures for the caller's ``await``. UPnP (kernel sockets, lab and real world only) is opt-in.
+(so the simulator's gateways answer exactly like a real one), one loop timer per session
+(:mod:`.driver`), and futures for the caller's ``await``. UPnP (kernel sockets, lab and real
+world only, :mod:`.upnp_lease`) is opt-in.
 
     async with PortMapper(network, gateway="10.0.1.1", internal_port=sock_port,
                           local_ip="10.0.1.2") as mapper:
@@ -18,28 +19,26 @@ import asyncio
 import ipaddress
 import logging
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from types import TracebackType
 from typing import Final
 
 from punchthrough.netio import Address, DatagramSocket, Network, UdpNetwork
+from punchthrough.portmap.driver import SessionDriver
 from punchthrough.portmap.errors import (
     NAT_PMP,
     PCP,
     UPNP,
     PortMapError,
     PortMapTimeout,
-    PortMapUnsupported,
 )
 from punchthrough.portmap.gateway import is_double_nat_address
+from punchthrough.portmap.mapping import PortMapping, ProbeReport
 from punchthrough.portmap.natpmp import NatPmpSession
 from punchthrough.portmap.natpmp_wire import NATPMP_PORT
 from punchthrough.portmap.pcp import PcpSession, route
 from punchthrough.portmap.session import (
     DEFAULT_LIFETIME,
-    MIN_RENEW_INTERVAL,
-    RENEW_FRACTION,
     Deleted,
     Event,
     Expired,
@@ -51,6 +50,7 @@ from punchthrough.portmap.session import (
     PcpSchedule,
     Probed,
 )
+from punchthrough.portmap.upnp_lease import UpnpLease
 
 log = logging.getLogger(__name__)
 
@@ -63,87 +63,6 @@ DEFAULT_REQUEST_TIMEOUT: Final = 2.0
 DEFAULT_DELETE_TIMEOUT: Final = 1.0
 #: Mapping preference: PCP (nonce-protected, RFC 6887 supersedes 6886), NAT-PMP, then UPnP.
 PREFERENCE: Final = (PCP, NAT_PMP, UPNP)
-
-
-@dataclass(frozen=True, slots=True)
-class PortMapping:
-    """A mapping the gateway granted: ``external`` reaches ``internal_port`` on this host."""
-
-    protocol: str
-    external: Address
-    lifetime: int
-    #: The external address is private or CGNAT: another NAT lies beyond; useless to offer.
-    double_nat: bool = False
-
-    def external_text(self) -> str:
-        return f"{self.external[0]}:{self.external[1]}"
-
-
-@dataclass(slots=True)
-class ProbeReport:
-    """Which protocols the gateway answered, and what each told us."""
-
-    nat_pmp: bool = False
-    pcp: bool = False
-    upnp: bool = False
-    external_ip: str | None = None  # from NAT-PMP or UPnP (PCP ANNOUNCE carries none)
-    errors: dict[str, str] = field(default_factory=dict)
-    duration: float = 0.0
-
-    def answered(self) -> list[str]:
-        return [p for p, ok in ((PCP, self.pcp), (NAT_PMP, self.nat_pmp), (UPNP, self.upnp)) if ok]
-
-    def to_json(self) -> dict[str, bool]:
-        return {"nat_pmp": self.nat_pmp, "pcp": self.pcp, "upnp": self.upnp}
-
-
-class _Driver:
-    """Runs one sans-IO session on the loop: sends its datagrams, fires its timer."""
-
-    def __init__(
-        self,
-        session: MappingSession,
-        sock: DatagramSocket,
-        gateway: Address,
-        on_event: Callable[[MappingSession, Event], None],
-    ) -> None:
-        self.session = session
-        self._sock = sock
-        self._gateway = gateway
-        self._on_event = on_event
-        self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
-        self._closed = False
-
-    def now(self) -> float:
-        return self._loop.time()
-
-    def feed(self, data: bytes) -> None:
-        self.flush(self.session.receive(data, self.now()))
-
-    def _fire(self) -> None:
-        self._timer = None
-        self.flush(self.session.handle_timer(self.now()))
-
-    def flush(self, events: Sequence[Event] = ()) -> None:
-        for data in self.session.datagrams_to_send():
-            if self._sock.closed:
-                break
-            self._sock.sendto(data, self._gateway)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        when = self.session.timer()
-        if when is not None and not self._closed:
-            self._timer = self._loop.call_at(when, self._fire)
-        for event in events:
-            self._on_event(self.session, event)
-
-    def close(self) -> None:
-        self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
 
 class PortMapper:
@@ -199,11 +118,9 @@ class PortMapper:
         self.gateway_resets = 0
         self.stats: dict[str, int] = {"foreign": 0, "unroutable": 0}
         self._sock: DatagramSocket | None = None
-        self._drivers: dict[str, _Driver] = {}
+        self._drivers: dict[str, SessionDriver] = {}
         self._waiters: dict[tuple[str, Operation], asyncio.Future[Event]] = {}
-        self._upnp: object | None = None  # UpnpClient, typed loosely to keep the import lazy
-        self._upnp_mapped: int | None = None  # external port of our UPnP mapping
-        self._upnp_renewer: asyncio.Task[None] | None = None
+        self._upnp = UpnpLease(gateway, internal_port, lifetime, self._upnp_lost)
         self._nonce_rng = rng  # None: PCP nonces come from `secrets`
         self._closed = False
 
@@ -259,7 +176,7 @@ class PortMapper:
                 )
             )
         if self.want[UPNP]:
-            tasks[UPNP] = asyncio.ensure_future(self._upnp_probe())
+            tasks[UPNP] = asyncio.ensure_future(self._upnp.probe(self.local_ip, self.probe_timeout))
         try:
             results = await asyncio.gather(*tasks.values(), return_exceptions=True)
         finally:
@@ -340,10 +257,10 @@ class PortMapper:
                     schedule=PcpSchedule(self._rng),
                     nonce=self._nonce_rng.randbytes(12) if self._nonce_rng is not None else None,
                 )
-                self._drivers[PCP] = _Driver(pcp, self._sock, gw, self._on_event)
+                self._drivers[PCP] = SessionDriver(pcp, self._sock, gw, self._on_event)
         if self.want[NAT_PMP]:
             nat = NatPmpSession(self.internal_port, lifetime=self.lifetime)
-            self._drivers[NAT_PMP] = _Driver(nat, self._sock, gw, self._on_event)
+            self._drivers[NAT_PMP] = SessionDriver(nat, self._sock, gw, self._on_event)
 
     def _receive(self, data: bytes, addr: Address) -> None:
         if addr != (self.gateway, NATPMP_PORT):
@@ -361,7 +278,7 @@ class PortMapper:
         name: str,
         op: Operation,
         start: Callable[[MappingSession, float], object],
-        driver: _Driver,
+        driver: SessionDriver,
     ) -> Event:
         fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         old = self._waiters.pop((name, op), None)
@@ -422,6 +339,11 @@ class PortMapper:
             except Exception:
                 log.exception("port mapping on_change callback failed")
 
+    def _upnp_lost(self) -> None:
+        """The UPnP lease ran out (renewals kept failing)."""
+        if self.mapping is not None and self.mapping.protocol == UPNP:
+            self._set_mapping(None)
+
     @staticmethod
     def _mapping_from(name: str, event: Mapped) -> PortMapping:
         return PortMapping(
@@ -430,7 +352,7 @@ class PortMapper:
 
     async def _map_with(self, name: str) -> PortMapping:
         if name == UPNP:
-            return await self._upnp_map()
+            return await self._upnp.map(self.request_timeout)
         driver = self._drivers[name]
         res = await self._op(
             name, Operation.MAP, lambda s, now: s.map(now, self.request_timeout), driver
@@ -444,15 +366,13 @@ class PortMapper:
         """Delete on every protocol that may hold a mapping; never raises PortMapError.
 
         A session that never sent a MAP resolves at once without sending anything."""
-        if self._upnp_renewer is not None:
-            self._upnp_renewer.cancel()
-            self._upnp_renewer = None
+        self._upnp.stop_renewing()
         jobs = [self._delete_one(name, driver) for name, driver in self._drivers.items()]
-        if self._upnp_mapped is not None:
-            jobs.append(self._upnp_delete(self._upnp_mapped))
+        if self._upnp.mapped is not None:
+            jobs.append(self._upnp.delete(self._upnp.mapped, self.delete_timeout))
         await asyncio.gather(*jobs)
 
-    async def _delete_one(self, name: str, driver: _Driver) -> None:
+    async def _delete_one(self, name: str, driver: SessionDriver) -> None:
         def start(s: MappingSession, now: float) -> None:
             if not s.delete(now, self.delete_timeout):
                 self._resolve(name, Operation.DELETE, Deleted())
@@ -460,76 +380,6 @@ class PortMapper:
         res = await self._op(name, Operation.DELETE, start, driver)
         if isinstance(res, Failed):
             log.info("port mapping %s delete failed: %s", name, res.error)
-
-    async def _upnp_probe(self) -> str:
-        from punchthrough.portmap.gateway import local_ip_towards
-        from punchthrough.portmap.upnp import UpnpClient, upnp_available
-
-        if not upnp_available():
-            raise PortMapUnsupported(
-                "async-upnp-client is not installed (extra 'upnp')", protocol=UPNP
-            )
-        local = self.local_ip or local_ip_towards(self.gateway)
-        if local is None:
-            raise PortMapError("UPnP: no local address towards the gateway", protocol=UPNP)
-        client = UpnpClient(self.gateway, local)
-        ip = await client.probe(self.probe_timeout)
-        self._upnp = client
-        return ip
-
-    async def _upnp_map(self) -> PortMapping:
-        from punchthrough.portmap.upnp import UpnpClient
-
-        client = self._upnp
-        assert isinstance(client, UpnpClient)
-        try:
-            m = await client.map(self.internal_port, self.lifetime, self.request_timeout)
-        except PortMapTimeout:
-            # a timed-out add may still have landed: delete it on close. A refused add (e.g.
-            # 718 ConflictInMappingEntry: another host owns the port) must NOT be deleted by us.
-            self._upnp_mapped = self.internal_port
-            raise
-        self._upnp_mapped = m.external[1]
-        if m.lifetime > 0 and self._upnp_renewer is None:
-            self._upnp_renewer = asyncio.ensure_future(self._upnp_renew(client, m.lifetime))
-        return PortMapping(UPNP, m.external, m.lifetime, is_double_nat_address(m.external[0]))
-
-    async def _upnp_renew(self, client: object, lifetime: int) -> None:
-        """UPnP has no renew message: AddPortMapping again at half the lease (as NAT-PMP)."""
-        from punchthrough.portmap.upnp import UpnpClient
-
-        assert isinstance(client, UpnpClient)
-        loop = asyncio.get_running_loop()
-        expires = loop.time() + lifetime
-        wait = max(MIN_RENEW_INTERVAL, lifetime * RENEW_FRACTION)
-        while True:
-            await asyncio.sleep(wait)
-            try:
-                m = await client.map(self.internal_port, self.lifetime, self.request_timeout)
-            except PortMapError as exc:
-                left = expires - loop.time()
-                log.info("UPnP renewal failed (%s); %.0f s left", exc, left)
-                if left < 2 * MIN_RENEW_INTERVAL:
-                    if self.mapping is not None and self.mapping.protocol == UPNP:
-                        self._set_mapping(None)
-                    return
-                wait = left * RENEW_FRACTION
-                continue
-            if m.lifetime == 0:
-                return
-            expires = loop.time() + m.lifetime
-            wait = max(MIN_RENEW_INTERVAL, m.lifetime * RENEW_FRACTION)
-
-    async def _upnp_delete(self, external_port: int) -> None:
-        from punchthrough.portmap.upnp import UpnpClient
-
-        client = self._upnp
-        assert isinstance(client, UpnpClient)
-        try:
-            await client.delete(external_port, self.delete_timeout)
-        except PortMapError as exc:
-            log.info("UPnP delete failed: %s", exc)
-        self._upnp_mapped = None
 
 
 __all__ = ["PREFERENCE", "PortMapTimeout", "PortMapper", "PortMapping", "ProbeReport"]

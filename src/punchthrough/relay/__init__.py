@@ -5,9 +5,11 @@
 * :mod:`.registry` - peer id -> registration, and the :class:`PeerDirectory` seam for several
   relays sharing one namespace;
 * :mod:`.server` - :class:`RelayServer` (one UDP service per address: STUN + QUIC control +
-  forwarding);
-* :mod:`.client` - :class:`RelayClient`, run over an endpoint's shared socket multiplexer;
-* :mod:`.close` - :class:`RelayCloseCode`, why the relay closed a control connection.
+  forwarding), built from :mod:`.listen` (its sockets), :mod:`.control` (control connections
+  and registration) and :mod:`.forward` (the data plane);
+* :mod:`.client` - :class:`RelayClient`, run over an endpoint's shared socket multiplexer, with
+  :mod:`.control_client` (its side of the control stream) and :mod:`.nat_keepalive` (STUN
+  keepalives of its NAT binding).
 """
 
 from punchthrough.relay.client import RelayClient
@@ -19,6 +21,7 @@ from punchthrough.relay.errors import (
     RelayRegistrationError,
     RelayTimeout,
 )
+from punchthrough.relay.forward import PayloadFilter
 from punchthrough.relay.frames import (
     FRAME_DATA,
     FRAME_NOTICE,
@@ -34,7 +37,7 @@ from punchthrough.relay.frames import (
 )
 from punchthrough.relay.limits import RelayLimits, TokenBucket
 from punchthrough.relay.registry import LocalRegistry, PeerDirectory, Registration, Registry
-from punchthrough.relay.server import PayloadFilter, PeerInfo, RelayServer
+from punchthrough.relay.server import PeerInfo, RelayServer
 
 __all__ = [
     "FRAME_DATA",

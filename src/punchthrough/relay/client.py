@@ -10,16 +10,13 @@ Two keepalives, for two different lifetimes:
 - QUIC PINGs every ``keepalive_ms`` (told by the relay, 10 s) keep the *control connection*
   alive (the relay's 30 s QUIC idle timeout);
 - a STUN Binding request every ``nat_keepalive`` keeps our *NAT's binding* of the relay flow
-  alive: NATs forget idle UDP bindings after as little as a few seconds (the lab's short-timeout
-  profile: 3 s), and a listener whose binding expired cannot be reached through the relay until
-  it sends again. Off unless asked for; an :class:`~punchthrough.endpoint.Endpoint` always asks
-  (``EndpointConfig.nat_keepalive``, 2 s; the rule is in ``punchthrough.traversal.monitor``).
-  A STUN answer costs the relay a parse and a reply, no QUIC decryption. It also says where the
-  relay sees us now: at a new address (our NAT rebooted or rebound, our network changed) the
-  client sends a QUIC PING at once, so the registration follows (validated QUIC migration), and
-  tells its owner (:meth:`RelayClient.set_network_handler`); so does an answer after unanswered
-  keepalives (the network came back). An unanswered keepalive is repeated every 0.5 s, which
-  also re-opens a binding the NAT forgot as soon as it forwards again.
+  alive (:mod:`.nat_keepalive`). Off unless asked for; an :class:`~punchthrough.endpoint.
+  Endpoint` always asks (``EndpointConfig.nat_keepalive``, 2 s; the rule is in
+  ``punchthrough.traversal.monitor``). The answer says where the relay sees us now: at a new
+  address (our NAT rebooted or rebound, our network changed) the client sends a QUIC PING at
+  once, so the registration follows (validated QUIC migration), and tells its owner
+  (:meth:`RelayClient.set_network_handler`); so does an answer after unanswered keepalives (the
+  network came back).
 
 All waits are bounded and all timing comes from the running loop (simulator compatible).
 """
@@ -35,25 +32,10 @@ from typing import Final
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
 
-from punchthrough.identity import (
-    RELAY_REGISTER_CONTEXT,
-    Identity,
-    IdentityError,
-    PeerId,
-    apply_identity,
-    channel_binding,
-    peer_certificate_chain,
-    peer_id_from_certificate,
-    sign_exporter,
-    verify_quic_peer,
-)
+from punchthrough.identity import Identity, PeerId, apply_identity
 from punchthrough.netio import Address
-from punchthrough.relay.errors import (
-    RelayClosed,
-    RelayError,
-    RelayRegistrationError,
-    RelayTimeout,
-)
+from punchthrough.relay import control_client
+from punchthrough.relay.errors import RelayClosed, RelayError, RelayTimeout
 from punchthrough.relay.frames import (
     DATA_HEADER_LENGTH,
     FRAME_DATA,
@@ -63,26 +45,8 @@ from punchthrough.relay.frames import (
     RELAY_ALPN,
     encode_data,
 )
-from punchthrough.signal import RelayError as RelayErrorMsg
-from punchthrough.signal import (
-    RelayLookup,
-    RelayLookupResult,
-    RelayRegister,
-    RelayRegistered,
-    SignalError,
-    read_message,
-    write_message,
-)
-from punchthrough.stun import (
-    Message,
-    MessageClass,
-    Method,
-    StunDecodeError,
-    XorMappedAddress,
-    decode_message,
-    encode,
-    new_transaction_id,
-)
+from punchthrough.relay.nat_keepalive import NatKeepalive
+from punchthrough.signal import RelayLookup
 from punchthrough.transport.demux import DatagramMux
 from punchthrough.transport.quic import QuicDriver, QuicStreamWriter
 
@@ -93,8 +57,6 @@ log = logging.getLogger(__name__)
 DEFAULT_IDLE_TIMEOUT: Final = 30.0
 #: Peer ids seen in received frames, cached to avoid building one object per frame.
 _PEER_CACHE_SIZE: Final = 1024
-#: An unanswered STUN keepalive is sent again this often until answered.
-NAT_KEEPALIVE_RTO: Final = 0.5
 
 DataReceiver = Callable[[PeerId, bytes], None]
 NoticeHandler = Callable[[int, PeerId], None]
@@ -126,15 +88,7 @@ class RelayClient:
         self._keepalive: asyncio.TimerHandle | None = None
         self._keepalive_interval = idle_timeout / 3
         self._ping_uid = 0
-        #: STUN keepalive of the NAT binding (None: off), its outstanding transaction, and how
-        #: many keepalives in a row went unanswered.
-        self._nat_keepalive = nat_keepalive
-        self._nat_timer: asyncio.TimerHandle | None = None
-        self._nat_retx: asyncio.TimerHandle | None = None
-        self._nat_tx: bytes | None = None
-        self._nat_misses = 0
         self._mapped: Address | None = None
-        self._mapped_waiters: list[asyncio.Future[Address | None]] = []
         self._network_handler: NetworkHandler | None = None
         self._receiver: DataReceiver | None = None
         self._notice_handler: NoticeHandler | None = None
@@ -170,6 +124,12 @@ class RelayClient:
                 0,
             )
         )
+        #: STUN keepalive of the NAT binding (None: off).
+        self._nat: NatKeepalive | None = None
+        if nat_keepalive is not None:
+            self._nat = NatKeepalive(
+                mux, relay_addr, nat_keepalive, self._stats, self._on_nat_answer
+            )
 
     @classmethod
     async def connect(
@@ -219,43 +179,21 @@ class RelayClient:
         )
         await asyncio.shield(self._handshake)
         conn = self._driver.connection
-        try:
-            if relay_peer_id is not None:
-                verify_quic_peer(conn, relay_peer_id)
-            chain = peer_certificate_chain(conn)
-            self.relay_peer_id = peer_id_from_certificate(chain[0]) if chain else None
-        except IdentityError as exc:
-            raise RelayError(f"relay identity: {exc}") from None
+        self.relay_peer_id = control_client.relay_peer_id(conn, relay_peer_id)
         reader, writer = self._driver.open_stream()
-        signature = sign_exporter(
-            self._identity, channel_binding(conn), context=RELAY_REGISTER_CONTEXT
+        answer = await control_client.register(
+            reader, writer, conn, self._identity, self._loop.time
         )
-        msg = RelayRegister(
-            peer_id=self._identity.peer_id,
-            timestamp_ms=max(0, int(self._loop.time() * 1000)),
-            signature=signature,
-        )
-        try:
-            await write_message(writer, msg, timeout=None)
-            reply = await read_message(reader)
-        except ConnectionError as exc:
-            raise RelayClosed(f"relay control connection closed: {exc}") from None
-        except SignalError as exc:
-            raise RelayError(f"bad reply from relay: {exc}") from None
-        if reply is None:
+        if answer is None:
             raise RelayClosed(f"relay closed the control stream ({self.close_reason or 'eof'})")
-        if isinstance(reply, RelayErrorMsg):
-            raise RelayRegistrationError(reply.code, reply.reason)
-        if not isinstance(reply, RelayRegistered) or reply.peer_id != self._identity.peer_id:
-            raise RelayError(f"unexpected reply to registration: {type(reply).__name__}")
+        reply = control_client.registered(answer, self._identity)
         self._control = (reader, writer)
         self._observed = (reply.observed_ip, reply.observed_port)
         self._mapped = self._observed
         self._keepalive_interval = min(reply.keepalive_ms / 1000, self._idle_timeout / 3)
         self._arm_keepalive()
-        if self._nat_keepalive is not None:
-            self._mux.add_stun_handler(self._on_stun)
-            self._arm_nat_keepalive()
+        if self._nat is not None:
+            self._nat.start()
 
     async def lookup(self, peer_id: PeerId, *, timeout: float = 5.0) -> tuple[Address, ...]:
         """Relay addresses where ``peer_id`` is registered, as this relay knows (empty: none).
@@ -268,19 +206,12 @@ class RelayClient:
         async with self._control_lock:
             try:
                 async with asyncio.timeout(timeout):
-                    await write_message(writer, RelayLookup(peer_id=peer_id), timeout=None)
-                    reply = await read_message(reader)
+                    reply = await control_client.request(
+                        reader, writer, RelayLookup(peer_id=peer_id)
+                    )
             except TimeoutError:
                 raise RelayTimeout(f"relay did not answer a lookup within {timeout} s") from None
-            except ConnectionError as exc:
-                raise RelayClosed(f"relay control connection closed: {exc}") from None
-            except SignalError as exc:
-                raise RelayError(f"bad reply from relay: {exc}") from None
-        if isinstance(reply, RelayErrorMsg):
-            raise RelayError(f"relay refused lookup: {reply.code} {reply.reason}")
-        if not isinstance(reply, RelayLookupResult) or reply.peer_id != peer_id:
-            raise RelayError(f"unexpected reply to lookup: {type(reply).__name__}")
-        return tuple((r.host, r.port) for r in reply.relays) if reply.found else ()
+        return control_client.lookup_result(reply, peer_id)
 
     # -- QUIC events, keepalive ----------------------------------------------------------------
     def _on_event(self, event: QuicEvent) -> None:
@@ -321,81 +252,21 @@ class RelayClient:
         driver.transmit()
 
     # -- NAT keepalive (STUN) ------------------------------------------------------------------
-    def _arm_nat_keepalive(self) -> None:
-        if not self.closed and self._nat_keepalive is not None:
-            self._nat_timer = self._loop.call_later(self._nat_keepalive, self._nat_tick)
-
-    def _nat_tick(self) -> None:
-        self._nat_timer = None
-        if self.closed:
-            return
-        self._send_nat_keepalive()
-        self._arm_nat_keepalive()
-
-    def _send_nat_keepalive(self) -> None:
-        if self._nat_tx is not None:  # the previous one (and its retransmission) unanswered
-            self._nat_misses += 1
-            self._stats["nat_keepalives_unanswered"] += 1
-        self._nat_tx = new_transaction_id()
-        self._send_stun(self._nat_tx)
-        self._stats["nat_keepalives"] += 1
-        if self._nat_retx is not None:
-            self._nat_retx.cancel()
-        self._nat_retx = self._loop.call_later(NAT_KEEPALIVE_RTO, self._nat_retransmit)
-
-    def _nat_retransmit(self) -> None:
-        # Every RTO until answered (the next keepalive starts a new transaction): a binding the
-        # NAT forgot (a reboot, an outage) is re-opened, and the relay's answer seen, within
-        # half a second of the network forwarding again rather than at the next keepalive.
-        self._nat_retx = None
-        if self._nat_tx is not None and not self.closed:
-            self._send_stun(self._nat_tx)
-            self._nat_retx = self._loop.call_later(NAT_KEEPALIVE_RTO, self._nat_retransmit)
-
-    def _send_stun(self, txid: bytes) -> None:
-        data = encode(Message(Method.BINDING, MessageClass.REQUEST, txid), fingerprint=True)
-        try:
-            self._sock.sendto(data, self.relay_address)
-        except OSError:
-            self._stats["send_errors"] += 1
-
-    def _on_stun(self, data: bytes, addr: Address) -> bool:
-        """The answer to our STUN keepalive (a mux STUN handler: others pass through)."""
-        txid = self._nat_tx
-        if txid is None or addr != self.relay_address or data[8:20] != txid:
-            return False
-        try:
-            msg = decode_message(data)
-        except StunDecodeError:
-            return False
-        if msg.method != Method.BINDING or msg.message_class is not MessageClass.SUCCESS_RESPONSE:
-            return False
-        xma = msg.get(XorMappedAddress)
-        if xma is None:
-            return False
-        self._nat_tx = None
-        if self._nat_retx is not None:
-            self._nat_retx.cancel()
-            self._nat_retx = None
-        misses, self._nat_misses = self._nat_misses, 0
-        old, self._mapped = self._mapped, xma.address
-        for fut in self._mapped_waiters:
-            if not fut.done():
-                fut.set_result(xma.address)
-        self._mapped_waiters.clear()
-        if old is not None and xma.address != old:
+    def _on_nat_answer(self, address: Address, misses: int) -> None:
+        """The relay answered a keepalive: it sees us at ``address``."""
+        old, self._mapped = self._mapped, address
+        if old is not None and address != old:
             self._stats["rebindings"] += 1
             self.ping()  # move the registration to where we are now
             self._notify(
                 f"relay {self.relay_address[0]}:{self.relay_address[1]} sees us at "
-                f"{xma.address[0]}:{xma.address[1]} (was {old[0]}:{old[1]})"
+                f"{address[0]}:{address[1]} (was {old[0]}:{old[1]})"
             )
         elif misses:
             self._notify(
                 f"relay {self.relay_address[0]}:{self.relay_address[1]} answers again after "
                 f"{misses} unanswered keepalive(s)"
             )
-        return True
 
     def _notify(self, reason: str) -> None:
         log.info("%s", reason)
@@ -414,22 +285,9 @@ class RelayClient:
     async def refresh(self, timeout: float = 1.0) -> Address | None:
         """A STUN keepalive now; returns where the relay sees us (``None``: no answer within
         ``timeout``, or keepalives are off). Any change is also reported to the handler."""
-        if self.closed or self._nat_keepalive is None:
+        if self.closed or self._nat is None:
             return None
-        fut: asyncio.Future[Address | None] = self._loop.create_future()
-        self._mapped_waiters.append(fut)
-        if self._nat_tx is None:
-            self._send_nat_keepalive()
-        else:
-            self._send_stun(self._nat_tx)  # one is outstanding: send it again
-        try:
-            async with asyncio.timeout(timeout):
-                return await fut
-        except TimeoutError:
-            return None
-        finally:
-            if fut in self._mapped_waiters:
-                self._mapped_waiters.remove(fut)
+        return await self._nat.refresh(timeout)
 
     # -- data plane ------------------------------------------------------------------------------
     def send(self, dest: PeerId, payload: bytes) -> None:
@@ -530,16 +388,8 @@ class RelayClient:
         if self._keepalive is not None:
             self._keepalive.cancel()
             self._keepalive = None
-        for timer in (self._nat_timer, self._nat_retx):
-            if timer is not None:
-                timer.cancel()
-        self._nat_timer = self._nat_retx = None
-        self._nat_tx = None
-        for fut in self._mapped_waiters:
-            if not fut.done():
-                fut.set_result(None)
-        self._mapped_waiters.clear()
-        self._mux.remove_stun_handler(self._on_stun)
+        if self._nat is not None:
+            self._nat.stop()
         self._mux.remove_relay_source(self.relay_address)
         driver = self._driver
         if driver is not None and not from_driver:

@@ -1,6 +1,7 @@
 """STUN (RFC 8489) with RFC 5780 NAT behaviour discovery: codec, transactions, client, server.
 
-Layers, bottom up: :mod:`.attributes` and :mod:`.message` (pure codec), :mod:`.transaction`
+Layers, bottom up: :mod:`.attributes` (with :mod:`.attribute_values` and the ICE ones in
+:mod:`.ice_attributes`) and :mod:`.message` (pure codec), :mod:`.transaction`
 (sans-IO retransmission), :mod:`.client` and :mod:`.server` (asyncio adapters over
 :mod:`punchthrough.netio`). The server's decision logic is the sans-IO :class:`StunServerCore`.
 """
@@ -10,27 +11,29 @@ from punchthrough.stun.attributes import (
     ChangeRequest,
     ErrorCode,
     Fingerprint,
-    IceAttributes,
-    IceControlled,
-    IceControlling,
     MappedAddress,
     MessageIntegrity,
     OtherAddress,
     Padding,
-    Priority,
     RawAttribute,
     ResponseOrigin,
     ResponsePort,
     Software,
     UnknownAttributes,
-    UseCandidate,
     Username,
     XorMappedAddress,
-    ice_attributes,
 )
 from punchthrough.stun.client import BindingResult, StunClient
 from punchthrough.stun.constants import AttributeType, IceAttributeType
 from punchthrough.stun.errors import StunDecodeError, StunError, StunErrorResponse, StunTimeout
+from punchthrough.stun.ice_attributes import (
+    IceAttributes,
+    IceControlled,
+    IceControlling,
+    Priority,
+    UseCandidate,
+    ice_attributes,
+)
 from punchthrough.stun.message import (
     Message,
     MessageClass,

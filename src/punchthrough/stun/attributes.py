@@ -3,19 +3,26 @@
 Each interpreted attribute is a frozen dataclass; anything else is kept as
 :class:`RawAttribute` so that the server can tell "unknown comprehension-required" apart from
 "unknown optional" (RFC 8489 §14). Value decoders only ever raise :class:`StunDecodeError`.
+The value codecs several types share live in :mod:`.attribute_values`; the ICE attributes
+(RFC 8445), which the codec keeps raw, in :mod:`.ice_attributes`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 from punchthrough.netio import Address
+from punchthrough.stun.attribute_values import (
+    decode_address,
+    decode_text,
+    encode_address,
+    encode_text,
+    require_length,
+    xor_pad,
+)
 from punchthrough.stun.constants import (
-    ADDRESS_IPV4_VALUE_LENGTH,
-    ADDRESS_IPV6_VALUE_LENGTH,
     CHANGE_IP_FLAG,
     CHANGE_PORT_FLAG,
     CHANGE_REQUEST_VALUE_LENGTH,
@@ -25,19 +32,13 @@ from punchthrough.stun.constants import (
     ERROR_CLASS_MIN,
     ERROR_CODE_HEADER_LENGTH,
     ERROR_NUMBER_MAX,
-    FAMILY_IPV4,
-    FAMILY_IPV6,
     FINGERPRINT_VALUE_LENGTH,
-    MAGIC_COOKIE_BYTES,
     MAX_REASON_BYTES,
     MAX_SOFTWARE_BYTES,
     MAX_USERNAME_BYTES,
     MESSAGE_INTEGRITY_VALUE_LENGTH,
-    PRIORITY_VALUE_LENGTH,
     RESPONSE_PORT_VALUE_LENGTH,
-    TIEBREAKER_VALUE_LENGTH,
     AttributeType,
-    IceAttributeType,
 )
 from punchthrough.stun.errors import StunDecodeError
 
@@ -69,75 +70,6 @@ class Attribute:
         raise NotImplementedError
 
 
-# --- address helpers (RFC 8489 §14.1, §14.2) ---------------------------------------------------
-
-
-def _xor_pad(transaction_id: bytes) -> bytes:
-    # X-Port is XORed with the cookie's top 16 bits, X-Address with cookie || txid (§14.2).
-    return MAGIC_COOKIE_BYTES + transaction_id
-
-
-def _encode_address(address: Address, xor_with: bytes | None) -> bytes:
-    ip = ipaddress.ip_address(address[0])
-    port = address[1]
-    if not 0 <= port <= 0xFFFF:
-        raise ValueError(f"port {port} out of range")
-    family = FAMILY_IPV4 if ip.version == 4 else FAMILY_IPV6
-    port_bytes = port.to_bytes(2, "big")
-    packed = ip.packed
-    if xor_with is not None:
-        port_bytes = bytes(a ^ b for a, b in zip(port_bytes, xor_with, strict=False))
-        packed = bytes(a ^ b for a, b in zip(packed, xor_with, strict=False))
-    return bytes((0, family)) + port_bytes + packed
-
-
-def _decode_address(value: bytes, name: str, xor_with: bytes | None) -> Address:
-    if len(value) < 4:
-        raise StunDecodeError(f"{name}: value is {len(value)} bytes, an address needs at least 4")
-    # The first byte is reserved; receivers ignore it (RFC 8489 §14.1).
-    family = value[1]
-    if family == FAMILY_IPV4:
-        expected = ADDRESS_IPV4_VALUE_LENGTH
-    elif family == FAMILY_IPV6:
-        expected = ADDRESS_IPV6_VALUE_LENGTH
-    else:
-        raise StunDecodeError(f"{name}: unknown address family 0x{family:02X}")
-    if len(value) != expected:
-        raise StunDecodeError(
-            f"{name}: family 0x{family:02X} needs a {expected}-byte value, got {len(value)}"
-        )
-    port_bytes = value[2:4]
-    packed = value[4:]
-    if xor_with is not None:
-        port_bytes = bytes(a ^ b for a, b in zip(port_bytes, xor_with, strict=False))
-        packed = bytes(a ^ b for a, b in zip(packed, xor_with, strict=False))
-    port = int.from_bytes(port_bytes, "big")
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
-    ip = ipaddress.IPv4Address(packed) if family == FAMILY_IPV4 else ipaddress.IPv6Address(packed)
-    return (str(ip), port)
-
-
-def _decode_text(value: bytes, name: str, max_bytes: int) -> str:
-    if len(value) > max_bytes:
-        raise StunDecodeError(f"{name}: {len(value)} bytes exceeds the {max_bytes}-byte limit")
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise StunDecodeError(f"{name}: value is not valid UTF-8 ({exc.reason})") from None
-
-
-def _encode_text(text: str, name: str, max_bytes: int) -> bytes:
-    raw = text.encode("utf-8")
-    if len(raw) > max_bytes:
-        raise ValueError(f"{name}: {len(raw)} bytes exceeds the {max_bytes}-byte limit")
-    return raw
-
-
-def _require_length(value: bytes, name: str, length: int) -> None:
-    if len(value) != length:
-        raise StunDecodeError(f"{name}: value must be {length} bytes, got {len(value)}")
-
-
 # --- attribute classes -------------------------------------------------------------------------
 
 
@@ -149,7 +81,7 @@ class MappedAddress(Attribute):
     address: Address
 
     def encode_value(self, transaction_id: bytes) -> bytes:
-        return _encode_address(self.address, None)
+        return encode_address(self.address, None)
 
 
 @dataclass(frozen=True)
@@ -160,7 +92,7 @@ class XorMappedAddress(Attribute):
     address: Address
 
     def encode_value(self, transaction_id: bytes) -> bytes:
-        return _encode_address(self.address, _xor_pad(transaction_id))
+        return encode_address(self.address, xor_pad(transaction_id))
 
 
 @dataclass(frozen=True)
@@ -171,7 +103,7 @@ class ResponseOrigin(Attribute):
     address: Address
 
     def encode_value(self, transaction_id: bytes) -> bytes:
-        return _encode_address(self.address, None)
+        return encode_address(self.address, None)
 
 
 @dataclass(frozen=True)
@@ -182,7 +114,7 @@ class OtherAddress(Attribute):
     address: Address
 
     def encode_value(self, transaction_id: bytes) -> bytes:
-        return _encode_address(self.address, None)
+        return encode_address(self.address, None)
 
 
 @dataclass(frozen=True)
@@ -193,7 +125,7 @@ class Username(Attribute):
     value: str
 
     def encode_value(self, transaction_id: bytes) -> bytes:
-        return _encode_text(self.value, "USERNAME", MAX_USERNAME_BYTES)
+        return encode_text(self.value, "USERNAME", MAX_USERNAME_BYTES)
 
 
 @dataclass(frozen=True)
@@ -204,7 +136,7 @@ class Software(Attribute):
     value: str
 
     def encode_value(self, transaction_id: bytes) -> bytes:
-        return _encode_text(self.value, "SOFTWARE", MAX_SOFTWARE_BYTES)
+        return encode_text(self.value, "SOFTWARE", MAX_SOFTWARE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -245,7 +177,7 @@ class ErrorCode(Attribute):
         klass, number = divmod(self.code, 100)
         if not ERROR_CLASS_MIN <= klass <= ERROR_CLASS_MAX:
             raise ValueError(f"ERROR-CODE {self.code} outside 300..699")
-        reason = _encode_text(self.reason, "ERROR-CODE reason", MAX_REASON_BYTES)
+        reason = encode_text(self.reason, "ERROR-CODE reason", MAX_REASON_BYTES)
         return bytes((0, 0, klass, number)) + reason
 
 
@@ -322,36 +254,36 @@ ValueDecoder = Callable[[bytes, bytes], Attribute]
 
 
 def _dec_mapped(value: bytes, txid: bytes) -> Attribute:
-    return MappedAddress(_decode_address(value, "MAPPED-ADDRESS", None))
+    return MappedAddress(decode_address(value, "MAPPED-ADDRESS", None))
 
 
 def _dec_xor_mapped(value: bytes, txid: bytes) -> Attribute:
-    return XorMappedAddress(_decode_address(value, "XOR-MAPPED-ADDRESS", _xor_pad(txid)))
+    return XorMappedAddress(decode_address(value, "XOR-MAPPED-ADDRESS", xor_pad(txid)))
 
 
 def _dec_response_origin(value: bytes, txid: bytes) -> Attribute:
-    return ResponseOrigin(_decode_address(value, "RESPONSE-ORIGIN", None))
+    return ResponseOrigin(decode_address(value, "RESPONSE-ORIGIN", None))
 
 
 def _dec_other_address(value: bytes, txid: bytes) -> Attribute:
-    return OtherAddress(_decode_address(value, "OTHER-ADDRESS", None))
+    return OtherAddress(decode_address(value, "OTHER-ADDRESS", None))
 
 
 def _dec_username(value: bytes, txid: bytes) -> Attribute:
-    return Username(_decode_text(value, "USERNAME", MAX_USERNAME_BYTES))
+    return Username(decode_text(value, "USERNAME", MAX_USERNAME_BYTES))
 
 
 def _dec_software(value: bytes, txid: bytes) -> Attribute:
-    return Software(_decode_text(value, "SOFTWARE", MAX_SOFTWARE_BYTES))
+    return Software(decode_text(value, "SOFTWARE", MAX_SOFTWARE_BYTES))
 
 
 def _dec_integrity(value: bytes, txid: bytes) -> Attribute:
-    _require_length(value, "MESSAGE-INTEGRITY", MESSAGE_INTEGRITY_VALUE_LENGTH)
+    require_length(value, "MESSAGE-INTEGRITY", MESSAGE_INTEGRITY_VALUE_LENGTH)
     return MessageIntegrity(value)
 
 
 def _dec_fingerprint(value: bytes, txid: bytes) -> Attribute:
-    _require_length(value, "FINGERPRINT", FINGERPRINT_VALUE_LENGTH)
+    require_length(value, "FINGERPRINT", FINGERPRINT_VALUE_LENGTH)
     return Fingerprint(int.from_bytes(value, "big"))
 
 
@@ -364,7 +296,7 @@ def _dec_error_code(value: bytes, txid: bytes) -> Attribute:
         raise StunDecodeError(f"ERROR-CODE: class {klass} outside 3..6")
     if number > ERROR_NUMBER_MAX:
         raise StunDecodeError(f"ERROR-CODE: number {number} above 99")
-    reason = _decode_text(value[4:], "ERROR-CODE reason", MAX_REASON_BYTES)
+    reason = decode_text(value[4:], "ERROR-CODE reason", MAX_REASON_BYTES)
     return ErrorCode(klass * 100 + number, reason)
 
 
@@ -376,13 +308,13 @@ def _dec_unknown_attributes(value: bytes, txid: bytes) -> Attribute:
 
 
 def _dec_change_request(value: bytes, txid: bytes) -> Attribute:
-    _require_length(value, "CHANGE-REQUEST", CHANGE_REQUEST_VALUE_LENGTH)
+    require_length(value, "CHANGE-REQUEST", CHANGE_REQUEST_VALUE_LENGTH)
     flags = int.from_bytes(value, "big")  # other bits are unused and ignored (RFC 5780 §7.2)
     return ChangeRequest(bool(flags & CHANGE_IP_FLAG), bool(flags & CHANGE_PORT_FLAG))
 
 
 def _dec_response_port(value: bytes, txid: bytes) -> Attribute:
-    _require_length(value, "RESPONSE-PORT", RESPONSE_PORT_VALUE_LENGTH)
+    require_length(value, "RESPONSE-PORT", RESPONSE_PORT_VALUE_LENGTH)
     return ResponsePort(int.from_bytes(value[:2], "big"))
 
 
@@ -414,92 +346,3 @@ def decode_attribute_value(type_code: int, value: bytes, transaction_id: bytes) 
     if decoder is None:
         return RawAttribute(type_code, value)
     return decoder(value, transaction_id)
-
-
-# --- ICE attributes (RFC 8445 section 7.1) ------------------------------------------------------
-# Encoded like any attribute; decoded only on request, from the RawAttribute the codec keeps.
-
-
-@dataclass(frozen=True)
-class Priority(Attribute):
-    """The priority the sender would give a peer-reflexive candidate (RFC 8445 section 7.1.1)."""
-
-    TYPE: ClassVar[int] = IceAttributeType.PRIORITY
-    value: int
-
-    def encode_value(self, transaction_id: bytes) -> bytes:
-        return self.value.to_bytes(PRIORITY_VALUE_LENGTH, "big")
-
-
-@dataclass(frozen=True)
-class UseCandidate(Attribute):
-    """The controlling agent nominates this pair (RFC 8445 section 7.1.2)."""
-
-    TYPE: ClassVar[int] = IceAttributeType.USE_CANDIDATE
-
-    def encode_value(self, transaction_id: bytes) -> bytes:
-        return b""
-
-
-@dataclass(frozen=True)
-class IceControlling(Attribute):
-    """The sender is the controlling agent; ``tiebreaker`` resolves role conflicts (7.1.3)."""
-
-    TYPE: ClassVar[int] = IceAttributeType.ICE_CONTROLLING
-    tiebreaker: int
-
-    def encode_value(self, transaction_id: bytes) -> bytes:
-        return self.tiebreaker.to_bytes(TIEBREAKER_VALUE_LENGTH, "big")
-
-
-@dataclass(frozen=True)
-class IceControlled(Attribute):
-    """The sender is the controlled agent (RFC 8445 section 7.1.3)."""
-
-    TYPE: ClassVar[int] = IceAttributeType.ICE_CONTROLLED
-    tiebreaker: int
-
-    def encode_value(self, transaction_id: bytes) -> bytes:
-        return self.tiebreaker.to_bytes(TIEBREAKER_VALUE_LENGTH, "big")
-
-
-@dataclass(frozen=True)
-class IceAttributes:
-    """The ICE attributes of one message, interpreted (absent ones are ``None``/False)."""
-
-    priority: int | None = None
-    use_candidate: bool = False
-    controlling: int | None = None
-    controlled: int | None = None
-
-
-def ice_attributes(attributes: list[Attribute]) -> IceAttributes:
-    """Interpret the ICE attributes kept raw by the codec. Raises only :class:`StunDecodeError`.
-
-    The first copy of each counts (the codec keeps duplicates of raw attributes in order).
-    """
-    values: dict[int, bytes] = {}
-    for attr in attributes:
-        if isinstance(attr, RawAttribute) and attr.type in IceAttributeType._value2member_map_:
-            values.setdefault(attr.type, attr.value)
-    priority = values.get(IceAttributeType.PRIORITY)
-    if priority is not None:
-        _require_length(priority, "PRIORITY", PRIORITY_VALUE_LENGTH)
-    use = values.get(IceAttributeType.USE_CANDIDATE)
-    if use is not None and use:
-        raise StunDecodeError(f"USE-CANDIDATE: value must be empty, got {len(use)} bytes")
-    ties: dict[int, int] = {}
-    for kind, name in (
-        (IceAttributeType.ICE_CONTROLLING, "ICE-CONTROLLING"),
-        (IceAttributeType.ICE_CONTROLLED, "ICE-CONTROLLED"),
-    ):
-        raw = values.get(kind)
-        if raw is not None:
-            _require_length(raw, name, TIEBREAKER_VALUE_LENGTH)
-            ties[kind] = int.from_bytes(raw, "big")
-    return IceAttributes(
-        priority=int.from_bytes(priority, "big") if priority is not None else None,
-        use_candidate=use is not None,
-        controlling=ties.get(IceAttributeType.ICE_CONTROLLING),
-        controlled=ties.get(IceAttributeType.ICE_CONTROLLED),
-    )

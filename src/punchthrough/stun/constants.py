@@ -106,7 +106,7 @@ class IceAttributeType(IntEnum):
     Kept apart from :class:`AttributeType` on purpose: the codec keeps these as
     :class:`~punchthrough.stun.attributes.RawAttribute` (so a plain STUN server still rejects
     PRIORITY, a comprehension-required type it does not implement, with 420), and only the
-    connectivity-check engine interprets them, with :func:`~punchthrough.stun.attributes.
+    connectivity-check engine interprets them, with :func:`~punchthrough.stun.ice_attributes.
     ice_attributes`.
     """
 

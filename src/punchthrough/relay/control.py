@@ -1,0 +1,403 @@
+"""The relay's control connections: one QUIC connection per client, one control stream on it.
+
+A new QUIC Initial on a primary socket creates a server connection (ALPN
+``punchthrough-relay/1``, the relay's identity certificate), within the relay-wide limits (new
+connections per second, connections in all and per IP, registered clients).
+
+Registration: the client sends ``RelayRegister`` on a bidirectional stream, signing the
+connection's channel binding under ``RELAY_REGISTER_CONTEXT``. The signature proves key
+possession *for this connection*, so it cannot be replayed on another one; that is why the
+relay does not check ``timestamp_ms`` against a clock (client clocks are unrelated to ours and
+the simulator has no wall clock): replay protection comes from the channel binding. Claiming
+another peer's id fails (401): the claimant cannot sign for that key.
+
+Rules (documented choices):
+
+* A registration is bound to the source address of the control connection (updated when QUIC
+  migration to a new client address is validated, i.e. NAT rebinding during a connection).
+* The same peer id registering again (a new connection, e.g. after NAT rebinding or a restart)
+  replaces the old registration, and the old control connection is closed with reason
+  ``registration replaced``. So is a registration displaced by another connection from the
+  same source address (a source address stamps exactly one peer id). Two live devices sharing
+  one identity therefore displace each other: identities are per device.
+* A registration ends when its control connection closes or idles out (``idle_timeout``;
+  clients PING every ``keepalive_ms`` = idle/3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Final
+
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import ConnectionTerminated, QuicEvent
+
+from punchthrough.identity import (
+    RELAY_REGISTER_CONTEXT,
+    BadSignature,
+    ChannelBindingUnavailable,
+    Identity,
+    apply_identity,
+    channel_binding,
+    verify_exporter,
+)
+from punchthrough.netio import Address, DatagramSocket
+from punchthrough.relay.close import RelayCloseCode
+from punchthrough.relay.frames import RELAY_ALPN
+from punchthrough.relay.limits import ClientLimiter, RelayLimits, TokenBucket
+from punchthrough.relay.registry import LocalRegistry, Registration
+from punchthrough.signal import (
+    RELAY_BAD_REQUEST,
+    RELAY_CONFLICT,
+    RELAY_RATE_LIMITED,
+    RELAY_UNAUTHORIZED,
+    Message,
+    Ping,
+    Pong,
+    RelayAddress,
+    RelayLookup,
+    RelayLookupResult,
+    RelayRegister,
+    RelayRegistered,
+    SignalError,
+    read_message,
+    write_message,
+)
+from punchthrough.signal import RelayError as RelayErrorMsg
+from punchthrough.transport.demux import DatagramMux
+from punchthrough.transport.quic import (
+    QuicDriver,
+    QuicStreamWriter,
+    is_initial,
+    validated_peer_address,
+)
+
+log = logging.getLogger(__name__)
+
+#: QUIC application error codes on control connections (defined in :mod:`.close`).
+CLOSE_NORMAL: Final = RelayCloseCode.NORMAL
+CLOSE_REPLACED: Final = RelayCloseCode.REPLACED
+CLOSE_PROTOCOL: Final = RelayCloseCode.PROTOCOL
+CLOSE_REGISTER_TIMEOUT: Final = RelayCloseCode.REGISTER_TIMEOUT
+CLOSE_SHUTDOWN: Final = RelayCloseCode.SHUTDOWN
+#: Bounded write of a control reply (the client's flow control is never near full).
+REPLY_TIMEOUT: Final = 5.0
+#: Undelivered stream data a control connection may make us hold (QuicDriver closes it past
+#: this). Control messages are a few hundred bytes (signal.MAX_FRAME_SIZE is 16 KiB).
+CONTROL_RECEIVE_BUFFER = 64 * 1024
+
+
+class _ControlDriver(QuicDriver):
+    """A QuicDriver that reports when the client's validated address changes (migration)."""
+
+    on_address_change: Callable[[Address], None] | None = None
+
+    def datagram_received(self, data: bytes, addr: Address | None = None) -> None:
+        super().datagram_received(data, addr)
+        if self.on_address_change is None or self.closed:
+            return
+        addr0 = validated_peer_address(self.connection)
+        if addr0 is not None and addr0 != self.peer_address:
+            self.peer_address = addr0
+            self.on_address_change(addr0)
+
+
+class ControlConnection:
+    """One control connection and its (at most one) registration."""
+
+    __slots__ = (
+        "address",
+        "driver",
+        "ip",
+        "local",
+        "registration",
+        "stream_seen",
+        "task",
+        "timer",
+    )
+
+    def __init__(self, address: Address, local: Address) -> None:
+        self.address = address
+        self.ip = address[0]  # the IP counted against max_connections_per_ip
+        self.local = local
+        self.driver: _ControlDriver | None = None
+        self.registration: Registration | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.stream_seen = False
+
+
+class ControlPlane:
+    """Every control connection of one relay: accept, register, answer, forget, shut down."""
+
+    def __init__(
+        self,
+        sockets: dict[Address, DatagramSocket],
+        muxes: dict[Address, DatagramMux],
+        identity: Identity,
+        limits: RelayLimits,
+        registry: LocalRegistry,
+        stats: Counter[str],
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._sockets = sockets
+        self._muxes = muxes
+        self.identity = identity
+        self.limits = limits
+        self.registry = registry
+        self._stats = stats
+        #: Insertion-ordered (a dict, not a set of objects hashed by id): shutdown closes them
+        #: in the same order every run, so the simulator stays deterministic.
+        self.connections: dict[ControlConnection, None] = {}
+        self._per_ip: Counter[str] = Counter()
+        self._new_conn_bucket = TokenBucket(
+            limits.new_connections_per_second, limits.new_connection_burst, self._loop.time()
+        )
+
+    def _quic_config(self) -> QuicConfiguration:
+        cfg = QuicConfiguration(
+            is_client=False,
+            alpn_protocols=[RELAY_ALPN],
+            idle_timeout=self.limits.idle_timeout,
+            # control streams carry a few small messages; bound what a client can make us buffer
+            max_data=64 * 1024,
+            max_stream_data=32 * 1024,
+        )
+        return apply_identity(cfg, self.identity)
+
+    def accept(self, data: bytes, addr: Address, *, local: Address) -> None:
+        """A QUIC packet from an unknown connection: a new control connection, if allowed."""
+        if not is_initial(data):
+            self._stats["connections_refused"] += 1
+            return
+        now = self._loop.time()
+        if (
+            len(self.connections) >= self.limits.max_connections
+            or self._per_ip[addr[0]] >= self.limits.max_connections_per_ip
+            or not self._new_conn_bucket.take(now)
+        ):
+            self._stats["connections_refused"] += 1
+            return
+        ctl = ControlConnection(addr, local)
+        self._add_control(ctl)
+        sock = self._sockets[local]
+        sent = 0
+
+        def transmit(payload: bytes, dest: Address) -> None:
+            nonlocal sent
+            sent += 1
+            sock.sendto(payload, dest)
+
+        try:
+            driver = _ControlDriver.server(
+                self._quic_config(),
+                data,
+                transmit,
+                addr,
+                on_event=functools.partial(self._on_control_event, ctl),
+                mux=self._muxes[local],
+                max_receive_buffer=CONTROL_RECEIVE_BUFFER,
+            )
+        except Exception:
+            log.exception("cannot accept a control connection from %s:%d", *addr)
+            self._discard_control(ctl)
+            self._stats["connections_refused"] += 1
+            return
+        assert isinstance(driver, _ControlDriver)
+        if driver.closed or not sent:
+            # refused during the first Initial (e.g. wrong ALPN), or the "Initial" did not
+            # decrypt (garbage with a valid-looking header): hold no state for it
+            driver.abort()
+            self._discard_control(ctl)
+            self._stats["connections_refused"] += 1
+            return
+        ctl.driver = driver
+        driver.on_address_change = functools.partial(self._on_address_change, ctl)
+        driver.set_stream_handler(functools.partial(self._on_stream, ctl))
+        ctl.timer = self._loop.call_later(
+            self.limits.register_timeout, self._register_deadline, ctl
+        )
+        self._stats["connections_accepted"] += 1
+
+    def _add_control(self, ctl: ControlConnection) -> None:
+        self.connections[ctl] = None
+        self._per_ip[ctl.ip] += 1
+
+    def _discard_control(self, ctl: ControlConnection) -> None:
+        if ctl in self.connections:
+            del self.connections[ctl]
+            self._per_ip[ctl.ip] -= 1
+            if self._per_ip[ctl.ip] <= 0:
+                del self._per_ip[ctl.ip]
+
+    def _on_control_event(self, ctl: ControlConnection, event: QuicEvent) -> None:
+        if isinstance(event, ConnectionTerminated):
+            self.forget(ctl)
+
+    def _register_deadline(self, ctl: ControlConnection) -> None:
+        ctl.timer = None
+        if ctl.registration is None and ctl.driver is not None:
+            ctl.driver.close(CLOSE_REGISTER_TIMEOUT, "no registration")
+
+    def _on_address_change(self, ctl: ControlConnection, addr: Address) -> None:
+        ctl.address = addr
+        reg = ctl.registration
+        if reg is None:
+            return
+        for old in self.registry.move(reg, addr):
+            self._displaced(old)
+        self._stats["registrations_moved"] += 1
+
+    def forget(self, ctl: ControlConnection) -> None:
+        """The control connection is gone: its registration ends; release everything."""
+        self._discard_control(ctl)
+        if ctl.timer is not None:
+            ctl.timer.cancel()
+            ctl.timer = None
+        if ctl.task is not None and not ctl.task.done():
+            ctl.task.cancel()
+        reg, ctl.registration = ctl.registration, None
+        if reg is not None and self.registry.remove(reg):
+            self._stats["clients_forgotten"] += 1
+            log.info("relay: %s at %s:%d unregistered", reg.peer_id.short, *reg.address)
+
+    def _displaced(self, reg: Registration) -> None:
+        """``reg`` was replaced by a newer registration: close its control connection."""
+        self._stats["registrations_replaced"] += 1
+        old = reg.owner
+        if isinstance(old, ControlConnection):
+            old.registration = None
+            if old.driver is not None:
+                old.driver.close(CLOSE_REPLACED, "registration replaced")
+
+    def _on_stream(
+        self, ctl: ControlConnection, reader: asyncio.StreamReader, writer: object
+    ) -> None:
+        unidirectional = isinstance(writer, QuicStreamWriter) and bool(writer.stream_id & 0x2)
+        if ctl.stream_seen or unidirectional or not isinstance(writer, QuicStreamWriter):
+            # one control stream per connection; more is a protocol violation
+            if ctl.driver is not None:
+                ctl.driver.close(CLOSE_PROTOCOL, "one control stream only")
+            return
+        ctl.stream_seen = True
+        ctl.task = self._loop.create_task(self._serve_control(ctl, reader, writer))
+
+    async def _serve_control(
+        self, ctl: ControlConnection, reader: asyncio.StreamReader, writer: QuicStreamWriter
+    ) -> None:
+        try:
+            while True:
+                try:
+                    msg = await read_message(reader)
+                except SignalError as exc:
+                    await self._reply(
+                        writer, RelayErrorMsg(code=RELAY_BAD_REQUEST, reason=str(exc)[:200])
+                    )
+                    raise ConnectionAbortedError(str(exc)) from None
+                if msg is None:
+                    break
+                if isinstance(msg, RelayRegister):
+                    reply = self._register(ctl, msg)
+                elif isinstance(msg, RelayLookup) and ctl.registration is None:
+                    reply = RelayErrorMsg(code=RELAY_UNAUTHORIZED, reason="register first")
+                elif isinstance(msg, RelayLookup):
+                    reply = RelayLookupResult(
+                        peer_id=msg.peer_id,
+                        found=bool(locs := self.registry.locate(msg.peer_id)),
+                        relays=tuple(RelayAddress(host=h, port=p) for h, p in locs),
+                    )
+                elif isinstance(msg, Ping):
+                    ms = int(self._loop.time() * 1000)
+                    reply = Pong(nonce=msg.nonce, echo_sent_at_ms=msg.sent_at_ms, sent_at_ms=ms)
+                else:
+                    reply = RelayErrorMsg(
+                        code=RELAY_BAD_REQUEST, reason=f"unexpected {type(msg).__name__}"
+                    )
+                await self._reply(writer, reply)
+        except (ConnectionError, SignalError):
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("relay control connection from %s:%d failed", *ctl.address)
+        if ctl.driver is not None and not ctl.driver.closed:
+            ctl.driver.close(CLOSE_NORMAL, "control stream ended")
+
+    async def _reply(self, writer: QuicStreamWriter, msg: Message) -> None:
+        await write_message(writer, msg, timeout=REPLY_TIMEOUT)
+
+    def _register(self, ctl: ControlConnection, msg: RelayRegister) -> Message:
+        driver = ctl.driver
+        if driver is None:
+            return RelayErrorMsg(code=RELAY_BAD_REQUEST, reason="no connection")
+        try:
+            binding = channel_binding(driver.connection)
+            verify_exporter(msg.peer_id, binding, msg.signature, context=RELAY_REGISTER_CONTEXT)
+        except ChannelBindingUnavailable:
+            self._stats["registrations_refused"] += 1
+            return RelayErrorMsg(code=RELAY_BAD_REQUEST, reason="handshake not complete")
+        except BadSignature:
+            self._stats["registrations_refused"] += 1
+            return RelayErrorMsg(
+                code=RELAY_UNAUTHORIZED, reason="signature does not prove that peer id"
+            )
+        current = ctl.registration
+        if current is not None and current.peer_id != msg.peer_id:
+            self._stats["registrations_refused"] += 1
+            return RelayErrorMsg(
+                code=RELAY_CONFLICT, reason="this connection is registered as another peer"
+            )
+        if current is None:
+            existing = self.registry.by_peer(msg.peer_id.raw)
+            if existing is None and len(self.registry) >= self.limits.max_clients:
+                self._stats["registrations_refused"] += 1
+                return RelayErrorMsg(code=RELAY_RATE_LIMITED, reason="relay is full")
+            reg = Registration(
+                peer_id=msg.peer_id,
+                address=ctl.address,
+                local=ctl.local,
+                registered_at=self._loop.time(),
+                limiter=ClientLimiter(self.limits, self._loop.time()),
+                owner=ctl,
+            )
+            for old in self.registry.add(reg):
+                self._displaced(old)
+            ctl.registration = reg
+            if ctl.timer is not None:
+                ctl.timer.cancel()
+                ctl.timer = None
+            self._stats["registrations"] += 1
+            log.info("relay: %s registered from %s:%d", msg.peer_id.short, *ctl.address)
+        return RelayRegistered(
+            peer_id=msg.peer_id,
+            observed_ip=ctl.address[0],
+            observed_port=ctl.address[1],
+            keepalive_ms=self.limits.keepalive_ms,
+        )
+
+    async def close(self) -> None:
+        """CONNECTION_CLOSE on every control connection, a grace period, then release all."""
+        try:
+            controls = list(self.connections)
+            drivers = [c.driver for c in controls if c.driver is not None]
+            for d in drivers:
+                d.close(CLOSE_SHUTDOWN, "relay shutting down")
+            if drivers and self.limits.shutdown_grace > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.limits.shutdown_grace):
+                        await asyncio.gather(*(d.wait_closed() for d in drivers))
+        finally:
+            for ctl in list(self.connections):
+                if ctl.driver is not None:
+                    ctl.driver.abort()
+                self.forget(ctl)
+            tasks = [c.task for c in controls if c.task is not None]
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
