@@ -19,6 +19,7 @@ from punchthrough.netio import Address
 from punchthrough.sim.nat_binding import (
     Admitted,
     Binding,
+    DropKind,
     Dropped,
     NatObserver,
     Permission,
@@ -173,7 +174,7 @@ class NatTable:
         self.advance(now)
         existing = self._live_static(internal, now)
         if existing is not None and nonce is not None and existing.nonce not in (None, nonce):
-            return Dropped("not authorized: mapping nonce mismatch")
+            return Dropped("not authorized: mapping nonce mismatch", DropKind.NOT_AUTHORIZED)
         if lifetime == 0:
             if existing is not None:
                 self._remove(existing)
@@ -187,7 +188,7 @@ class NatTable:
             port = suggested_port if suggested_port and suggested_port not in self._by_port else 0
             made = self._create(now, internal, None, background=False, port=port)
             if isinstance(made, Dropped):
-                return Dropped(f"no resources: {made.reason}")
+                return Dropped(f"no resources: {made.reason}", DropKind.NO_RESOURCES)
             binding = made
         binding.static_until = now + lifetime
         binding.nonce = nonce if nonce is not None else binding.nonce

@@ -7,6 +7,7 @@ the world adapter and the port-mapping responder read them without reaching into
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,9 +68,18 @@ class Admitted:
     binding: Binding
 
 
+class DropKind(enum.Enum):
+    """Why a NAT refused, for code (a PCP responder answers NOT_AUTHORIZED or NO_RESOURCES)."""
+
+    FILTERED = "filtered"
+    NOT_AUTHORIZED = "not-authorized"
+    NO_RESOURCES = "no-resources"
+
+
 @dataclass(frozen=True, slots=True)
 class Dropped:
     reason: str
+    kind: DropKind = DropKind.FILTERED
 
 
 #: Called with (virtual time, event kind, detail) for trace output (churn, expiry, mappings).

@@ -13,6 +13,7 @@ from punchthrough.netio import Address
 from punchthrough.portmap import natpmp_wire as pmp
 from punchthrough.portmap import pcp_wire as pcp
 from punchthrough.sim.nat import MAX_PORTMAP_LIFETIME, Binding, Dropped, NatTable
+from punchthrough.sim.nat_binding import DropKind
 
 #: RFC 6887 section 7.2: lifetime on an error response = how long the error holds; short for
 #: per-request problems (30 s as in RFC 6887 section 7.4's guidance for transient errors).
@@ -147,8 +148,6 @@ def _pcp(table: NatTable, now: float, source: Address, data: bytes) -> bytes | N
     if result is None:
         return reply(pcp.SUCCESS, 0)
     if isinstance(result, Dropped):
-        code = (
-            pcp.NOT_AUTHORIZED if result.reason.startswith("not authorized") else (pcp.NO_RESOURCES)
-        )
+        code = pcp.NOT_AUTHORIZED if result.kind is DropKind.NOT_AUTHORIZED else pcp.NO_RESOURCES
         return reply(code)
     return reply(pcp.SUCCESS, _granted(req.lifetime), result)
