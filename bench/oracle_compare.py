@@ -46,13 +46,23 @@ def main() -> int:
     differ = []
     out_cells = []
     for (a, b), trials in cells.items():
-        same = [x for x in trials if (x[0]["path"], x[0]["strategy"]) == (x[1]["path"], x[1]["strategy"])]
+        same = [
+            x
+            for x in trials
+            if (x[0]["path"], x[0]["strategy"]) == (x[1]["path"], x[1]["strategy"])
+        ]
         for x, y in trials:
             if (x["path"], x["strategy"]) != (y["path"], y["strategy"]):
-                differ.append((a, b, x["trial"], x["path"], x["strategy"], y["path"], y["strategy"]))
+                differ.append(
+                    (a, b, x["trial"], x["path"], x["strategy"], y["path"], y["strategy"])
+                )
         t_before = [x["direct_ms"] for x, _ in trials if x["direct_ms"] is not None]
         t_after = [y["direct_ms"] for _, y in trials if y["direct_ms"] is not None]
-        moved = [y["direct_ms"] - x["direct_ms"] for x, y in trials if x["direct_ms"] is not None and y["direct_ms"] is not None]
+        moved = [
+            y["direct_ms"] - x["direct_ms"]
+            for x, y in trials
+            if x["direct_ms"] is not None and y["direct_ms"] is not None
+        ]
         n = len(trials)
         db = sum(1 for x, _ in trials if x["path"] == "direct")
         da = sum(1 for _, y in trials if y["path"] == "direct")
@@ -76,7 +86,9 @@ def main() -> int:
             }
         )
     print(f"{len(common)} trials compared ({len(before)} before, {len(after)} after)")
-    print(f"{'cell':32} {'same':>9} {'direct b/a':>11} {'p50 b/a ms':>14} {'p95 b/a ms':>14} {'moved':>6}")
+    print(
+        f"{'cell':32} {'same':>9} {'direct b/a':>11} {'p50 b/a ms':>14} {'p95 b/a ms':>14} {'moved':>6}"
+    )
     for c in out_cells:
         print(
             f"{c['a'] + ':' + c['b']:32} {c['same_outcome']:>4}/{c['trials']:<4} "
@@ -88,7 +100,16 @@ def main() -> int:
         print("DIFFERS", d)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"compared": len(common), "differing": len(differ), "cells": out_cells, "differences": [list(d) for d in differ]}, f, indent=1)
+            json.dump(
+                {
+                    "compared": len(common),
+                    "differing": len(differ),
+                    "cells": out_cells,
+                    "differences": [list(d) for d in differ],
+                },
+                f,
+                indent=1,
+            )
     return 1 if differ else 0
 
 
