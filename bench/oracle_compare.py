@@ -87,13 +87,15 @@ def main() -> int:
         )
     print(f"{len(common)} trials compared ({len(before)} before, {len(after)} after)")
     print(
-        f"{'cell':32} {'same':>9} {'direct b/a':>11} {'p50 b/a ms':>14} {'p95 b/a ms':>14} {'moved':>6}"
+        f"{'cell':32} {'same':>9} {'direct b/a':>11} "
+        f"{'p50 b/a ms':>14} {'p95 b/a ms':>14} {'moved':>6}"
     )
     for c in out_cells:
         print(
             f"{c['a'] + ':' + c['b']:32} {c['same_outcome']:>4}/{c['trials']:<4} "
             f"{c['direct_before']:>5}/{c['direct_after']:<5} "
-            f"{c['p50_before_ms']!s:>6}/{c['p50_after_ms']!s:<7} {c['p95_before_ms']!s:>6}/{c['p95_after_ms']!s:<7} "
+            f"{c['p50_before_ms']!s:>6}/{c['p50_after_ms']!s:<7} "
+            f"{c['p95_before_ms']!s:>6}/{c['p95_after_ms']!s:<7} "
             f"{c['direct_ms_changed']:>6}"
         )
     for d in differ[:50]:
