@@ -140,3 +140,45 @@ def test_value_semantics() -> None:
     assert a.short.startswith("pt1") and len(a.short) < 20
     with pytest.raises(AttributeError):
         a.x = 1  # type: ignore[attr-defined]
+
+
+# --- issue 12, finding 6: look-alike characters -------------------------------------------------
+
+#: (case of the peer id, the ASCII character, its non-ASCII look-alike). KELVIN SIGN in an
+#: uppercase id is the one that used to parse (it lowercases to "k"); the others were refused
+#: without saying that the character only looks right.
+LOOK_ALIKES = [
+    ("upper", "K", "\u212a"),  # KELVIN SIGN
+    ("lower", "k", "\u212a"),  # KELVIN SIGN
+    ("lower", "s", "\u017f"),  # LATIN SMALL LETTER LONG S: uppercases to "S"
+    ("lower", "a", "\u0430"),  # CYRILLIC SMALL LETTER A
+    ("upper", "P", "\u0420"),  # CYRILLIC CAPITAL LETTER ER
+    ("lower", "0", "\uff10"),  # FULLWIDTH DIGIT ZERO
+]
+
+
+@pytest.mark.parametrize(("case", "ascii_char", "look_alike"), LOOK_ALIKES)
+def test_non_ascii_look_alikes_rejected(case: str, ascii_char: str, look_alike: str) -> None:
+    texts = (str(PeerId(bytes([i]) * 32)) for i in range(256))
+    texts = (t.upper() if case == "upper" else t for t in texts)
+    text = next(t for t in texts if ascii_char in t)
+    pos = text.index(ascii_char)
+    bad = text[:pos] + look_alike + text[pos + 1 :]
+    with pytest.raises(InvalidPeerId, match=f"U\\+{ord(look_alike):04X}.*position {pos}"):
+        PeerId.parse(bad)
+
+
+def test_kelvin_sign_for_k_is_refused_by_name() -> None:
+    # The reported case: the same id with one K replaced by KELVIN SIGN used to parse as it.
+    text = next(t for i in range(256) if "K" in (t := str(PeerId(bytes([i]) * 32)).upper()))
+    pos = text.index("K")
+    assert PeerId.parse(text)  # the ASCII original is a valid (uppercase) peer id
+    with pytest.raises(InvalidPeerId, match=f"KELVIN SIGN\\) at position {pos} is not ASCII"):
+        PeerId.parse(text[:pos] + "\u212a" + text[pos + 1 :])
+
+
+def test_only_ascii_whitespace_is_trimmed() -> None:
+    text = str(PeerId(bytes(32)))
+    assert PeerId.parse(f"\t{text} \r\n") == PeerId(bytes(32))
+    with pytest.raises(InvalidPeerId, match="U\\+00A0"):
+        PeerId.parse(f"\u00a0{text}")

@@ -14,12 +14,17 @@ touching at most 4 characters of a string this short (BIP-173 "Checksum design")
 single-character substitution and every transposition of two adjacent characters is rejected,
 not just rejected with high probability. The length is fixed, so insertions and deletions are
 rejected too. An all-uppercase peer id (QR-code friendly) is accepted; mixed case is not.
+Only ASCII is accepted, checked before any case folding: Unicode folds look-alikes onto the
+alphabet (KELVIN SIGN U+212A lowercases to ``k``), and two texts that display differently must
+never name the same peer.
 Another key type would get another human-readable part, never a reinterpretation of this one.
 """
 
 from __future__ import annotations
 
 import functools
+import string
+import unicodedata
 from typing import Final, final
 
 from cryptography.exceptions import InvalidSignature
@@ -52,6 +57,8 @@ SIGNATURE_PREFIX: Final = b"punchthrough signature v1\x00"
 SIGNATURE_LENGTH: Final = 64
 
 _CHAR_VALUE: Final = {c: i for i, c in enumerate(CHARSET)}
+#: Whitespace a copy-paste may leave around a peer id: ASCII only, like the peer id itself.
+_ASCII_WHITESPACE: Final = string.whitespace
 
 
 def _polymod(values: list[int]) -> int:
@@ -84,7 +91,14 @@ def _encode(raw: bytes) -> str:
 def _decode(text: str) -> bytes:
     if not isinstance(text, str):
         raise InvalidPeerId(f"a peer id is text, not {type(text).__name__}")
-    text = text.strip()
+    text = text.strip(_ASCII_WHITESPACE)
+    for pos, ch in enumerate(text):  # before .lower()/.upper(), which fold look-alikes
+        if not ch.isascii():
+            name = unicodedata.name(ch, "unnamed character")
+            raise InvalidPeerId(
+                f"character {ch!r} (U+{ord(ch):04X} {name}) at position {pos} is not ASCII: "
+                "a peer id is ASCII only (a look-alike of a peer id character?)"
+            )
     if len(text) != PEER_ID_LENGTH:
         raise InvalidPeerId(
             f"a peer id has {PEER_ID_LENGTH} characters, got {len(text)} (truncated or extra?)"
