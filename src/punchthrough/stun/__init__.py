@@ -45,6 +45,7 @@ from punchthrough.stun.message import (
     new_transaction_id,
     short_term_key,
 )
+from punchthrough.stun.ratelimit import RateLimit, SourceRateLimiter
 from punchthrough.stun.server import ServerAction, StunServer, StunServerCore
 from punchthrough.stun.transaction import (
     ClientTransaction,
@@ -74,12 +75,14 @@ __all__ = [
     "OtherAddress",
     "Padding",
     "Priority",
+    "RateLimit",
     "RawAttribute",
     "ResponseOrigin",
     "ResponsePort",
     "RetransmissionPolicy",
     "ServerAction",
     "Software",
+    "SourceRateLimiter",
     "StunClient",
     "StunDecodeError",
     "StunError",

@@ -19,6 +19,10 @@ Behaviour, with the choices the RFCs leave open:
   left out (``trimmed``), and a response whose mandatory part does not fit is not sent
   (``refused``). A bare 20-byte request over IPv4 thus still gets XOR-MAPPED-ADDRESS,
   OTHER-ADDRESS and RESPONSE-ORIGIN (56 bytes <= 60).
+* Per-source rate limit (:mod:`.ratelimit`, on by default): a datagram from a source over its
+  budget is dropped before it is decoded (``rate_limited``), which bounds both the CPU one
+  source can take and the answers one address can be sent. It lives in the core so that every
+  user of the core (:class:`StunServer`, the relay's STUN answers) gets it.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from punchthrough.netio import Address, DatagramSocket, Network
 from punchthrough.stun.attributes import (
@@ -53,6 +57,12 @@ from punchthrough.stun.constants import (
 )
 from punchthrough.stun.errors import StunDecodeError
 from punchthrough.stun.message import Message, MessageClass, Method, decode_message, encode
+from punchthrough.stun.ratelimit import (
+    DEFAULT_RATE_LIMIT,
+    RateLimit,
+    SourceRateLimiter,
+    event_loop_time,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +78,9 @@ STAT_KEYS = (
     "responses",  # success responses sent
     "errors_sent",  # error responses sent
     "malformed",  # datagrams that failed to decode
-    "dropped",  # datagrams not answered: malformed, non-requests, refused
+    "dropped",  # datagrams not answered: malformed, non-requests, refused, rate-limited
+    "rate_limited",  # datagrams dropped undecoded: their source was over its rate limit
+    "sources_evicted",  # rate-limit buckets forgotten to keep the table bounded
     "trimmed",  # responses sent without some optional attributes (amplification budget)
     "refused",  # responses not sent because even their mandatory part exceeded the budget
 )
@@ -98,6 +110,9 @@ class StunServerCore:
     ``listen`` are the primary addresses. With ``alt_ip``, ``alt_ports`` maps each primary port
     to its alternate port (default: port + 1) and the server runs RFC 5780 on the four-address
     set per port; RFC 5780 needs one primary IP (ValueError otherwise).
+
+    ``rate_limit`` (None: no limit) is per source; ``clock`` is its time source, by default the
+    running event loop's (virtual in the simulator), else ``time.monotonic``.
     """
 
     def __init__(
@@ -108,6 +123,8 @@ class StunServerCore:
         *,
         software: str | None = None,
         amplification_factor: float = AMPLIFICATION_FACTOR,
+        rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
+        clock: Callable[[], float] = event_loop_time,
     ) -> None:
         if not listen:
             raise ValueError("a STUN server needs at least one listen address")
@@ -116,6 +133,7 @@ class StunServerCore:
         self.software = software
         self.amplification_factor = amplification_factor
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        self.rate_limiter = SourceRateLimiter(rate_limit, clock) if rate_limit else None
         self._listen = [_norm(a) for a in listen]
         self._alt_ip = _norm_ip(alt_ip) if alt_ip is not None else None
         self._primary_ip: str | None = None
@@ -179,6 +197,14 @@ class StunServerCore:
     def handle(self, data: bytes, src: Address, local: Address) -> list[ServerAction]:
         """Answer one datagram received on ``local`` from ``src``. Never raises on bad input."""
         local = _norm(local)
+        limiter = self.rate_limiter
+        if limiter is not None:
+            allowed = limiter.allow(src[0])
+            self.stats["sources_evicted"] = limiter.evictions
+            if not allowed:
+                self.stats["rate_limited"] += 1
+                self.stats["dropped"] += 1
+                return []
         try:
             request = decode_message(data)
         except StunDecodeError as exc:
@@ -313,10 +339,12 @@ class StunServer:
         *,
         software: str | None = None,
         amplification_factor: float = AMPLIFICATION_FACTOR,
+        rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
     ) -> StunServer:
         """Bind and start serving. ``alt_port`` (RFC 5780 mode only) defaults to each listen
         port + 1 and may only be given with a single listen address. Port 0 picks free ports
-        (for the alternate port too: the pair is retried until both IPs can bind it)."""
+        (for the alternate port too: the pair is retried until both IPs can bind it).
+        ``rate_limit`` is per source (None: unlimited), see :class:`StunServerCore`."""
         listen = [_norm(a) for a in listen]
         if not listen:
             raise ValueError("a STUN server needs at least one listen address")
@@ -331,7 +359,10 @@ class StunServer:
                     sock.close()
                 raise
             core = StunServerCore(
-                list(sockets), software=software, amplification_factor=amplification_factor
+                list(sockets),
+                software=software,
+                amplification_factor=amplification_factor,
+                rate_limit=rate_limit,
             )
             return cls(core, sockets)
 
@@ -346,7 +377,14 @@ class StunServer:
             sockets = {}
             try:
                 core = await cls._bind_rfc5780(
-                    network, listen, alt_ip, alt_port, sockets, software, amplification_factor
+                    network,
+                    listen,
+                    alt_ip,
+                    alt_port,
+                    sockets,
+                    software,
+                    amplification_factor,
+                    rate_limit,
                 )
             except OSError as exc:
                 last_error = exc
@@ -370,6 +408,7 @@ class StunServer:
         sockets: dict[Address, DatagramSocket],
         software: str | None,
         amplification_factor: float,
+        rate_limit: RateLimit | None,
     ) -> StunServerCore:
         primary_ip = listen[0][0]
         alt_ip = _norm_ip(alt_ip)
@@ -392,6 +431,7 @@ class StunServer:
             alt_ports,
             software=software,
             amplification_factor=amplification_factor,
+            rate_limit=rate_limit,
         )
 
     def _on_datagram(self, data: bytes, addr: Address, *, local: Address) -> None:
