@@ -6,8 +6,9 @@ starts an acceptor connection only if its packet protection comes off
 real Initial proves no identity, so the connections in progress are bounded: half-open ones
 cost ~90 KiB each, so at most ``config.accept_backlog`` in all, and while their caller is
 unauthenticated at most ``pending_per_peer`` per relay-stamped sender id and
-``pending_per_relay`` per relay, each dropped after ``pending_timeout`` (QUIC retransmits a
-dropped Initial). Once the handshake proved the caller's peer id, the policy decides
+``pending_per_relay`` per relay; one still unauthenticated ``pending_timeout`` after its first
+Initial gives its slot up as soon as a new Initial wants one (QUIC retransmits a dropped
+Initial). Once the handshake proved the caller's peer id, the policy decides
 (:meth:`Admission.admit`: backlog of unaccepted connections, then the application's ``allow``
 callback); admitted connections wait in a queue for ``accept()``. Every drop is a
 :class:`Drop` counter in ``stats``, never an exception.
@@ -66,9 +67,12 @@ class _Pending:
 
     sender: PeerId
     relay: Address
+    started: float
     conn: Connection | None = None
-    expiry: asyncio.TimerHandle | None = None
-    authenticated: bool = field(default=False)
+    #: Out of the unauthenticated shares (proven, expired or over).
+    unshared: bool = field(default=False)
+    #: Still counted in the backlog of connections in progress.
+    holds_slot: bool = field(default=True)
 
 
 def _release(counter: Counter[K], key: K) -> None:
@@ -101,7 +105,9 @@ class Admission:
         self._accepted: deque[Connection] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._pending = 0
-        #: Unauthenticated connections in progress per relay-stamped sender id and per relay.
+        #: Unauthenticated connections in progress, oldest first, and how many per
+        #: relay-stamped sender id and per relay.
+        self._unproven: dict[_Pending, None] = {}
         self._unproven_by_peer: Counter[PeerId] = Counter()
         self._unproven_by_relay: Counter[Address] = Counter()
 
@@ -109,18 +115,20 @@ class Admission:
         """A relayed Initial from ``src`` that no connection owns: start an acceptor, if it
         decrypts and neither ``src`` nor ``relay`` holds its share of the slots already."""
         drop = self._refusal(relay, src)
+        if drop in (Drop.BACKLOG, Drop.PEER_LIMIT, Drop.RELAY_LIMIT) and self._reap():
+            drop = self._refusal(relay, src)
         if drop is None and not initial_decrypts(initial):
             drop = Drop.UNDECRYPTABLE  # checked after the counters: they are cheaper
         if drop is not None:
             self._stats[drop] += 1
             return
-        pending = _Pending(src, relay)
+        pending = _Pending(src, relay, self._loop.time())
         conn = self._new_connection(src, lambda peer: self._admit_proven(pending, peer))
         pending.conn = conn
         self._pending += 1
         self._unproven_by_peer[src] += 1
         self._unproven_by_relay[relay] += 1
-        pending.expiry = self._loop.call_later(self._config.pending_timeout, self._expire, pending)
+        self._unproven[pending] = None
         path = Path.relay(relay)
         conn.paths.add(path, self._relay_sender(relay, src))
         conn._start_server(initial, path)
@@ -138,22 +146,42 @@ class Admission:
             return Drop.RELAY_LIMIT
         return None
 
-    def _proven(self, pending: _Pending) -> None:
+    def _unshare(self, pending: _Pending) -> None:
         """``pending`` no longer counts against its sender's and relay's shares."""
-        if pending.authenticated:
+        if pending.unshared:
             return
-        pending.authenticated = True
-        if pending.expiry is not None:
-            pending.expiry.cancel()
-            pending.expiry = None
+        pending.unshared = True
+        self._unproven.pop(pending, None)
         _release(self._unproven_by_peer, pending.sender)
         _release(self._unproven_by_relay, pending.relay)
 
+    def _free_slot(self, pending: _Pending) -> None:
+        if pending.holds_slot:
+            pending.holds_slot = False
+            self._pending -= 1
+
+    def _reap(self) -> bool:
+        """Drop every connection still unauthenticated ``pending_timeout`` after its first
+        Initial (True if any). Run when a slot is wanted, not on a timer: reclaiming lazily
+        costs nothing while slots are free, and adds no event to the loop (the simulator's
+        order of events, hence its outcome for a given seed, stays that of legitimate
+        traffic)."""
+        deadline = self._loop.time() - self._config.pending_timeout
+        expired = []
+        for pending in self._unproven:  # oldest first
+            if pending.started > deadline:
+                break
+            expired.append(pending)
+        for pending in expired:
+            self._expire(pending)
+        return bool(expired)
+
     def _expire(self, pending: _Pending) -> None:
         """The caller did not prove its id in time: free the slot at once, close with why."""
-        pending.expiry = None
         conn = pending.conn
-        if pending.authenticated or conn is None or conn.closed:
+        self._unshare(pending)
+        self._free_slot(pending)
+        if conn is None or conn.closed:
             return
         self._stats[Drop.EXPIRED] += 1
         conn._fail_setup(
@@ -167,7 +195,7 @@ class Admission:
     async def _admit_proven(self, pending: _Pending, peer_id: PeerId) -> str | None:
         """The caller proved ``peer_id`` (peer authentication): out of the unproven shares,
         then the policy."""
-        self._proven(pending)
+        self._unshare(pending)
         return await self.admit(peer_id)
 
     async def _admit_when_ready(self, pending: _Pending, conn: Connection) -> None:
@@ -178,8 +206,8 @@ class Admission:
             self._stats["incoming_failed"] += 1
             return
         finally:
-            self._pending -= 1
-            self._proven(pending)  # also when it failed: the slot is free
+            self._free_slot(pending)
+            self._unshare(pending)  # also when it failed: the slot is free
         if self._is_closed() or conn.closed:
             return
         self._stats["accepted"] += 1

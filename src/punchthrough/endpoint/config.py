@@ -88,7 +88,8 @@ class EndpointConfig:
     #: backlog, so one relay (or a forger of its address) leaves half for the other relays.
     pending_per_relay: int = 32
     #: How long an incoming connection may stay unauthenticated, from its first Initial to a
-    #: verified ``PeerAuth``, before it is dropped and its slot freed. A call needs two relayed
+    #: verified ``PeerAuth``, before a new Initial that needs its slot may take it (it is then
+    #: closed; ``auth_timeout`` still ends it if nobody needs the slot). A call needs two relayed
     #: round trips (QUIC handshake, then PeerAuth: 160 ms in the simulator's topology); 3 s
     #: covers a relayed RTT of 1 s, or three lost flights in a row (aioquic probes 0.2, 0.4,
     #: 0.8 s apart: twice its 100 ms initial RTT, doubling; RFC 9002 section 6.2), while a
