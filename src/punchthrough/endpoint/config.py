@@ -79,6 +79,22 @@ class EndpointConfig:
     #: Verified incoming connections not yet taken by ``accept()``; beyond it new callers are
     #: refused with "busy".
     accept_backlog: int = 64
+    #: Incoming connections one relayed sender id may have in progress before it proved that
+    #: id (peer authentication). A caller dials us once at a time (twice when we dial it at the
+    #: same moment); 4 leaves room for a redial while an abandoned attempt expires, and a flood
+    #: of real Initials from one id can no longer take the slots of callers with other ids.
+    pending_per_peer: int = 4
+    #: The same bound per relay the Initials came through (their source address): half the
+    #: backlog, so one relay (or a forger of its address) leaves half for the other relays.
+    pending_per_relay: int = 32
+    #: How long an incoming connection may stay unauthenticated, from its first Initial to a
+    #: verified ``PeerAuth``, before a new Initial that needs its slot may take it (it is then
+    #: closed; ``auth_timeout`` still ends it if nobody needs the slot). A call needs two relayed
+    #: round trips (QUIC handshake, then PeerAuth: 160 ms in the simulator's topology); 3 s
+    #: covers a relayed RTT of 1 s, or three lost flights in a row (aioquic probes 0.2, 0.4,
+    #: 0.8 s apart: twice its 100 ms initial RTT, doubling; RFC 9002 section 6.2), while a
+    #: sender that wants to hold a slot must send a fresh real Initial every 3 s.
+    pending_timeout: float = 3.0
     #: How long ``close()`` waits for QUIC's closing period (RFC 9000 section 10.2) to end.
     close_timeout: float = 2.0
     #: Look for a direct path behind every relayed call (candidates, checks, hole punch).
@@ -92,10 +108,22 @@ class EndpointConfig:
             raise ValueError("keepalive_interval must be positive and below idle_timeout")
         if not 0 < self.nat_keepalive < self.idle_timeout:
             raise ValueError("nat_keepalive must be positive and below idle_timeout")
-        for name in ("connect_timeout", "auth_timeout", "relay_timeout", "close_timeout"):
+        for name in (
+            "connect_timeout",
+            "auth_timeout",
+            "relay_timeout",
+            "close_timeout",
+            "pending_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("datagram_send_queue", "datagram_recv_queue", "accept_backlog"):
+        for name in (
+            "datagram_send_queue",
+            "datagram_recv_queue",
+            "accept_backlog",
+            "pending_per_peer",
+            "pending_per_relay",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 

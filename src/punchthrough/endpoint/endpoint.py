@@ -35,7 +35,7 @@ from punchthrough.endpoint.dialer import Dialer
 from punchthrough.endpoint.errors import EndpointClosed
 from punchthrough.endpoint.gather import Gatherer, host_ips
 from punchthrough.endpoint.netwatch import NetworkWatch, WatchedSocket
-from punchthrough.endpoint.peerauth import AllowCallback
+from punchthrough.endpoint.peerauth import Admit, AllowCallback
 from punchthrough.endpoint.portmapping import MainSocketMapping
 from punchthrough.endpoint.relays import RelaySet, RelaySpec, parse_relay
 from punchthrough.endpoint.router import PacketRouter
@@ -119,7 +119,9 @@ class Endpoint:
             config,
             self._stats,
             allow,
-            new_connection=lambda peer: self._new_connection(peer, is_client=False),
+            new_connection=lambda peer, admit: self._new_connection(
+                peer, is_client=False, admit=admit
+            ),
             relay_sender=self._relays.sender,
             is_closed=closed,
         )
@@ -232,7 +234,10 @@ class Endpoint:
         return host_ips(self._sock, self.network)
 
     # -- connections ----------------------------------------------------------------------------
-    def _new_connection(self, peer: PeerId, *, is_client: bool) -> Connection:
+    def _new_connection(
+        self, peer: PeerId, *, is_client: bool, admit: Admit | None = None
+    ) -> Connection:
+        """A dialer, or an acceptor whose proven caller goes to ``admit`` (the admission's)."""
         conn = Connection(
             identity=self.identity,
             peer_id=peer,
@@ -240,7 +245,7 @@ class Endpoint:
             config=self.config,
             register_cid=self._router.register_cid,
             on_closed=self._connection_closed,
-            admit=None if is_client else self._admission.admit,
+            admit=admit,
             direct=self if self.config.direct else None,
         )
         self._connections[conn] = None
@@ -365,7 +370,7 @@ class Endpoint:
 
     @property
     def stats(self) -> dict[str, int]:
-        out = dict(self._stats)
+        out = {str(k): v for k, v in self._stats.items()}  # typed keys (admission.Drop) as str
         out.update({f"mux_{k}": v for k, v in self.mux.stats.items()})
         return out
 
