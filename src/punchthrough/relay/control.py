@@ -49,6 +49,7 @@ from punchthrough.identity import (
 from punchthrough.netio import Address, DatagramSocket
 from punchthrough.relay.close import RelayCloseCode
 from punchthrough.relay.frames import RELAY_ALPN
+from punchthrough.relay.initial import initial_decrypts
 from punchthrough.relay.limits import ClientLimiter, RelayLimits, TokenBucket
 from punchthrough.relay.registry import LocalRegistry, Registration
 from punchthrough.signal import (
@@ -171,17 +172,26 @@ class ControlPlane:
         return apply_identity(cfg, self.identity)
 
     def accept(self, data: bytes, addr: Address, *, local: Address) -> None:
-        """A QUIC packet from an unknown connection: a new control connection, if allowed."""
+        """A QUIC packet from an unknown connection: a new control connection, if allowed.
+
+        Junk is recognised before a new-connection token is taken (:mod:`.initial`), and a
+        token spent on an Initial that makes no handshake progress is given back, so forged
+        Initials cannot drain the bucket that legitimate clients need.
+        """
         if not is_initial(data):
-            self._stats["connections_refused"] += 1
+            self._refuse("quic_unknown")
             return
-        now = self._loop.time()
         if (
             len(self.connections) >= self.limits.max_connections
             or self._per_ip[addr[0]] >= self.limits.max_connections_per_ip
-            or not self._new_conn_bucket.take(now)
         ):
-            self._stats["connections_refused"] += 1
+            self._refuse("initials_over_limit")
+            return
+        if not initial_decrypts(data):
+            self._refuse("initials_undecryptable")
+            return
+        if not self._new_conn_bucket.take(self._loop.time()):
+            self._refuse("initials_over_rate")
             return
         ctl = ControlConnection(addr, local)
         self._add_control(ctl)
@@ -206,15 +216,17 @@ class ControlPlane:
         except Exception:
             log.exception("cannot accept a control connection from %s:%d", *addr)
             self._discard_control(ctl)
-            self._stats["connections_refused"] += 1
+            self._new_conn_bucket.refund()
+            self._refuse("initials_failed")
             return
         assert isinstance(driver, _ControlDriver)
         if driver.closed or not sent:
-            # refused during the first Initial (e.g. wrong ALPN), or the "Initial" did not
-            # decrypt (garbage with a valid-looking header): hold no state for it
+            # refused during the first Initial (e.g. wrong ALPN), or it decrypted but carried
+            # nothing to answer: hold no state for it, and give its token back
             driver.abort()
             self._discard_control(ctl)
-            self._stats["connections_refused"] += 1
+            self._new_conn_bucket.refund()
+            self._refuse("initials_no_progress")
             return
         ctl.driver = driver
         driver.on_address_change = functools.partial(self._on_address_change, ctl)
@@ -223,6 +235,11 @@ class ControlPlane:
             self.limits.register_timeout, self._register_deadline, ctl
         )
         self._stats["connections_accepted"] += 1
+
+    def _refuse(self, why: str) -> None:
+        """Count a dropped new-connection packet: in total and by reason (GLOBAL_STAT_KEYS)."""
+        self._stats["connections_refused"] += 1
+        self._stats[why] += 1
 
     def _add_control(self, ctl: ControlConnection) -> None:
         self.connections[ctl] = None
