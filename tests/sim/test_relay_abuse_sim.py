@@ -6,10 +6,13 @@ import asyncio
 import random
 
 import pytest
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 
 from punchthrough.identity import Identity
 from punchthrough.netio import Address
 from punchthrough.relay import RelayClient, RelayServer
+from punchthrough.relay.initial import initial_decrypts
 from punchthrough.sim import World, run
 from punchthrough.transport import DatagramMux
 from punchthrough.transport.quic import host_cids
@@ -87,3 +90,20 @@ def test_forged_initials_do_not_delay_registration() -> None:
     assert stats["initials_over_rate"] == 0
     assert stats["connections_accepted"] == 1 and stats["connections"] == 1
     assert muxed == 0  # no CID routed for any junk Initial
+
+
+def client_initial(alpn: str) -> bytes:
+    """A genuine client Initial (aioquic), correctly encrypted, offering ``alpn``."""
+    conn = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=[alpn]))
+    conn.connect(RELAY, now=0.0)
+    return conn.datagrams_to_send(now=0.0)[0][0]
+
+
+def test_initial_check_tells_genuine_from_junk() -> None:
+    genuine = client_initial("punchthrough-relay/1")
+    assert initial_decrypts(genuine)
+    flipped = bytearray(genuine)
+    flipped[100] ^= 1  # one bit of the protected payload
+    assert not initial_decrypts(bytes(flipped))
+    assert not initial_decrypts(genuine[:1199])  # RFC 9000 14.1
+    assert not initial_decrypts(forged_initial(random.Random(1)))
