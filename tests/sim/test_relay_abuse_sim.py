@@ -6,13 +6,10 @@ import asyncio
 import random
 
 import pytest
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
 
 from punchthrough.identity import Identity
 from punchthrough.netio import Address
-from punchthrough.relay import RelayClient, RelayServer
-from punchthrough.relay.initial import initial_decrypts
+from punchthrough.relay import RelayClient, RelayError, RelayServer
 from punchthrough.sim import World, run
 from punchthrough.transport import DatagramMux
 from punchthrough.transport.quic import host_cids
@@ -92,18 +89,51 @@ def test_forged_initials_do_not_delay_registration() -> None:
     assert muxed == 0  # no CID routed for any junk Initial
 
 
-def client_initial(alpn: str) -> bytes:
-    """A genuine client Initial (aioquic), correctly encrypted, offering ``alpn``."""
-    conn = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=[alpn]))
-    conn.connect(RELAY, now=0.0)
-    return conn.datagrams_to_send(now=0.0)[0][0]
+#: Lookups the probing client sends back to back (bounded; 5x the default burst of 20).
+PROBES = 100
 
 
-def test_initial_check_tells_genuine_from_junk() -> None:
-    genuine = client_initial("punchthrough-relay/1")
-    assert initial_decrypts(genuine)
-    flipped = bytearray(genuine)
-    flipped[100] ^= 1  # one bit of the protected payload
-    assert not initial_decrypts(bytes(flipped))
-    assert not initial_decrypts(genuine[:1199])  # RFC 9000 14.1
-    assert not initial_decrypts(forged_initial(random.Random(1)))
+def test_lookups_in_a_loop_are_limited_and_counted() -> None:
+    """Issue 12, finding 7: a client probing presence in a loop gets 429 past its budget; a
+    normal client's lookups still work, and so does the prober's once its budget refills."""
+
+    async def go() -> None:
+        w = World(0)
+        server = await RelayServer.start(w.add_host("relay", RELAY[0]), [RELAY])
+        socks, clients = [], []
+        for name, ip in (("prober", "203.0.113.1"), ("bob", "203.0.113.2")):
+            sock = await w.add_host(name, ip).bind()
+            mux = DatagramMux(sock)
+            socks.append((sock, mux))
+            clients.append(await RelayClient.connect(mux, RELAY, Identity.generate(), timeout=5))
+        prober, bob = clients
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        answered = refused = 0
+        for _ in range(PROBES):
+            try:
+                await prober.lookup(Identity.generate().peer_id)
+                answered += 1
+            except RelayError as exc:
+                assert "429" in str(exc)
+                refused += 1
+        elapsed = loop.time() - t0
+        limits = server.limits
+        assert answered <= limits.lookup_burst + limits.lookups_per_second * elapsed + 1
+        assert refused >= PROBES - answered and refused >= 50
+        stats = server.stats
+        assert stats["lookups_rate_limited"] == refused and stats["lookups"] == answered
+        per_client = {p.peer_id: p.stats for p in server.peers()}
+        assert per_client[prober.peer_id]["lookups_rate_limited"] == refused
+        # a normal client is unaffected; the prober's connection stayed up and refills
+        assert await bob.lookup(prober.peer_id) == (RELAY,)
+        await asyncio.sleep(1 / limits.lookups_per_second)
+        assert await prober.lookup(bob.peer_id) == (RELAY,)
+        for client in clients:
+            await client.close()
+        for sock, mux in socks:
+            mux.close()
+            sock.close()
+        await server.close()
+
+    run(go(), seed=0)

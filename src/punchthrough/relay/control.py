@@ -320,14 +320,8 @@ class ControlPlane:
                     break
                 if isinstance(msg, RelayRegister):
                     reply = self._register(ctl, msg)
-                elif isinstance(msg, RelayLookup) and ctl.registration is None:
-                    reply = RelayErrorMsg(code=RELAY_UNAUTHORIZED, reason="register first")
                 elif isinstance(msg, RelayLookup):
-                    reply = RelayLookupResult(
-                        peer_id=msg.peer_id,
-                        found=bool(locs := self.registry.locate(msg.peer_id)),
-                        relays=tuple(RelayAddress(host=h, port=p) for h, p in locs),
-                    )
+                    reply = self._lookup(ctl.registration, msg)
                 elif isinstance(msg, Ping):
                     ms = int(self._loop.time() * 1000)
                     reply = Pong(nonce=msg.nonce, echo_sent_at_ms=msg.sent_at_ms, sent_at_ms=ms)
@@ -344,6 +338,28 @@ class ControlPlane:
             log.exception("relay control connection from %s:%d failed", *ctl.address)
         if ctl.driver is not None and not ctl.driver.closed:
             ctl.driver.close(CLOSE_NORMAL, "control stream ended")
+
+    def _lookup(self, reg: Registration | None, msg: RelayLookup) -> Message:
+        """Where ``msg.peer_id`` is registered, within the client's lookup budget.
+
+        Over budget the answer is ``RelayError`` 429, which clients already raise as
+        :class:`~punchthrough.relay.RelayError` ("relay refused lookup: 429 ..."); the control
+        connection stays up, since a caller looping too fast is not a protocol violation.
+        """
+        if reg is None:
+            return RelayErrorMsg(code=RELAY_UNAUTHORIZED, reason="register first")
+        if not reg.limiter.lookups.take(self._loop.time()):
+            self._stats["lookups_rate_limited"] += 1
+            reg.stats["lookups_rate_limited"] += 1
+            return RelayErrorMsg(code=RELAY_RATE_LIMITED, reason="lookup rate limited")
+        self._stats["lookups"] += 1
+        reg.stats["lookups"] += 1
+        locs = self.registry.locate(msg.peer_id)
+        return RelayLookupResult(
+            peer_id=msg.peer_id,
+            found=bool(locs),
+            relays=tuple(RelayAddress(host=h, port=p) for h, p in locs),
+        )
 
     async def _reply(self, writer: QuicStreamWriter, msg: Message) -> None:
         await write_message(writer, msg, timeout=REPLY_TIMEOUT)

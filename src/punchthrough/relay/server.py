@@ -56,6 +56,8 @@ GLOBAL_STAT_KEYS: Final = (
     "registrations_replaced",
     "registrations_moved",  # NAT rebinding followed by validated QUIC migration
     "clients_forgotten",  # registrations ended (closed or idle)
+    "lookups",  # RelayLookup answered
+    "lookups_rate_limited",  # RelayLookup refused (429): the client's lookup bucket was empty
     "stun",
 )
 
