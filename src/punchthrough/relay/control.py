@@ -49,6 +49,7 @@ from punchthrough.identity import (
 from punchthrough.netio import Address, DatagramSocket
 from punchthrough.relay.close import RelayCloseCode
 from punchthrough.relay.frames import RELAY_ALPN
+from punchthrough.relay.initial import initial_decrypts
 from punchthrough.relay.limits import ClientLimiter, RelayLimits, TokenBucket
 from punchthrough.relay.registry import LocalRegistry, Registration
 from punchthrough.signal import (
@@ -171,17 +172,26 @@ class ControlPlane:
         return apply_identity(cfg, self.identity)
 
     def accept(self, data: bytes, addr: Address, *, local: Address) -> None:
-        """A QUIC packet from an unknown connection: a new control connection, if allowed."""
+        """A QUIC packet from an unknown connection: a new control connection, if allowed.
+
+        Junk is recognised before a new-connection token is taken (:mod:`.initial`), and a
+        token spent on an Initial that makes no handshake progress is given back, so forged
+        Initials cannot drain the bucket that legitimate clients need.
+        """
         if not is_initial(data):
-            self._stats["connections_refused"] += 1
+            self._refuse("quic_unknown")
             return
-        now = self._loop.time()
         if (
             len(self.connections) >= self.limits.max_connections
             or self._per_ip[addr[0]] >= self.limits.max_connections_per_ip
-            or not self._new_conn_bucket.take(now)
         ):
-            self._stats["connections_refused"] += 1
+            self._refuse("initials_over_limit")
+            return
+        if not initial_decrypts(data):
+            self._refuse("initials_undecryptable")
+            return
+        if not self._new_conn_bucket.take(self._loop.time()):
+            self._refuse("initials_over_rate")
             return
         ctl = ControlConnection(addr, local)
         self._add_control(ctl)
@@ -206,15 +216,17 @@ class ControlPlane:
         except Exception:
             log.exception("cannot accept a control connection from %s:%d", *addr)
             self._discard_control(ctl)
-            self._stats["connections_refused"] += 1
+            self._new_conn_bucket.refund()
+            self._refuse("initials_failed")
             return
         assert isinstance(driver, _ControlDriver)
         if driver.closed or not sent:
-            # refused during the first Initial (e.g. wrong ALPN), or the "Initial" did not
-            # decrypt (garbage with a valid-looking header): hold no state for it
+            # refused during the first Initial (e.g. wrong ALPN), or it decrypted but carried
+            # nothing to answer: hold no state for it, and give its token back
             driver.abort()
             self._discard_control(ctl)
-            self._stats["connections_refused"] += 1
+            self._new_conn_bucket.refund()
+            self._refuse("initials_no_progress")
             return
         ctl.driver = driver
         driver.on_address_change = functools.partial(self._on_address_change, ctl)
@@ -223,6 +235,11 @@ class ControlPlane:
             self.limits.register_timeout, self._register_deadline, ctl
         )
         self._stats["connections_accepted"] += 1
+
+    def _refuse(self, why: str) -> None:
+        """Count a dropped new-connection packet: in total and by reason (GLOBAL_STAT_KEYS)."""
+        self._stats["connections_refused"] += 1
+        self._stats[why] += 1
 
     def _add_control(self, ctl: ControlConnection) -> None:
         self.connections[ctl] = None
@@ -303,14 +320,8 @@ class ControlPlane:
                     break
                 if isinstance(msg, RelayRegister):
                     reply = self._register(ctl, msg)
-                elif isinstance(msg, RelayLookup) and ctl.registration is None:
-                    reply = RelayErrorMsg(code=RELAY_UNAUTHORIZED, reason="register first")
                 elif isinstance(msg, RelayLookup):
-                    reply = RelayLookupResult(
-                        peer_id=msg.peer_id,
-                        found=bool(locs := self.registry.locate(msg.peer_id)),
-                        relays=tuple(RelayAddress(host=h, port=p) for h, p in locs),
-                    )
+                    reply = self._lookup(ctl.registration, msg)
                 elif isinstance(msg, Ping):
                     ms = int(self._loop.time() * 1000)
                     reply = Pong(nonce=msg.nonce, echo_sent_at_ms=msg.sent_at_ms, sent_at_ms=ms)
@@ -327,6 +338,28 @@ class ControlPlane:
             log.exception("relay control connection from %s:%d failed", *ctl.address)
         if ctl.driver is not None and not ctl.driver.closed:
             ctl.driver.close(CLOSE_NORMAL, "control stream ended")
+
+    def _lookup(self, reg: Registration | None, msg: RelayLookup) -> Message:
+        """Where ``msg.peer_id`` is registered, within the client's lookup budget.
+
+        Over budget the answer is ``RelayError`` 429, which clients already raise as
+        :class:`~punchthrough.relay.RelayError` ("relay refused lookup: 429 ..."); the control
+        connection stays up, since a caller looping too fast is not a protocol violation.
+        """
+        if reg is None:
+            return RelayErrorMsg(code=RELAY_UNAUTHORIZED, reason="register first")
+        if not reg.limiter.lookups.take(self._loop.time()):
+            self._stats["lookups_rate_limited"] += 1
+            reg.stats["lookups_rate_limited"] += 1
+            return RelayErrorMsg(code=RELAY_RATE_LIMITED, reason="lookup rate limited")
+        self._stats["lookups"] += 1
+        reg.stats["lookups"] += 1
+        locs = self.registry.locate(msg.peer_id)
+        return RelayLookupResult(
+            peer_id=msg.peer_id,
+            found=bool(locs),
+            relays=tuple(RelayAddress(host=h, port=p) for h, p in locs),
+        )
 
     async def _reply(self, writer: QuicStreamWriter, msg: Message) -> None:
         await write_message(writer, msg, timeout=REPLY_TIMEOUT)

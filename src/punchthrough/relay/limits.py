@@ -63,6 +63,12 @@ class RelayLimits:
     #: Per client: NOTICE replies (never more notices than frames; never a flood of them).
     notices_per_second: float = 5.0
     notice_burst: float = 10.0
+    #: Per client: RelayLookup answers (issue 12, finding 7: a lookup tells whether a peer id is
+    #: online, so unlimited lookups let one client watch many peers' presence). A client looks a
+    #: peer up once per connection attempt; a burst of 20 covers (re)connecting to a contact
+    #: list at start, 1 per second covers retries. Over it: RelayError 429 on the control stream.
+    lookups_per_second: float = 1.0
+    lookup_burst: float = 20.0
     #: Control connection idle timeout (QUIC max_idle_timeout, RFC 9000 section 10.1): a client
     #: that disappears is forgotten after this long. Clients are told to PING every third.
     idle_timeout: float = 30.0
@@ -81,10 +87,21 @@ class RelayLimits:
     shutdown_grace: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("packets_per_second", "bytes_per_second", "notices_per_second"):
+        for name in (
+            "packets_per_second",
+            "bytes_per_second",
+            "notices_per_second",
+            "lookups_per_second",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
-        for name in ("packet_burst", "byte_burst", "notice_burst", "new_connection_burst"):
+        for name in (
+            "packet_burst",
+            "byte_burst",
+            "notice_burst",
+            "new_connection_burst",
+            "lookup_burst",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
         if self.idle_timeout <= 0 or self.register_timeout <= 0:
@@ -101,12 +118,13 @@ class RelayLimits:
 class ClientLimiter:
     """The buckets of one registered client."""
 
-    __slots__ = ("bytes", "notices", "packets")
+    __slots__ = ("bytes", "lookups", "notices", "packets")
 
     def __init__(self, limits: RelayLimits, now: float) -> None:
         self.packets = TokenBucket(limits.packets_per_second, limits.packet_burst, now)
         self.bytes = TokenBucket(limits.bytes_per_second, limits.byte_burst, now)
         self.notices = TokenBucket(limits.notices_per_second, limits.notice_burst, now)
+        self.lookups = TokenBucket(limits.lookups_per_second, limits.lookup_burst, now)
 
     def allow_frame(self, now: float, size: int) -> bool:
         """One frame of ``size`` payload bytes: both buckets must allow it (none spent if not)."""

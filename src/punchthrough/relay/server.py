@@ -44,12 +44,20 @@ GLOBAL_STAT_KEYS: Final = (
     "notices_sent",
     "send_errors",
     "connections_accepted",
-    "connections_refused",  # Initial dropped: limits, or not a valid Initial
+    "connections_refused",  # new-connection packets dropped, the sum of the six below
+    "quic_unknown",  # QUIC for no known connection that is not an Initial
+    "initials_over_limit",  # max_connections or max_connections_per_ip reached
+    "initials_undecryptable",  # junk: no token taken, no state (relay.initial)
+    "initials_over_rate",  # new-connection bucket empty
+    "initials_no_progress",  # decrypted, nothing to answer or refused: token given back
+    "initials_failed",  # the QUIC stack raised on it (a bug): token given back
     "registrations",
     "registrations_refused",
     "registrations_replaced",
     "registrations_moved",  # NAT rebinding followed by validated QUIC migration
     "clients_forgotten",  # registrations ended (closed or idle)
+    "lookups",  # RelayLookup answered
+    "lookups_rate_limited",  # RelayLookup refused (429): the client's lookup bucket was empty
     "stun",
 )
 
