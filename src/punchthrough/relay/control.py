@@ -49,7 +49,6 @@ from punchthrough.identity import (
 from punchthrough.netio import Address, DatagramSocket
 from punchthrough.relay.close import RelayCloseCode
 from punchthrough.relay.frames import RELAY_ALPN
-from punchthrough.relay.initial import initial_decrypts
 from punchthrough.relay.limits import ClientLimiter, RelayLimits, TokenBucket
 from punchthrough.relay.registry import LocalRegistry, Registration
 from punchthrough.signal import (
@@ -71,6 +70,7 @@ from punchthrough.signal import (
 )
 from punchthrough.signal import RelayError as RelayErrorMsg
 from punchthrough.transport.demux import DatagramMux
+from punchthrough.transport.initial import initial_decrypts
 from punchthrough.transport.quic import (
     QuicDriver,
     QuicStreamWriter,
@@ -80,6 +80,8 @@ from punchthrough.transport.quic import (
 
 log = logging.getLogger(__name__)
 
+#: RFC 9000 section 14.1: a server drops a client Initial in a datagram under 1200 bytes.
+MIN_INITIAL_DATAGRAM: Final = 1200
 #: QUIC application error codes on control connections (defined in :mod:`.close`).
 CLOSE_NORMAL: Final = RelayCloseCode.NORMAL
 CLOSE_REPLACED: Final = RelayCloseCode.REPLACED
@@ -187,7 +189,11 @@ class ControlPlane:
         ):
             self._refuse("initials_over_limit")
             return
-        if not initial_decrypts(data):
+        # Junk is recognised before it spends a new-connection token or makes any state
+        # (issue 12, finding 2): ~30 us per junk Initial here, ~210 us when aioquic built and
+        # aborted a connection for it. RFC 9000 section 14.1: a client Initial's datagram is at
+        # least 1200 bytes, so a shorter one is junk too.
+        if len(data) < MIN_INITIAL_DATAGRAM or not initial_decrypts(data):
             self._refuse("initials_undecryptable")
             return
         if not self._new_conn_bucket.take(self._loop.time()):

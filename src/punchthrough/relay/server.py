@@ -47,7 +47,7 @@ GLOBAL_STAT_KEYS: Final = (
     "connections_refused",  # new-connection packets dropped, the sum of the six below
     "quic_unknown",  # QUIC for no known connection that is not an Initial
     "initials_over_limit",  # max_connections or max_connections_per_ip reached
-    "initials_undecryptable",  # junk: no token taken, no state (relay.initial)
+    "initials_undecryptable",  # junk: no token taken, no state (transport.initial)
     "initials_over_rate",  # new-connection bucket empty
     "initials_no_progress",  # decrypted, nothing to answer or refused: token given back
     "initials_failed",  # the QUIC stack raised on it (a bug): token given back
