@@ -9,8 +9,11 @@ import pytest
 
 from punchthrough.identity import Identity
 from punchthrough.netio import Address
-from punchthrough.relay import RelayClient, RelayError, RelayServer
+from punchthrough.relay import RelayClient, RelayLookupRefused, RelayServer
+from punchthrough.signal import RELAY_RATE_LIMITED
 from punchthrough.sim import World, run
+from punchthrough.stun import Message, MessageClass, Method, encode
+from punchthrough.stun.ratelimit import RateLimit
 from punchthrough.transport import DatagramMux
 from punchthrough.transport.quic import host_cids
 
@@ -117,8 +120,8 @@ def test_lookups_in_a_loop_are_limited_and_counted() -> None:
             try:
                 await prober.lookup(Identity.generate().peer_id)
                 answered += 1
-            except RelayError as exc:
-                assert "429" in str(exc)
+            except RelayLookupRefused as exc:
+                assert exc.code == RELAY_RATE_LIMITED
                 refused += 1
         elapsed = loop.time() - t0
         assert answered <= LOOKUP_BURST + LOOKUPS_PER_SECOND * elapsed + 1, answered
@@ -139,3 +142,33 @@ def test_lookups_in_a_loop_are_limited_and_counted() -> None:
         await server.close()
 
     run(go(), seed=0)
+
+
+def test_a_stun_flood_is_limited_and_shown_in_the_relays_stats() -> None:
+    """Issue 12, finding 4: the relay's STUN answers are limited per source, and its stats say
+    how many it withheld; another source is still answered."""
+    flood = 500
+
+    async def go() -> dict[str, int]:
+        w = World(0)
+        server = await RelayServer.start(w.add_host("relay", RELAY[0]), [RELAY])
+        attacker = await w.add_host("attacker", "203.0.113.66").bind()
+        honest = await w.add_host("honest", "203.0.113.7").bind()
+        got: list[bytes] = []
+        honest.set_receiver(lambda data, addr: got.append(data))
+        try:
+            request = encode(Message(Method.BINDING, MessageClass.REQUEST))
+            for _ in range(flood):  # all at one virtual instant: no token comes back
+                attacker.sendto(request, RELAY)
+            honest.sendto(encode(Message(Method.BINDING, MessageClass.REQUEST)), RELAY)
+            await asyncio.sleep(0.5)
+            assert len(got) == 1  # the other source is answered
+            return server.stats
+        finally:
+            attacker.close()
+            honest.close()
+            await server.close()
+
+    stats = run(go(), seed=1)
+    assert stats["stun_rate_limited"] == flood - RateLimit().burst, stats
+    assert stats["stun"] >= RateLimit().burst + 1, stats

@@ -18,6 +18,7 @@ from punchthrough.relay.errors import (
     RelayClosed,
     RelayError,
     RelayFrameError,
+    RelayLookupRefused,
     RelayRegistrationError,
     RelayTimeout,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "RelayError",
     "RelayFrameError",
     "RelayLimits",
+    "RelayLookupRefused",
     "RelayRegistrationError",
     "RelayServer",
     "RelayTimeout",

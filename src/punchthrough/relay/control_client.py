@@ -25,7 +25,12 @@ from punchthrough.identity import (
     verify_quic_peer,
 )
 from punchthrough.netio import Address
-from punchthrough.relay.errors import RelayClosed, RelayError, RelayRegistrationError
+from punchthrough.relay.errors import (
+    RelayClosed,
+    RelayError,
+    RelayLookupRefused,
+    RelayRegistrationError,
+)
 from punchthrough.signal import (
     Message,
     RelayLookupResult,
@@ -92,7 +97,7 @@ def registered(reply: Message, identity: Identity) -> RelayRegistered:
 def lookup_result(reply: Message | None, peer_id: PeerId) -> tuple[Address, ...]:
     """The relay addresses a ``RelayLookup`` reply names for ``peer_id`` (empty: none)."""
     if isinstance(reply, RelayErrorMsg):
-        raise RelayError(f"relay refused lookup: {reply.code} {reply.reason}")
+        raise RelayLookupRefused(reply.code, reply.reason)
     if not isinstance(reply, RelayLookupResult) or reply.peer_id != peer_id:
         raise RelayError(f"unexpected reply to lookup: {type(reply).__name__}")
     return tuple((r.host, r.port) for r in reply.relays) if reply.found else ()

@@ -2,7 +2,8 @@
 
 Everything derives from :class:`RelayError`. Malformed data-plane bytes raise
 :class:`RelayFrameError` from the codec (the server and client turn it into a counted drop);
-a refused registration is a :class:`RelayRegistrationError` carrying the relay's code.
+a refused registration is a :class:`RelayRegistrationError` and a refused lookup a
+:class:`RelayLookupRefused`, each carrying the relay's code (code decides on it, not the text).
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ class RelayRegistrationError(RelayError):
         self.code = code
         self.reason = reason
         super().__init__(f"relay refused registration: {code} {reason}".rstrip())
+
+
+class RelayLookupRefused(RelayError):
+    """The relay refused a lookup (``code``: one of ``punchthrough.signal.RELAY_*``, e.g.
+    ``RELAY_RATE_LIMITED`` when this client looked up too many peers too fast)."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"relay refused lookup: {code} {reason}".rstrip())
 
 
 class RelayTimeout(RelayError, TimeoutError):

@@ -179,6 +179,7 @@ class RelayServer:
         out = dict(self._stats)
         out["stun"] = self._stun.stats["requests"]
         out["stun_malformed"] = self._stun.stats["malformed"]
+        out["stun_rate_limited"] = self._stun.stats["rate_limited"]
         out["clients"] = len(self.registry)
         out["connections"] = len(self._controls)
         for mux in self._muxes.values():
