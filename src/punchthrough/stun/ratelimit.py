@@ -24,19 +24,19 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-#: Sustained datagrams per second per source. A client sends one Binding per keepalive
-#: interval (``EndpointConfig.keepalive_interval``, 5 s), and one more per 0.5 s RTO while
-#: unanswered (``relay.nat_keepalive``), so 20/s still serves ~100 clients behind one
-#: carrier-grade NAT IP while capping one source at 20 answers a second.
-DEFAULT_RATE = 20.0
+#: Sustained datagrams per second per source. A relay client sends one Binding per NAT keepalive
+#: (``EndpointConfig.nat_keepalive``, 2 s) and one more per 0.5 s RTO while unanswered
+#: (``relay.nat_keepalive``): 0.5/s each, so 100/s serves ~200 clients behind one carrier-grade
+#: NAT address, while one source costs at most 100 answers (~4 ms of CPU) a second.
+DEFAULT_RATE = 100.0
 #: Datagrams a source may send at once. The biggest legitimate burst is a netcheck run (about
 #: ten transactions at once, RFC 8489 §6.2.1 retransmissions on top) or a hard-NAT port
 #: prediction (up to 16 fresh sockets each sampling the servers): 64 covers either with margin.
 DEFAULT_BURST = 64.0
 #: Most sources tracked at once: at most 2.3 MB (tracemalloc: 230 bytes per IPv4 source, 280 per
-#: IPv6 one). A bucket idle for burst / rate (3.2 s) is full again, so forgetting it loses
-#: nothing; the least recently seen bucket is one that recent only with more than 8192 / 3.2 =
-#: 2,560 distinct sources a second.
+#: IPv6 one). A bucket idle for burst / rate (0.64 s) is full again, so forgetting it loses
+#: nothing; the least recently seen bucket is one that recent only with more than
+#: 8192 / 0.64 = 12,800 distinct sources a second.
 DEFAULT_MAX_SOURCES = 8192
 
 
