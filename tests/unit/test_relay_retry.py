@@ -9,6 +9,7 @@ from aioquic.quic.connection import QuicConnection
 from punchthrough.relay.frames import RELAY_ALPN
 from punchthrough.relay.limits import RelayLimits, TokenBucket, address_prefix
 from punchthrough.relay.retry import (
+    HALF_OPEN_LOAD,
     RETRY_TOKEN_LIFETIME,
     RetryTokens,
     parse_initial,
@@ -53,11 +54,17 @@ def test_retry_is_small_and_the_client_accepts_it() -> None:
 
 def test_load_is_half_the_new_connection_bucket() -> None:
     bucket = TokenBucket(rate=0.0, burst=4.0, now=0.0)
-    assert not under_load(bucket, 0.0)
+    assert not under_load(bucket, 0.0, 0)
     assert bucket.take(0.0) and bucket.take(0.0)
-    assert not under_load(bucket, 0.0)  # exactly half left
+    assert not under_load(bucket, 0.0, 0)  # exactly half left
     assert bucket.take(0.0)
-    assert under_load(bucket, 0.0)
+    assert under_load(bucket, 0.0, 0)
+
+
+def test_load_is_also_many_half_open_connections() -> None:
+    bucket = TokenBucket(rate=0.0, burst=4.0, now=0.0)  # full: no load by rate
+    assert not under_load(bucket, 0.0, HALF_OPEN_LOAD - 1)
+    assert under_load(bucket, 0.0, HALF_OPEN_LOAD)
 
 
 @pytest.mark.parametrize(

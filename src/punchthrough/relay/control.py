@@ -163,7 +163,11 @@ class ControlPlane:
         self._new_conn_bucket = TokenBucket(
             limits.new_connections_per_second, limits.new_connection_burst, self._loop.time()
         )
-        self._retry = RetryGate(limits.retry, self._new_conn_bucket, stats)
+        #: Connections not (yet) registered, insertion-ordered like ``connections``.
+        self._half_open: dict[ControlConnection, None] = {}
+        self._retry = RetryGate(
+            limits.retry, self._new_conn_bucket, stats, lambda: len(self._half_open)
+        )
 
     def _quic_config(self) -> QuicConfiguration:
         cfg = QuicConfiguration(
@@ -270,9 +274,11 @@ class ControlPlane:
 
     def _add_control(self, ctl: ControlConnection) -> None:
         self.connections[ctl] = None
+        self._half_open[ctl] = None
         self._per_ip[ctl.ip] += 1
 
     def _discard_control(self, ctl: ControlConnection) -> None:
+        self._half_open.pop(ctl, None)
         if ctl in self.connections:
             del self.connections[ctl]
             self._per_ip[ctl.ip] -= 1
@@ -428,6 +434,7 @@ class ControlPlane:
             for old in self.registry.add(reg):
                 self._displaced(old)
             ctl.registration = reg
+            self._half_open.pop(ctl, None)
             if ctl.timer is not None:
                 ctl.timer.cancel()
                 ctl.timer = None

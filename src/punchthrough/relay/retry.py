@@ -43,6 +43,12 @@ RETRY_TOKEN_LIFETIME: Final = 10.0
 #: normal reconnect wave) unvalidated Initials pay a round trip, and the other half stays for
 #: validated clients, so a spoofed flood can never empty it.
 RETRY_LOAD_FRACTION: Final = 0.5
+#: ... or this many control connections half-open (not registered). A real client is half-open
+#: for a handshake and one register round trip (well under 1 s), so even a reconnect wave at
+#: the full default rate (200/s) keeps fewer; more are handshakes nobody finishes. Without it
+#: the bucket's refill (200/s, each held register_timeout = 10 s) would let a spoofed flood
+#: hold ~2,200; with it, unvalidated state stays under this many (~96 KB each: ~19 MB).
+HALF_OPEN_LOAD: Final = 200
 #: Our Retry Source Connection ID: aioquic's connection_id_length (QuicConfiguration default).
 RETRY_CID_LENGTH: Final = 8
 #: AES-GCM nonce (NIST SP 800-38D's recommended 96 bits) and key size.
@@ -57,9 +63,9 @@ _CLOSE_DATAGRAM: Final = 1200
 RETRY_STAT_KEYS: Final = ("retries_sent", "retry_tokens_invalid")
 
 
-def under_load(bucket: TokenBucket, now: float) -> bool:
-    """Whether new Initials must first prove their address (:data:`RETRY_LOAD_FRACTION`)."""
-    return bucket.available(now) < bucket.burst * RETRY_LOAD_FRACTION
+def under_load(bucket: TokenBucket, now: float, half_open: int) -> bool:
+    """Whether new Initials must first prove their address (the two thresholds above)."""
+    return half_open >= HALF_OPEN_LOAD or bucket.available(now) < bucket.burst * RETRY_LOAD_FRACTION
 
 
 def parse_initial(data: bytes) -> QuicHeader | None:
@@ -150,14 +156,16 @@ def invalid_token_close(header: QuicHeader) -> bytes:
 class RetryGate:
     """Decides, per new client Initial, between a Retry, a refusal and going ahead."""
 
-    __slots__ = ("_bucket", "_mode", "_stats", "tokens")
+    __slots__ = ("_bucket", "_half_open", "_mode", "_stats", "tokens")
 
     def __init__(
         self,
         mode: Literal["load", "always", "never"],
         bucket: TokenBucket,
         stats: Counter[str],
+        half_open: Callable[[], int],
     ) -> None:
+        self._half_open = half_open
         self._mode = mode
         self._bucket = bucket
         self._stats = stats
@@ -180,7 +188,9 @@ class RetryGate:
                 self._stats["retry_tokens_invalid"] += 1
                 return None
             return odcid, header.destination_cid
-        if self._mode == "always" or (self._mode == "load" and under_load(self._bucket, now)):
+        if self._mode == "always" or (
+            self._mode == "load" and under_load(self._bucket, now, self._half_open())
+        ):
             send(retry_packet(self.tokens, header, addr, now))
             self._stats["retries_sent"] += 1
             return None
