@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Final
 
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, QuicEvent
 
 from punchthrough.identity import (
@@ -49,8 +50,9 @@ from punchthrough.identity import (
 from punchthrough.netio import Address, DatagramSocket
 from punchthrough.relay.close import RelayCloseCode
 from punchthrough.relay.frames import RELAY_ALPN
-from punchthrough.relay.limits import ClientLimiter, RelayLimits, TokenBucket
+from punchthrough.relay.limits import ClientLimiter, RelayLimits, TokenBucket, address_prefix
 from punchthrough.relay.registry import LocalRegistry, Registration
+from punchthrough.relay.retry import RetryGate, parse_initial
 from punchthrough.signal import (
     RELAY_BAD_REQUEST,
     RELAY_CONFLICT,
@@ -126,7 +128,7 @@ class ControlConnection:
 
     def __init__(self, address: Address, local: Address) -> None:
         self.address = address
-        self.ip = address[0]  # the IP counted against max_connections_per_ip
+        self.ip = address_prefix(address[0])  # counted against max_connections_per_ip
         self.local = local
         self.driver: _ControlDriver | None = None
         self.registration: Registration | None = None
@@ -161,6 +163,11 @@ class ControlPlane:
         self._new_conn_bucket = TokenBucket(
             limits.new_connections_per_second, limits.new_connection_burst, self._loop.time()
         )
+        #: Connections not (yet) registered, insertion-ordered like ``connections``.
+        self._half_open: dict[ControlConnection, None] = {}
+        self._retry = RetryGate(
+            limits.retry, self._new_conn_bucket, stats, lambda: len(self._half_open)
+        )
 
     def _quic_config(self) -> QuicConfiguration:
         cfg = QuicConfiguration(
@@ -185,7 +192,7 @@ class ControlPlane:
             return
         if (
             len(self.connections) >= self.limits.max_connections
-            or self._per_ip[addr[0]] >= self.limits.max_connections_per_ip
+            or self._per_ip[address_prefix(addr[0])] >= self.limits.max_connections_per_ip
         ):
             self._refuse("initials_over_limit")
             return
@@ -196,12 +203,23 @@ class ControlPlane:
         if len(data) < MIN_INITIAL_DATAGRAM or not initial_decrypts(data):
             self._refuse("initials_undecryptable")
             return
-        if not self._new_conn_bucket.take(self._loop.time()):
+        header = parse_initial(data)
+        now = self._loop.time()
+        sock = self._sockets[local]
+        if header is None:
+            self._refuse("initials_undecryptable")
+            return
+        # under load: a Retry, no state and no new-connection token until the client proves
+        # its address (relay/retry.py)
+        admitted = self._retry.screen(header, addr, now, lambda p: sock.sendto(p, addr))
+        if admitted is None:
+            return
+        odcid, retry_scid = admitted
+        if not self._new_conn_bucket.take(now):
             self._refuse("initials_over_rate")
             return
         ctl = ControlConnection(addr, local)
         self._add_control(ctl)
-        sock = self._sockets[local]
         sent = 0
 
         def transmit(payload: bytes, dest: Address) -> None:
@@ -209,16 +227,23 @@ class ControlPlane:
             sent += 1
             sock.sendto(payload, dest)
 
+        kw: dict[str, object] = {
+            "on_event": functools.partial(self._on_control_event, ctl),
+            "mux": self._muxes[local],
+            "max_receive_buffer": CONTROL_RECEIVE_BUFFER,
+        }
         try:
-            driver = _ControlDriver.server(
-                self._quic_config(),
-                data,
-                transmit,
-                addr,
-                on_event=functools.partial(self._on_control_event, ctl),
-                mux=self._muxes[local],
-                max_receive_buffer=CONTROL_RECEIVE_BUFFER,
-            )
+            if retry_scid is None:
+                driver = _ControlDriver.server(self._quic_config(), data, transmit, addr, **kw)
+            else:
+                # as aioquic's asyncio server does after a Retry (RFC 9000 section 7.3)
+                conn = QuicConnection(
+                    configuration=self._quic_config(),
+                    original_destination_connection_id=odcid,
+                    retry_source_connection_id=retry_scid,
+                )
+                driver = _ControlDriver(conn, transmit, addr, extra_cids=(retry_scid,), **kw)  # type: ignore[arg-type]
+                driver.datagram_received(data)
         except Exception:
             log.exception("cannot accept a control connection from %s:%d", *addr)
             self._discard_control(ctl)
@@ -249,9 +274,11 @@ class ControlPlane:
 
     def _add_control(self, ctl: ControlConnection) -> None:
         self.connections[ctl] = None
+        self._half_open[ctl] = None
         self._per_ip[ctl.ip] += 1
 
     def _discard_control(self, ctl: ControlConnection) -> None:
+        self._half_open.pop(ctl, None)
         if ctl in self.connections:
             del self.connections[ctl]
             self._per_ip[ctl.ip] -= 1
@@ -407,6 +434,7 @@ class ControlPlane:
             for old in self.registry.add(reg):
                 self._displaced(old)
             ctl.registration = reg
+            self._half_open.pop(ctl, None)
             if ctl.timer is not None:
                 ctl.timer.cancel()
                 ctl.timer = None

@@ -7,7 +7,27 @@ to amplify or to exhaust the relay.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
+from typing import Final, Literal
+
+#: IPv6 addresses counted together: RFC 4291 section 2.5.1 gives every subnet a /64 and
+#: RFC 6177 hands sites at least that much, so one host can use 2**64 source addresses.
+IPV6_PREFIX_LEN: Final = 64
+
+
+def address_prefix(ip: str) -> str:
+    """What ``max_connections_per_ip`` counts: the IPv4 address or the IPv6 /64 (an
+    IPv4-mapped IPv6 address counts as its IPv4 address; anything unparsable as itself)."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, IPV6_PREFIX_LEN), strict=False))
+    return str(addr)
 
 
 class TokenBucket:
@@ -77,12 +97,16 @@ class RelayLimits:
     #: Most registered clients and most control connections (registered or not).
     max_clients: int = 10_000
     max_connections: int = 12_000
-    #: Control connections from one IP (keys are free, so one host could otherwise fill the
-    #: relay; generous because a carrier-grade NAT puts many users behind one IP).
+    #: Control connections from one IPv4 address or IPv6 /64 (:func:`address_prefix`; keys are
+    #: free, so one host could otherwise fill the relay; generous because a carrier-grade NAT
+    #: puts many users behind one IP).
     max_connections_per_ip: int = 256
     #: New control connections (QUIC Initials creating state) per second, relay-wide.
     new_connections_per_second: float = 200.0
     new_connection_burst: float = 400.0
+    #: QUIC Retry (relay/retry.py): "load" asks unvalidated Initials to prove their address
+    #: only while the new-connection bucket is below half; "always" / "never" as they say.
+    retry: Literal["load", "always", "never"] = "load"
     #: How long close() waits for CONNECTION_CLOSE to go out before dropping connections.
     shutdown_grace: float = 0.5
 
@@ -108,6 +132,8 @@ class RelayLimits:
             raise ValueError("timeouts must be positive")
         if min(self.max_clients, self.max_connections, self.max_connections_per_ip) < 1:
             raise ValueError("max_clients and max_connections(_per_ip) must be >= 1")
+        if self.retry not in ("load", "always", "never"):
+            raise ValueError("retry must be 'load', 'always' or 'never'")
 
     @property
     def keepalive_ms(self) -> int:
