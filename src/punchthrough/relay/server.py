@@ -44,13 +44,15 @@ GLOBAL_STAT_KEYS: Final = (
     "notices_sent",
     "send_errors",
     "connections_accepted",
-    "connections_refused",  # new-connection packets dropped, the sum of the six below
+    "connections_refused",  # new-connection packets dropped: the six below + retry_tokens_invalid
     "quic_unknown",  # QUIC for no known connection that is not an Initial
     "initials_over_limit",  # max_connections or max_connections_per_ip reached
     "initials_undecryptable",  # junk: no token taken, no state (transport.initial)
     "initials_over_rate",  # new-connection bucket empty
     "initials_no_progress",  # decrypted, nothing to answer or refused: token given back
     "initials_failed",  # the QUIC stack raised on it (a bug): token given back
+    "retries_sent",  # under load: a stateless Retry instead of a connection (relay.retry)
+    "retry_tokens_invalid",  # a Retry token that is forged, expired or for another address
     "registrations",
     "registrations_refused",
     "registrations_replaced",
