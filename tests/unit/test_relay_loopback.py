@@ -21,7 +21,7 @@ from punchthrough.relay import (
     RelayRegistrationError,
     RelayServer,
     RelayTimeout,
-    encode_data,
+    encode_send,
 )
 from punchthrough.relay import control_client as client_mod
 from punchthrough.signal import RELAY_UNAUTHORIZED
@@ -166,7 +166,7 @@ async def test_unregistered_source_dropped_and_unknown_destination_noticed() -> 
     async with relay() as h:
         a, b = await h.peer(), await h.peer()
         stranger = await h.peer(register=False)
-        stranger.sock.sendto(encode_data(b.id, b"spoof"), h.relay)
+        stranger.sock.sendto(encode_send(b.id, bytes(8), b"spoof"), h.relay)
         await until(lambda: h.server.stats["dropped_unregistered"] == 1)
         nobody = Identity.generate().peer_id
         a.rc.send(nobody, b"anyone?")
@@ -176,6 +176,28 @@ async def test_unregistered_source_dropped_and_unknown_destination_noticed() -> 
         assert b.inbox.empty()
         a.rc.send(b.id, b"still fine")
         assert await recv(b) == (a.id, b"still fine")
+
+
+async def test_frames_forged_with_a_clients_address_cost_it_nothing() -> None:
+    """Issue 12, finding 3: SEND frames from a registered client's own address but without its
+    frame token (what an off-path attacker forging that address can send) are dropped before
+    the client's rate limit and never reach the peer; the client's real frames still flow."""
+    limits = RelayLimits(shutdown_grace=0.05, packets_per_second=50.0, packet_burst=50.0)
+    async with relay(limits) as h:
+        a, b = await h.peer(), await h.peer()
+        forged = 200  # four times the client's whole budget
+        for i in range(forged):  # the victim's source address, a guessed token
+            a.sock.sendto(encode_send(b.id, i.to_bytes(8, "big"), b"forged"), h.relay)
+            if i % 10 == 9:
+                await asyncio.sleep(0)  # let the relay read: a kernel-buffer drop tests nothing
+        await until(lambda: h.server.stats["dropped_bad_token"] == forged)
+        a_stats = next(p for p in h.server.peers() if p.peer_id == a.id).stats
+        assert a_stats.get("frames_in", 0) == 0 and a_stats.get("dropped_rate", 0) == 0
+        assert b.inbox.empty() and h.server.stats["frames_out"] == 0
+        for n in range(40):  # within its real budget: every frame arrives
+            a.rc.send(b.id, b"real" + n.to_bytes(2, "big"))
+        got = [await recv(b) for _ in range(40)]
+        assert got == [(a.id, b"real" + n.to_bytes(2, "big")) for n in range(40)]
 
 
 async def test_notices_are_rate_limited() -> None:
@@ -368,8 +390,9 @@ async def test_garbage_truncated_unknown_and_flood_while_others_keep_talking() -
             relay_addr = h.relay
             fsock, ssock = flooder.sock, stranger.sock
             unknown = Identity.generate().peer_id
+            token = flooder.rc.frame_token
             for i in range(20000):
-                fsock.sendto(encode_data(b.id, b"flood"), relay_addr)
+                fsock.sendto(encode_send(b.id, token, b"flood"), relay_addr)
                 if i % 10 == 0:
                     kind = i // 10 % 6
                     if kind == 0:  # truncated relay frames
@@ -381,7 +404,7 @@ async def test_garbage_truncated_unknown_and_flood_while_others_keep_talking() -
                             bytes([rng.choice((0x11, 0x12, 0x13))]) + rng.randbytes(40), relay_addr
                         )
                     elif kind == 2:  # unknown destinations
-                        fsock.sendto(encode_data(unknown, b"?"), relay_addr)
+                        fsock.sendto(encode_send(unknown, token, b"?"), relay_addr)
                     elif kind == 3:  # oversize
                         fsock.sendto(bytes([0x10]) + rng.randbytes(1500), relay_addr)
                     elif kind == 4:  # stranger: relay frames, STUN junk, QUIC junk, other bytes

@@ -147,6 +147,7 @@ STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
         observed_ip=ips,
         observed_port=ports,
         keepalive_ms=st.integers(1, 3_600_000),
+        frame_token=st.binary(min_size=8, max_size=8),
     ),
     RelayError: st.builds(RelayError, code=st.integers(100, 999), reason=reasons),
     RelayLookup: st.builds(RelayLookup, peer_id=peer_ids),

@@ -26,6 +26,7 @@ from punchthrough.relay.forward import PayloadFilter
 from punchthrough.relay.frames import (
     FRAME_DATA,
     FRAME_NOTICE,
+    FRAME_SEND,
     MAX_RELAY_PAYLOAD,
     NOTICE_RATE_LIMITED,
     NOTICE_UNKNOWN_DESTINATION,
@@ -35,6 +36,7 @@ from punchthrough.relay.frames import (
     decode_frame,
     encode_data,
     encode_notice,
+    encode_send,
 )
 from punchthrough.relay.limits import RelayLimits, TokenBucket
 from punchthrough.relay.registry import LocalRegistry, PeerDirectory, Registration, Registry
@@ -43,6 +45,7 @@ from punchthrough.relay.server import PeerInfo, RelayServer
 __all__ = [
     "FRAME_DATA",
     "FRAME_NOTICE",
+    "FRAME_SEND",
     "MAX_RELAY_PAYLOAD",
     "NOTICE_RATE_LIMITED",
     "NOTICE_UNKNOWN_DESTINATION",
@@ -69,4 +72,5 @@ __all__ = [
     "decode_frame",
     "encode_data",
     "encode_notice",
+    "encode_send",
 ]

@@ -43,7 +43,7 @@ from punchthrough.relay.frames import (
     MAX_DATA_FRAME,
     NOTICE_LENGTH,
     RELAY_ALPN,
-    encode_data,
+    encode_send,
 )
 from punchthrough.relay.nat_keepalive import NatKeepalive
 from punchthrough.signal import RelayLookup
@@ -94,6 +94,8 @@ class RelayClient:
         self._notice_handler: NoticeHandler | None = None
         self._peers: dict[bytes, PeerId] = {}
         self._observed: Address | None = None
+        #: What our SEND frames carry (the relay's ``RelayRegistered.frame_token``).
+        self._frame_token = b""
         self._control: tuple[asyncio.StreamReader, QuicStreamWriter] | None = None
         self._control_lock = asyncio.Lock()
         #: Why the relay connection ended (None while it is up or if we closed it): for people.
@@ -191,6 +193,7 @@ class RelayClient:
         self._observed = (reply.observed_ip, reply.observed_port)
         self._mapped = self._observed
         self._keepalive_interval = min(reply.keepalive_ms / 1000, self._idle_timeout / 3)
+        self._frame_token = reply.frame_token
         self._arm_keepalive()
         if self._nat is not None:
             self._nat.start()
@@ -299,7 +302,7 @@ class RelayClient:
         if self.closed:
             self._stats["dropped_closed"] += 1
             return
-        frame = encode_data(dest, payload)
+        frame = encode_send(dest, self._frame_token, payload)
         try:
             self._sock.sendto(frame, self.relay_address)
         except OSError:
@@ -342,6 +345,11 @@ class RelayClient:
             self._stats["malformed"] += 1
 
     # -- state -----------------------------------------------------------------------------------
+    @property
+    def frame_token(self) -> bytes:
+        """What our SEND frames carry (for tools that build frames themselves)."""
+        return self._frame_token
+
     @property
     def observed_address(self) -> Address:
         """Our address as the relay sees it (the NAT mapping of the shared socket)."""

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable
 from typing import Final
@@ -49,7 +50,7 @@ from punchthrough.identity import (
 )
 from punchthrough.netio import Address, DatagramSocket
 from punchthrough.relay.close import RelayCloseCode
-from punchthrough.relay.frames import RELAY_ALPN
+from punchthrough.relay.frames import FRAME_TOKEN_BYTES, RELAY_ALPN
 from punchthrough.relay.limits import ClientLimiter, RelayLimits, TokenBucket, address_prefix
 from punchthrough.relay.registry import LocalRegistry, Registration
 from punchthrough.relay.retry import RetryGate, parse_initial
@@ -429,6 +430,7 @@ class ControlPlane:
                 local=ctl.local,
                 registered_at=self._loop.time(),
                 limiter=ClientLimiter(self.limits, self._loop.time()),
+                frame_token=os.urandom(FRAME_TOKEN_BYTES),
                 owner=ctl,
             )
             for old in self.registry.add(reg):
@@ -440,11 +442,14 @@ class ControlPlane:
                 ctl.timer = None
             self._stats["registrations"] += 1
             log.info("relay: %s registered from %s:%d", msg.peer_id.short, *ctl.address)
+        registration = ctl.registration
+        assert registration is not None  # made just above, or this connection's earlier one
         return RelayRegistered(
             peer_id=msg.peer_id,
             observed_ip=ctl.address[0],
             observed_port=ctl.address[1],
             keepalive_ms=self.limits.keepalive_ms,
+            frame_token=registration.frame_token,
         )
 
     async def close(self) -> None:

@@ -1,7 +1,9 @@
 """The relay's data plane: DATA frames from registered clients to registered peers.
 
-* DATA frames are accepted only from a registered address; the source peer id stamped on the
-  forwarded frame is the registration's. Payloads are never decrypted or inspected.
+* SEND frames are accepted only from a registered address and with that registration's frame
+  token (a forged source address alone costs the client nothing: no rate-limit tokens, no
+  forwarding); the source peer id stamped on the forwarded DATA frame is the registration's.
+  Payloads are never decrypted or inspected.
 * Each client has packet and byte token buckets (:class:`~punchthrough.relay.limits.
   ClientLimiter`). NOTICE replies go only to registered senders, at most one per dropped frame
   (never amplifying: a NOTICE is 34 bytes, a DATA frame at least 34) and rate limited.
@@ -12,14 +14,17 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable
+from hmac import compare_digest
 
 from punchthrough.netio import Address, DatagramSocket
 from punchthrough.relay.frames import (
     DATA_HEADER_LENGTH,
     FRAME_DATA,
-    MAX_DATA_FRAME,
+    FRAME_SEND,
+    MAX_SEND_FRAME,
     NOTICE_RATE_LIMITED,
     NOTICE_UNKNOWN_DESTINATION,
+    SEND_HEADER_LENGTH,
     encode_notice,
 )
 from punchthrough.relay.registry import LocalRegistry, Registration
@@ -58,11 +63,15 @@ class Forwarder:
                 stats["dropped_unregistered"] += 1
                 return
             n = len(data)
-            if n <= DATA_HEADER_LENGTH or n > MAX_DATA_FRAME or data[0] != FRAME_DATA:
+            if n <= SEND_HEADER_LENGTH or n > MAX_SEND_FRAME or data[0] != FRAME_SEND:
                 stats["malformed"] += 1
                 src.stats["malformed"] += 1
                 return
-            size = n - DATA_HEADER_LENGTH
+            if not compare_digest(data[DATA_HEADER_LENGTH:SEND_HEADER_LENGTH], src.frame_token):
+                # From the client's address but not from the client: nothing is charged to it.
+                stats["dropped_bad_token"] += 1
+                return
+            size = n - SEND_HEADER_LENGTH
             stats["frames_in"] += 1
             stats["bytes_in"] += size
             cstats = src.stats
@@ -81,7 +90,7 @@ class Forwarder:
                 cstats["dropped_unknown_dest"] += 1
                 self._notice(src, NOTICE_UNKNOWN_DESTINATION, dest_raw, now)
                 return
-            payload = data[DATA_HEADER_LENGTH:]
+            payload = data[SEND_HEADER_LENGTH:]
             if self._payload_filter is not None:
                 filtered = self._payload_filter(payload)
                 if not filtered:

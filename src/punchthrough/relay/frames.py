@@ -5,11 +5,15 @@ Wire format (first byte in 16-19, the range the socket multiplexer routes to the
 
     0x10 DATA    | peer id (32 raw bytes) | payload (1..MAX_RELAY_PAYLOAD bytes)
     0x11 NOTICE  | code (1 byte) | peer id (32 raw bytes)          exactly 34 bytes
+    0x12 SEND    | peer id (32 raw bytes) | frame token (8) | payload (1..MAX_RELAY_PAYLOAD)
 
-Client -> relay DATA carries the *destination* peer id; relay -> client DATA carries the
-*source* peer id, stamped by the relay from the sender's registration (never trusted from the
-sender). The payload is one opaque, end-to-end encrypted inner packet. NOTICE is relay ->
-client only. Anything else in 16-19, and anything shorter than its header, is malformed.
+Client -> relay is SEND: the *destination* peer id and the frame token the relay gave this
+registration (``RelayRegistered.frame_token``), so that a frame forged with a registered
+client's source address is dropped before it costs that client anything (issue 12, finding 3:
+a source address alone proves nothing). Relay -> client is DATA: the *source* peer id, stamped
+by the relay from the sender's registration (never trusted from the sender). The payload is
+one opaque, end-to-end encrypted inner packet. NOTICE is relay -> client only. Anything else
+in 16-19, and anything shorter than its header, is malformed.
 
 The relay's hot path does not build objects: it uses :func:`data_header_ok` and slices. The
 object API (:func:`decode_frame`) is for clients and tests.
@@ -26,26 +30,35 @@ from punchthrough.relay.errors import RelayFrameError
 #: ALPN of the relay control connection (QUIC, RFC 9001 section 8.1).
 RELAY_ALPN: Final = "punchthrough-relay/1"
 
-#: Frame types (first byte); 0x12 and 0x13 are reserved, currently malformed.
+#: Frame types (first byte); 0x13 is reserved, currently malformed.
 FRAME_DATA: Final = 0x10
 FRAME_NOTICE: Final = 0x11
+FRAME_SEND: Final = 0x12
 #: Raw Ed25519 public key = peer id (RFC 8032 section 5.1.5).
 PEER_ID_BYTES: Final = 32
 #: Type byte + peer id.
 DATA_HEADER_LENGTH: Final = 1 + PEER_ID_BYTES
 #: Type byte + code byte + peer id.
 NOTICE_LENGTH: Final = 2 + PEER_ID_BYTES
+#: A registration's frame token: 64 random bits, which an off-path sender cannot guess (a 2^-64
+#: chance per forged frame). It is not a MAC: someone on the path to the relay sees it, and
+#: could already drop or delay that client's packets anyway.
+FRAME_TOKEN_BYTES: Final = 8
+#: Type byte + peer id + frame token.
+SEND_HEADER_LENGTH: Final = DATA_HEADER_LENGTH + FRAME_TOKEN_BYTES
 #: Largest inner packet: QUIC packets are <= 1200 bytes on our connections (RFC 9000 section
 #: 14: we never raise max_datagram_size), plus headroom; 33 + 1400 stays under a 1500-byte MTU
 #: with IPv6 (40) and UDP (8) headers.
 MAX_RELAY_PAYLOAD: Final = 1400
 MAX_DATA_FRAME: Final = DATA_HEADER_LENGTH + MAX_RELAY_PAYLOAD
+MAX_SEND_FRAME: Final = SEND_HEADER_LENGTH + MAX_RELAY_PAYLOAD
 
 #: NOTICE codes.
 NOTICE_UNKNOWN_DESTINATION: Final = 1  # destination peer id is not registered here
 NOTICE_RATE_LIMITED: Final = 2  # your frames are being dropped by the rate limiter
 
 _DATA_PREFIX: Final = bytes([FRAME_DATA])
+_SEND_PREFIX: Final = bytes([FRAME_SEND])
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +86,14 @@ def encode_data(peer_id: PeerId | bytes, payload: bytes) -> bytes:
     if len(payload) > MAX_RELAY_PAYLOAD:
         raise RelayFrameError(f"payload of {len(payload)} bytes exceeds {MAX_RELAY_PAYLOAD}")
     return _DATA_PREFIX + raw + payload
+
+
+def encode_send(peer_id: PeerId | bytes, token: bytes, payload: bytes) -> bytes:
+    """One SEND frame (client -> relay): ``payload`` to ``peer_id``, under our frame token."""
+    if len(token) != FRAME_TOKEN_BYTES:
+        raise RelayFrameError(f"a frame token is {FRAME_TOKEN_BYTES} bytes, got {len(token)}")
+    data = encode_data(peer_id, payload)
+    return _SEND_PREFIX + data[1:DATA_HEADER_LENGTH] + token + data[DATA_HEADER_LENGTH:]
 
 
 def encode_notice(code: int, peer_id: PeerId | bytes) -> bytes:

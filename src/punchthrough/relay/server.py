@@ -37,6 +37,7 @@ GLOBAL_STAT_KEYS: Final = (
     "bytes_in",  # payload bytes of frames_in
     "bytes_out",  # payload bytes forwarded
     "dropped_unregistered",  # relay frames from an address with no registration
+    "dropped_bad_token",  # SEND from a registered address without its frame token (forged)
     "dropped_unknown_dest",  # destination peer id not registered here
     "dropped_rate",  # per-client packet/byte limit
     "dropped_filter",  # payload_filter returned None (tests)

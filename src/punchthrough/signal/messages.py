@@ -303,6 +303,8 @@ class RelayRegistered(Message, tag="relay-registered", frozen=True, kw_only=True
     observed_ip: IpText
     observed_port: Port
     keepalive_ms: Annotated[int, Meta(ge=1, le=3_600_000)]
+    #: What every SEND frame of this registration carries (``relay.frames``: 8 random bytes).
+    frame_token: Annotated[bytes, Meta(min_length=8, max_length=8)]
 
     def __post_init__(self) -> None:
         _check_ip(self.observed_ip, "observed_ip")
