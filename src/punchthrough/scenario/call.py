@@ -239,7 +239,7 @@ async def _scenario(
         tl.events.sort(key=lambda e: e["t_ms"])
         # One origin in every report: alice's connect() call (setup before it is negative).
         for e in tl.events:
-            e["t_ms"] = round(e["t_ms"] - base, 1)
+            e["t_ms"] = round(e["t_ms"] - base, 1) + 0.0  # + 0.0: no "-0" at the origin
         out: dict[str, Any] = {
             "nat_a": nat_a,
             "nat_b": nat_b,
