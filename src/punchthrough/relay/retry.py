@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Final, Literal
 
-from aioquic._buffer import Buffer
 from aioquic.quic.crypto import CryptoPair
 from aioquic.quic.packet import (
     QuicErrorCode,
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from punchthrough.netio import Address
 from punchthrough.relay.limits import TokenBucket
+from punchthrough.transport.quic import Buffer
 
 #: A Retry token is valid this long. The client echoes it at once (one RTT); 10 s also covers
 #: aioquic's client retransmitting a lost Initial at PTO backoff 1 + 2 + 4 s (RFC 9002 6.2),

@@ -14,8 +14,6 @@ from __future__ import annotations
 from typing import Final
 
 from aioquic import tls
-from aioquic._buffer import Buffer
-from aioquic._crypto import CryptoError
 from aioquic.quic.crypto import (
     INITIAL_CIPHER_SUITE,
     INITIAL_SALT_VERSION_1,
@@ -30,6 +28,7 @@ from aioquic.quic.packet import (
 )
 
 from punchthrough.transport.demux import QUIC_CID_LENGTH
+from punchthrough.transport.quic import Buffer, CryptoError
 
 #: RFC 9001 section 5.2: the label of the client's Initial secret (the one a server decrypts).
 _CLIENT_INITIAL_LABEL: Final = b"client in"

@@ -19,7 +19,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from aioquic import tls
-from aioquic._buffer import Buffer
+
+# aioquic's packet buffer and AEAD error live in private modules (``_buffer``, ``_crypto``) with
+# no public alias; this module is the one place the package imports them from.
+from aioquic._buffer import Buffer as Buffer
+from aioquic._crypto import CryptoError as CryptoError
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import (
