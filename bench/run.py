@@ -23,6 +23,9 @@ What is measured today (the foundation issue):
 - ``connect_lab.json`` (root; bench/connect_lab.py): time to the relayed connection, first echo
   and direct path for a cone pair in the lab at a stated RTT (NFQUEUE router delay), against the
   round trips needed.
+- ``attack.json`` (bench/attack.py): the relay under the issue-12 floods on loopback (junk
+  Initials 3,000/s, 370-attribute STUN requests 1,000/s): registration time and a 50 pps relayed
+  call's frame loss, against no attack.
 - ``aioice_lab.json`` (root; bench/aioice_lab.py): aioice against ours on the same lab hosts,
   every UDP NAT pair (``--aioice-subset``: 7 of them): which pairs each gets direct, how fast.
 
@@ -249,6 +252,7 @@ def main() -> None:
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import aioice_lab
+    import attack
     import birthday
     import connect_lab
     import hardnat_sim
@@ -262,6 +266,7 @@ def main() -> None:
         ("relay_vs_coturn", relay_vs_coturn.bench_relay_vs_coturn),
         ("birthday", birthday.bench_birthday),
         ("hardnat_sim", hardnat_sim.bench_hardnat_sim),
+        ("attack", lambda: attack.bench_attack(_free_udp_port())),
     ]
     if os.geteuid() == 0:
         jobs.append(("netcheck_lab", lambda: bench_netcheck_lab(args.trials)))
