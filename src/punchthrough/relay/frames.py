@@ -15,8 +15,9 @@ by the relay from the sender's registration (never trusted from the sender). The
 one opaque, end-to-end encrypted inner packet. NOTICE is relay -> client only. Anything else
 in 16-19, and anything shorter than its header, is malformed.
 
-The relay's hot path does not build objects: it uses :func:`data_header_ok` and slices. The
-object API (:func:`decode_frame`) is for clients and tests.
+The relay's hot path (``relay.forward``) builds no objects: it checks a SEND frame's length,
+type and token inline and slices. The object API (:func:`decode_frame`,
+:func:`data_header_ok`) is for clients and tests.
 """
 
 from __future__ import annotations

@@ -58,9 +58,6 @@ _KEY_BITS: Final = 128
 _CLOSE_CAPACITY: Final = 32
 #: RFC 9000 section 14.1's smallest datagram size; the close is far smaller than that.
 _CLOSE_DATAGRAM: Final = 1200
-#: Counters the gate adds to the relay's stats (server.GLOBAL_STAT_KEYS lists the rest): Retry
-#: packets sent, and Initials refused for a bad or stale token (also in connections_refused).
-RETRY_STAT_KEYS: Final = ("retries_sent", "retry_tokens_invalid")
 
 
 def under_load(bucket: TokenBucket, now: float, half_open: int) -> bool:
@@ -170,8 +167,6 @@ class RetryGate:
         self._bucket = bucket
         self._stats = stats
         self.tokens = RetryTokens()
-        for key in RETRY_STAT_KEYS:
-            stats.setdefault(key, 0)
 
     def screen(
         self, header: QuicHeader, addr: Address, now: float, send: Callable[[bytes], None]
