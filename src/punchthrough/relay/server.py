@@ -104,13 +104,31 @@ class RelayServer:
         self._forwarder = Forwarder(sockets, self.registry, self._stats, payload_filter)
         self._closing = False
         self._closed = False
+        #: Sockets added by :meth:`attach_socket` (stream listeners), whose stats we add.
+        self._attached: dict[Address, DatagramSocket] = {}
         for local, sock in sockets.items():
-            mux = DatagramMux(sock)
-            self._muxes[local] = mux
-            mux.add_stun_handler(functools.partial(self._on_stun, local=local))
-            if local in self._primaries:
-                mux.set_relay_handler(self._forwarder.handler(local, sock))
-                mux.set_new_quic_handler(functools.partial(self._on_new_quic, local=local))
+            self._serve_on(local, sock, primary=local in self._primaries)
+
+    def _serve_on(self, local: Address, sock: DatagramSocket, *, primary: bool) -> None:
+        mux = DatagramMux(sock)
+        self._muxes[local] = mux
+        mux.add_stun_handler(functools.partial(self._on_stun, local=local))
+        if primary:
+            mux.set_relay_handler(self._forwarder.handler(local, sock))
+            mux.set_new_quic_handler(functools.partial(self._on_new_quic, local=local))
+
+    def attach_socket(self, local: Address, sock: DatagramSocket) -> None:
+        """Serve the whole relay protocol on one more (virtual) socket: a stream listener's
+        hub (``relay.stream``). Closed with the relay; its ``stats`` (if any) join ours."""
+        if local in self._sockets:
+            raise ValueError(f"a socket is already attached at {local}")
+        self._sockets[local] = sock
+        self._attached[local] = sock
+        self._serve_on(local, sock, primary=True)
+
+    def is_registered(self, address: Address) -> bool:
+        """Whether a client is registered from ``address`` (a stream link's deadline)."""
+        return self.registry.by_address(address) is not None
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -185,6 +203,9 @@ class RelayServer:
         out["stun_rate_limited"] = self._stun.stats["rate_limited"]
         out["clients"] = len(self.registry)
         out["connections"] = len(self._controls)
+        for sock in self._attached.values():
+            for key, value in getattr(sock, "stats", {}).items():
+                out[key] = out.get(key, 0) + value
         for mux in self._muxes.values():
             out["dropped_first_byte"] = out.get("dropped_first_byte", 0) + mux.stats.get(
                 "dropped_first_byte", 0
