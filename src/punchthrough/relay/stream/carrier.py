@@ -14,11 +14,12 @@ and pumps received ones to a callback.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, State
+from websockets.typing import Subprotocol
 
 from punchthrough.relay.stream.framing import (
     MAX_STREAM_DATAGRAM,
@@ -33,7 +34,7 @@ MAX_WRITE_BUFFER: Final = 256 * 1024
 #: Bytes read from the socket at once.
 READ_CHUNK: Final = 16 * 1024
 #: WebSocket subprotocol (RFC 6455 section 1.9) of the relay, and its default URL path.
-WS_SUBPROTOCOL: Final = "punchthrough-relay.v1"
+WS_SUBPROTOCOL: Final = Subprotocol("punchthrough-relay.v1")
 WS_DEFAULT_PATH: Final = "/relay"
 
 Deliver = Callable[[bytes], None]
@@ -156,7 +157,7 @@ class WsCarrier(Carrier):
         self.protocol.receive_data(data)
         return self._frames(self.protocol.events_received())
 
-    def _frames(self, events: list[object]) -> list[bytes]:
+    def _frames(self, events: Sequence[object]) -> list[bytes]:
         out: list[bytes] = []
         for event in events:
             if not isinstance(event, Frame):

@@ -121,9 +121,7 @@ class StreamLink:
     async def _pump(self) -> None:
         reason = "relay closed the stream"
         try:
-            truncated = await self._carrier.pump(
-                self._reader, self._deliver, LINK_IDLE_TIMEOUT
-            )
+            truncated = await self._carrier.pump(self._reader, self._deliver, LINK_IDLE_TIMEOUT)
             if truncated:
                 reason = f"relay closed the stream inside a datagram ({truncated} bytes)"
         except TimeoutError:

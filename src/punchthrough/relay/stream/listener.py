@@ -34,11 +34,11 @@ from websockets.server import ServerProtocol
 from punchthrough.netio import Address
 from punchthrough.relay.limits import address_prefix
 from punchthrough.relay.stream.carrier import (
+    WS_SUBPROTOCOL,
     Carrier,
     CarrierError,
     RawCarrier,
     WsCarrier,
-    WS_SUBPROTOCOL,
     ws_max_size,
 )
 from punchthrough.relay.stream.hub import StreamHub, StreamLimits

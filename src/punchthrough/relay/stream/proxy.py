@@ -125,9 +125,7 @@ async def open_tunnel(
     """A TCP stream to ``host:port`` through ``proxy``. The caller bounds the time; on any
     failure the connection to the proxy is closed and :class:`ProxyError` (or ``OSError``)
     raised."""
-    reader, writer = await asyncio.open_connection(
-        proxy.host, proxy.port, limit=MAX_RESPONSE_HEAD
-    )
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port, limit=MAX_RESPONSE_HEAD)
     try:
         writer.write(proxy.connect_request(host, port))
         head = await _read_head(reader)
