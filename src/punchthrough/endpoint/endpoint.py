@@ -23,6 +23,7 @@ The endpoint is also what every connection's traversal agent uses for direct pat
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Sequence
 from types import TracebackType
@@ -37,7 +38,9 @@ from punchthrough.endpoint.gather import Gatherer, host_ips
 from punchthrough.endpoint.netwatch import NetworkWatch, WatchedSocket
 from punchthrough.endpoint.peerauth import Admit, AllowCallback
 from punchthrough.endpoint.portmapping import MainSocketMapping
+from punchthrough.endpoint.relaylink import RelayLinks, TransportChange
 from punchthrough.endpoint.relays import RelaySet, RelaySpec, parse_relay
+from punchthrough.endpoint.relayspec import RelayEntry, parse_relay_entry, resolve_entry
 from punchthrough.endpoint.router import PacketRouter
 from punchthrough.identity import Identity, PeerId
 from punchthrough.nat.probe import PROBE_RTO
@@ -195,7 +198,7 @@ class Endpoint:
         the one the mapping keeps. ``stun``: servers whose observed addresses become
         server-reflexive candidates (and tell whether our NAT maps endpoint-independently).
         """
-        relay_addrs = [parse_relay(r) for r in relays]
+        entries = [parse_relay_entry(r) for r in relays]  # ValueError now, not at await
         stun_addrs = [parse_relay(s) for s in stun]
 
         async def make() -> Endpoint:
@@ -217,7 +220,7 @@ class Endpoint:
                 if gateway is not None:
                     port_ = ep._sock.local_address[1]
                     await ep._mapping.start(net, gateway, port_, ep._host_ips(), upnp=upnp)
-                await ep._relays.start(relay_addrs)
+                await ep._relays.start(await ep._relay_entries(entries, host))
                 await ep.gather()
                 ep._watch.start()
             except BaseException:
@@ -229,6 +232,27 @@ class Endpoint:
 
     def _is_closed(self) -> bool:
         return self._closed
+
+    async def _relay_entries(self, entries: list[RelayEntry], host: str) -> list[Address]:
+        """Resolve the relay list; relays with TLS/WebSocket transports get ``RelayLinks``
+        (UDP-only lists run exactly as before). Returns the relays' keys."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        resolved = [await resolve_entry(e, family=family) for e in entries]
+        keyed = {e.key: e for e in resolved if e.key is not None}
+        if any(e.streams for e in resolved):
+            self._relays.links = RelayLinks(
+                keyed,
+                self.identity,
+                connect_udp=self._relays.connect_udp,
+                stun=self.stun,
+                relay_timeout=self.config.relay_timeout,
+                nat_keepalive=self.config.nat_keepalive,
+                proxy=self.config.relay_proxy,
+                current=self._relays.clients.get,
+                swap=self._relays.swap,
+                is_closed=self._is_closed,
+            )
+        return list(keyed)
 
     def _host_ips(self) -> list[str]:
         return host_ips(self._sock, self.network)
@@ -359,6 +383,18 @@ class Endpoint:
     @property
     def relays(self) -> dict[Address, RelayClient]:
         return dict(self._relays.clients)
+
+    @property
+    def relay_transports(self) -> dict[Address, str]:
+        """What carries each registration now: ``udp``, ``tls`` or ``websocket``."""
+        return {a: c.transport for a, c in self._relays.clients.items()}
+
+    @property
+    def relay_transport_changes(self) -> list[TransportChange]:
+        """Every move of a relay registration between transports, and why (``.relaylink``;
+        empty for relays that list only UDP)."""
+        links = self._relays.links
+        return list(links.changes) if links is not None else []
 
     @property
     def connections(self) -> list[Connection]:

@@ -109,6 +109,8 @@ class Gatherer:
         seen: dict[str, Address] = {}
         samples: list[Sample] = []  # in the order the mappings were made
         for addr, client in self._relays.items():
+            if client.transport != "udp":
+                continue  # a TLS/WebSocket relay sees our TCP mapping: no UDP candidate
             # where the relay sees us now (registration, then kept fresh by its keepalives)
             srflx.append((client.mapped_address, addr[0]))
             seen[addr[0]] = client.mapped_address

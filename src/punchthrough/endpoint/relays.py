@@ -19,6 +19,7 @@ from typing import Final
 
 from punchthrough.endpoint.config import EndpointConfig
 from punchthrough.endpoint.errors import EndpointClosed, NoRelay
+from punchthrough.endpoint.relaylink import RelayLinks
 from punchthrough.identity import Identity, PeerId
 from punchthrough.netio import Address
 from punchthrough.relay import RelayClient, RelayCloseCode, RelayError
@@ -92,6 +93,9 @@ class RelaySet:
         #: Relays we are registered with right now.
         self.clients: dict[Address, RelayClient] = {}
         self._tasks: dict[Address, asyncio.Task[None]] = {}
+        #: Relays with TLS/WebSocket transports register through it (``.relaylink``: happy
+        #: eyeballs, back to UDP, UDP lost mid-call); set by the endpoint.
+        self.links: RelayLinks | None = None
 
     def registered(self) -> list[Address]:
         """Relays we are registered with, in the caller's order."""
@@ -128,6 +132,12 @@ class RelaySet:
             raise NoRelay("no relay registered us: " + "; ".join(errors))
 
     async def _connect(self, addr: Address) -> RelayClient:
+        if self.links is not None and self.links.handles(addr):
+            return await self.links.connect(addr)
+        return await self.connect_udp(addr)
+
+    async def connect_udp(self, addr: Address) -> RelayClient:
+        """A registration with ``addr`` over UDP, from the endpoint's main socket."""
         return await RelayClient.connect(
             self._mux,
             addr,
@@ -144,10 +154,22 @@ class RelaySet:
         self._attach(addr, client)
         self._tasks[addr] = self._loop.create_task(self._supervise(addr, client))
 
+    def swap(self, addr: Address, client: RelayClient) -> None:
+        """``client`` (another transport, ``.relaylink``) replaces our registration with
+        ``addr``; the old client is closed (its supervisor follows the new one)."""
+        old = self.clients.get(addr)
+        self._attach(addr, client)
+        if old is not None and old is not client:
+            self._loop.create_task(old.close())
+
     def _attach(self, addr: Address, client: RelayClient) -> None:
         previous = self._last_seen(addr[0])
         self.clients[addr] = client
-        if previous is not None and previous != client.observed_address:
+        if self.links is not None:
+            self.links.registered(addr, client)
+        # (a stream's observed address is not a UDP mapping: nothing to compare)
+        udp = client.transport == "udp"
+        if udp and previous is not None and previous != client.observed_address:
             # Re-registered and seen from elsewhere: our NAT or network changed under us.
             self._on_network(f"re-registered with relay {addr[0]}:{addr[1]} from a new address")
         client.set_receiver(lambda src, payload: self._on_data(addr, src, payload))
@@ -166,6 +188,10 @@ class RelaySet:
         while not self._is_closed():
             if client is not None:
                 await client.wait_closed()
+                moved = await self.links.moved(addr, client) if self.links else None
+                if moved is not None:
+                    client = moved  # swapped for another transport (swap): follow it
+                    continue
                 if self.clients.get(addr) is client:
                     del self.clients[addr]
                 if self._is_closed():
@@ -200,6 +226,8 @@ class RelaySet:
 
     async def close(self) -> None:
         """Stop supervising, then leave every relay."""
+        if self.links is not None:
+            await self.links.close()
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)

@@ -1,0 +1,495 @@
+"""Which transport carries each relay registration: UDP first, TLS/WebSocket when UDP does
+not answer, back to UDP when it does (happy eyeballs, RFC 8305's idea for relay transports).
+
+The decisions are a small sans-IO state machine, :class:`TransportRace` (one registration
+attempt: inputs are "started", "registered", "failed" and the clock; outputs are actions);
+:class:`RelayLinks` carries them out for the endpoint's :class:`~.relays.RelaySet` and runs the
+two watchers a relay with stream transports needs:
+
+* **Registration** (bind, and every re-registration): UDP first. If it has not registered
+  within :func:`fallback_wait` (two measured RTTs to that relay, at least
+  :data:`MIN_FALLBACK_WAIT`), or fails sooner, TLS and WebSocket start in parallel; the first
+  transport that registers is kept and the others are cancelled. A relay that lists no UDP
+  address starts on its streams at once.
+* **Back to UDP** (:data:`UDP_PROBE_INTERVAL`): while on a stream, a STUN Binding to the
+  relay's UDP address from the main socket; when one is answered, a UDP registration is made
+  and swapped in, and the stream closed. UDP has no head-of-line blocking, and its mapping is
+  the one direct paths are punched from.
+* **UDP stops mid-call** (:data:`WATCH_INTERVAL`): while on UDP, the registration is watched
+  for silence: frames sent but nothing received for :data:`SILENCE` (a call at 50 pps hears
+  its peer every 20 ms), or a NAT keepalive unanswered. Then one STUN probe
+  (:data:`PROBE_TIMEOUT`); unanswered, the streams race and the winner is swapped in. The relay
+  key, hence the relay path, stays the same: the end-to-end QUIC connection never notices
+  anything but a gap.
+
+Swapping is make-before-break: the new registration replaces the old one at the relay (same
+peer id, so the relay closes the old control connection with ``REPLACED``), and only then is the
+old client closed; ``RelaySet`` knows a swapped-out client from one that was taken over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from punchthrough.endpoint.relayspec import RelayEntry
+from punchthrough.identity import Identity
+from punchthrough.netio import Address
+from punchthrough.relay import RelayClient, RelayError
+from punchthrough.relay.stream import StreamLink, StreamTarget, open_link, proxy_for
+from punchthrough.stun import StunClient, StunError
+from punchthrough.transport.demux import DatagramMux
+
+log = logging.getLogger(__name__)
+
+#: Least wait for UDP before the streams start: RFC 8305 section 5's recommended Connection
+#: Attempt Delay (250 ms); a relay whose UDP answers at all answers well within it.
+MIN_FALLBACK_WAIT: Final = 0.25
+#: While on a stream, a STUN probe of the relay's UDP address this often (one ~28-byte
+#: request; a firewall that opens again is noticed within this).
+UDP_PROBE_INTERVAL: Final = 2.0
+#: While on UDP with stream fallbacks, the registration's counters are looked at this often
+#: (no packet is sent unless they look wrong).
+WATCH_INTERVAL: Final = 0.1
+#: Frames sent and nothing received for this long: suspect UDP (a call hears its peer every
+#: 20 ms at 50 pps; 0.4 s is 20 frames).
+SILENCE: Final = 0.4
+#: The STUN probe that confirms a suspicion (a relay answers in one RTT; lab RTTs <= 200 ms).
+PROBE_TIMEOUT: Final = 0.3
+
+
+class Transport(enum.StrEnum):
+    UDP = "udp"
+    TLS = "tls"
+    WEBSOCKET = "websocket"
+
+
+def fallback_wait(rtt: float | None) -> float:
+    """How long UDP gets before the streams start: two RTTs, at least 250 ms."""
+    return MIN_FALLBACK_WAIT if rtt is None else max(MIN_FALLBACK_WAIT, 2 * rtt)
+
+
+# -- the decisions (sans-IO) ----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Start:
+    transports: tuple[Transport, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    transports: tuple[Transport, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Keep:
+    transport: Transport
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    reason: str
+
+
+Action = Start | Cancel | Keep | GiveUp
+
+
+class TransportRace:
+    """One registration attempt over a relay's transports (no I/O: the caller runs actions)."""
+
+    def __init__(self, udp: bool, streams: tuple[Transport, ...], wait: float) -> None:
+        if not udp and not streams:
+            raise ValueError("a relay needs a transport")
+        self.udp = udp
+        self.streams = streams
+        self.wait = wait
+        self.running: set[Transport] = set()
+        self.failures: dict[Transport, str] = {}
+        self.winner: Transport | None = None
+        self._streams_at: float | None = None
+        self._started_at = 0.0
+        self.done = False
+
+    def start(self, now: float) -> list[Action]:
+        self._started_at = now
+        if self.udp:
+            self.running.add(Transport.UDP)
+            self._streams_at = now + self.wait if self.streams else None
+            return [Start((Transport.UDP,))]
+        return self._start_streams(now)
+
+    def _start_streams(self, now: float) -> list[Action]:
+        self._streams_at = None
+        todo = tuple(t for t in self.streams if t not in self.running and t not in self.failures)
+        self.running.update(todo)
+        return [Start(todo)] if todo else []
+
+    def next_deadline(self) -> float | None:
+        return None if self.done else self._streams_at
+
+    def poll(self, now: float) -> list[Action]:
+        if self.done or self._streams_at is None or now < self._streams_at:
+            return []
+        return self._start_streams(now)
+
+    def registered(self, transport: Transport, now: float) -> list[Action]:
+        if self.done:
+            return [Cancel((transport,))]  # a late winner: not needed
+        self.done = True
+        self.winner = transport
+        self.running.discard(transport)
+        others = tuple(sorted(self.running))
+        self.running.clear()
+        if transport is Transport.UDP:
+            reason = "UDP registered"
+        elif Transport.UDP in self.failures:
+            reason = f"UDP failed ({self.failures[Transport.UDP]}); {transport} answered"
+        elif self.udp:
+            waited = round((now - self._started_at) * 1000)
+            reason = (
+                f"UDP unanswered after {round(self.wait * 1000)} ms; "
+                f"{transport} answered first ({waited} ms)"
+            )
+        else:
+            reason = f"the relay lists no UDP address; {transport} answered first"
+        out: list[Action] = [Keep(transport, reason)]
+        if others:
+            out.append(Cancel(others))
+        return out
+
+    def failed(self, transport: Transport, why: str, now: float) -> list[Action]:
+        if self.done:
+            return []
+        self.running.discard(transport)
+        self.failures[transport] = why
+        out: list[Action] = []
+        if transport is Transport.UDP and self._streams_at is not None:
+            out += self._start_streams(now)  # UDP failed early: no reason to wait
+        if not self.running and self._streams_at is None:
+            self.done = True
+            out.append(GiveUp("; ".join(f"{t}: {w}" for t, w in self.failures.items())))
+        return out
+
+
+# -- carrying it out -------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TransportChange:
+    """The relay path of ``relay`` moved to ``transport`` at loop time ``at``, and why."""
+
+    at: float
+    relay: Address
+    transport: Transport
+    reason: str
+
+    def to_json(self, origin: float) -> dict[str, object]:
+        return {
+            "at_ms": round((self.at - origin) * 1000.0, 1),
+            "relay": f"{self.relay[0]}:{self.relay[1]}",
+            "transport": str(self.transport),
+            "reason": self.reason,
+        }
+
+
+async def _discard(result: RelayClient | StreamLink) -> None:
+    if isinstance(result, RelayClient):
+        await result.close()
+    else:
+        result.close()
+
+
+def transport_of(client: RelayClient) -> Transport:
+    return Transport(client.transport)
+
+
+ConnectUdp = Callable[[Address], Awaitable[RelayClient]]
+
+
+@dataclass
+class _Relay:
+    entry: RelayEntry
+    rtt: float | None = None
+    task: asyncio.Task[None] | None = None
+    streams: dict[Transport, StreamTarget] = field(default_factory=dict)
+
+
+class RelayLinks:
+    """The transports of every relay with stream transports; see the module docstring."""
+
+    def __init__(
+        self,
+        entries: dict[Address, RelayEntry],
+        identity: Identity,
+        *,
+        connect_udp: ConnectUdp,
+        stun: StunClient,
+        relay_timeout: float,
+        nat_keepalive: float,
+        proxy: str | None,
+        current: Callable[[Address], RelayClient | None],
+        swap: Callable[[Address, RelayClient], None],
+        is_closed: Callable[[], bool],
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._identity = identity
+        self._connect_udp = connect_udp
+        self._stun = stun
+        self._relay_timeout = relay_timeout
+        self._nat_keepalive = nat_keepalive
+        self._proxy = proxy
+        self._current = current
+        self._swap = swap
+        self._is_closed = is_closed
+        self._relays: dict[Address, _Relay] = {}
+        for key, entry in entries.items():
+            r = _Relay(entry)
+            for target in entry.streams:
+                kind = Transport.TLS if target.kind == "tls" else Transport.WEBSOCKET
+                r.streams.setdefault(kind, target)
+            self._relays[key] = r
+        #: Moves in progress: the new registration replaces the old one at the relay before
+        #: we swap, so the old client may close (``REPLACED``) first; its supervisor waits here.
+        self._moving: dict[Address, asyncio.Future[RelayClient | None]] = {}
+        #: Every transport the relays' registrations moved to, in order (the first is the
+        #: bind's choice).
+        self.changes: list[TransportChange] = []
+
+    def handles(self, key: Address) -> bool:
+        """Whether ``key`` is a relay with stream transports (otherwise: plain UDP)."""
+        r = self._relays.get(key)
+        return r is not None and bool(r.streams)
+
+    def transport(self, key: Address) -> Transport | None:
+        client = self._current(key)
+        return transport_of(client) if client is not None else None
+
+    # -- one registration: the race --------------------------------------------------------------
+    async def connect(
+        self, key: Address, *, udp: bool = True, why: str | None = None
+    ) -> RelayClient:
+        """Register with relay ``key`` over the first transport that answers (see module).
+        ``udp=False``: streams only, because ``why`` (UDP stopped answering).
+
+        UDP answers by registering; a stream answers by opening its link (TCP, TLS, upgrade),
+        and only the first link to open registers: registrations of one peer id displace
+        each other at the relay, so two must never run at once.
+        """
+        r = self._relays[key]
+        race = TransportRace(
+            udp=udp and r.entry.udp is not None,
+            streams=tuple(r.streams),
+            wait=fallback_wait(r.rtt),
+        )
+        tasks: dict[asyncio.Task[RelayClient | StreamLink], Transport] = {}
+        started = self._loop.time()
+        winner: RelayClient | StreamLink | None = None
+        reason = ""
+
+        def run(actions: list[Action]) -> None:
+            nonlocal reason
+            for action in actions:
+                if isinstance(action, Start):
+                    for t in action.transports:
+                        tasks[self._loop.create_task(self._open(key, r, t))] = t
+                elif isinstance(action, Cancel):
+                    for task, t in tasks.items():
+                        if t in action.transports and not task.done():
+                            task.cancel()
+                elif isinstance(action, Keep | GiveUp):
+                    reason = action.reason
+
+        run(race.start(self._loop.time()))
+        try:
+            while not race.done:
+                pending = {t for t in tasks if not t.done()}
+                deadline = race.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - self._loop.time())
+                done: set[asyncio.Task[RelayClient | StreamLink]] = set()
+                if pending:
+                    done, _ = await asyncio.wait(
+                        pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                    )
+                else:
+                    await asyncio.sleep(timeout or 0)
+                now = self._loop.time()
+                for task in done:
+                    t = tasks[task]
+                    if task.cancelled():
+                        run(race.failed(t, "cancelled", now))
+                        continue
+                    exc = task.exception()
+                    if exc is not None:
+                        run(race.failed(t, str(exc) or type(exc).__name__, now))
+                    elif winner is None:
+                        winner = task.result()
+                        run(race.registered(t, now))
+                        if t is Transport.UDP:
+                            r.rtt = (now - started) / 2  # QUIC handshake + register: ~2 RTT
+                    else:
+                        await _discard(task.result())  # a late second answer
+                run(race.poll(now))
+        finally:
+            losers = [t for t in tasks if not t.done()]
+            for task in losers:
+                task.cancel()
+            for task in losers:
+                with contextlib.suppress(BaseException):
+                    await _discard(await task)
+        if winner is None:
+            raise RelayError(f"relay {key[0]}:{key[1]}: no transport answered ({reason})")
+        client = winner if isinstance(winner, RelayClient) else await self._register(key, r, winner)
+        if why is not None:
+            reason = f"{why}; {client.transport} answered first"
+        self._record(key, transport_of(client), reason)
+        return client
+
+    async def _open(self, key: Address, r: _Relay, t: Transport) -> RelayClient | StreamLink:
+        if t is Transport.UDP:
+            return await self._connect_udp(key)
+        target = r.streams[t]
+        return await open_link(
+            target,
+            pin=r.entry.pin,
+            proxy=proxy_for(target.host, self._proxy),
+            timeout=self._relay_timeout,
+        )
+
+    async def _register(self, key: Address, r: _Relay, link: StreamLink) -> RelayClient:
+        """Register over an open link; the client and the link end together."""
+        mux = DatagramMux(link)
+        try:
+            client = await RelayClient.connect(
+                mux,
+                link.remote,
+                self._identity,
+                timeout=self._relay_timeout,
+                relay_peer_id=r.entry.pin,
+                nat_keepalive=self._nat_keepalive,
+            )
+        except BaseException:
+            mux.close()
+            link.close()
+            raise
+
+        def lost(why: str) -> None:
+            log.info("relay %s:%d: %s link lost: %s", *key, link.kind, why)
+            self._loop.create_task(client.close())
+
+        link.on_lost(lost)
+
+        async def cleanup() -> None:
+            await client.wait_closed()
+            mux.close()
+            link.close()
+
+        self._loop.create_task(cleanup())
+        return client
+
+    def _record(self, key: Address, transport: Transport, reason: str) -> None:
+        self.changes.append(TransportChange(self._loop.time(), key, transport, reason))
+        log.info("relay %s:%d on %s: %s", *key, transport, reason)
+
+    async def moved(self, key: Address, old: RelayClient) -> RelayClient | None:
+        """``old`` (relay ``key``) closed: the client that took its place if it was moved to
+        another transport (waiting for a move in progress), else None (it was lost)."""
+        fut = self._moving.get(key)
+        if fut is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(fut)
+        current = self._current(key)
+        if current is not None and current is not old and not current.closed:
+            return current
+        return None
+
+    async def _move(self, key: Address, register: Callable[[], Awaitable[RelayClient]]) -> bool:
+        """Register by ``register()`` and swap it in; False if it failed."""
+        fut: asyncio.Future[RelayClient | None] = self._loop.create_future()
+        self._moving[key] = fut
+        new: RelayClient | None = None
+        try:
+            new = await register()
+            if self._is_closed():
+                await new.close()
+                return False
+            self._swap(key, new)
+            return True
+        finally:
+            if self._moving.get(key) is fut:
+                del self._moving[key]
+            fut.set_result(new)
+
+    # -- after a registration: the watchers ------------------------------------------------------
+    def registered(self, key: Address, client: RelayClient) -> None:
+        """``client`` is now the registration of ``key``: watch it (see module docstring)."""
+        r = self._relays.get(key)
+        if r is None or not r.streams:
+            return
+        if r.task is not None and r.task is not asyncio.current_task():
+            r.task.cancel()
+        if transport_of(client) is Transport.UDP:
+            r.task = self._loop.create_task(self._watch_udp(key, r, client))
+        elif r.entry.udp is not None:
+            r.task = self._loop.create_task(self._probe_udp(key, r, client))
+        else:
+            r.task = None
+
+    async def _probe_udp(self, key: Address, r: _Relay, client: RelayClient) -> None:
+        """On a stream: STUN to the relay's UDP address; when it answers, move back."""
+        assert r.entry.udp is not None
+        while not client.closed and not self._is_closed():
+            await asyncio.sleep(UDP_PROBE_INTERVAL)
+            if client.closed or self._is_closed():
+                return
+            try:
+                await self._stun.binding(r.entry.udp, timeout=PROBE_TIMEOUT * 2)
+            except (StunError, OSError, TimeoutError):
+                continue
+            if client.closed or self._is_closed():
+                return
+            try:
+                if await self._move(key, lambda: self._connect_udp(key)):
+                    self._record(key, Transport.UDP, "UDP answers again")
+                    return
+            except (RelayError, OSError) as exc:
+                log.info("relay %s:%d answers STUN on UDP but did not register us: %s", *key, exc)
+
+    async def _watch_udp(self, key: Address, r: _Relay, client: RelayClient) -> None:
+        """On UDP: silence while sending, or an unanswered keepalive -> probe -> streams."""
+        last = client.stats
+        quiet_since = self._loop.time()
+        while not client.closed and not self._is_closed():
+            await asyncio.sleep(WATCH_INTERVAL)
+            now = self._loop.time()
+            stats = client.stats
+            heard = stats["frames_received"] > last["frames_received"]
+            sending = stats["frames_sent"] > last["frames_sent"]
+            missed = stats["nat_keepalives_unanswered"] > last["nat_keepalives_unanswered"]
+            last = stats
+            if heard or not sending:
+                quiet_since = now
+            if not missed and now - quiet_since < SILENCE:
+                continue
+            if await client.refresh(PROBE_TIMEOUT) is not None:
+                quiet_since = self._loop.time()
+                last = client.stats
+                continue
+            try:
+                if await self._move(key, functools.partial(self._streams_instead, key)):
+                    return
+            except (RelayError, OSError) as exc:
+                log.info("relay %s:%d: UDP silent and no stream registered: %s", *key, exc)
+            quiet_since = self._loop.time()
+
+    async def _streams_instead(self, key: Address) -> RelayClient:
+        return await self.connect(key, udp=False, why="UDP to the relay stopped answering")
+
+    async def close(self) -> None:
+        tasks = [r.task for r in self._relays.values() if r.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
