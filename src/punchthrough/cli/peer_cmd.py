@@ -23,6 +23,7 @@ from punchthrough.apps.echo import run_echo_session, serve_endpoint
 from punchthrough.cli.addr import parse_addresses
 from punchthrough.endpoint import Connection, Endpoint, EndpointConfig, EndpointError
 from punchthrough.endpoint.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_RELAY_TIMEOUT
+from punchthrough.endpoint.relayspec import parse_relay_entry
 from punchthrough.identity import Identity, IdentityError, InvalidPeerId, PeerId
 from punchthrough.netio import Address, UdpNetwork
 
@@ -39,7 +40,17 @@ _IDENTITY = typer.Option(
     help="Identity key file (see `punchthrough identity generate`).",
     show_default=False,
 )
-_RELAY = typer.Option("--relay", help="Relay IP:PORT (repeatable; at least one).")
+_RELAY = typer.Option(
+    "--relay",
+    help="Relay (repeatable; at least one): HOST:PORT (UDP), optionally with its TLS/WebSocket "
+    "transports and identity, comma-separated: "
+    "'HOST:3478,tls://HOST:443,wss://HOST/relay,id=pt1...'.",
+)
+_PROXY = typer.Option(
+    "--proxy",
+    help="HTTP proxy for the relays' TLS/WebSocket transports (http://[user:pass@]host:port); "
+    "default: HTTPS_PROXY/https_proxy unless NO_PROXY names the relay.",
+)
 _STUN = typer.Option(
     "--stun", help="STUN server IP:PORT (repeatable): server-reflexive candidates, NAT mapping."
 )
@@ -74,12 +85,17 @@ def _fail(reason: str, as_json: bool) -> typer.Exit:
 
 def _load(
     identity: Path, relay: list[str] | None, stun: list[str] | None
-) -> tuple[Identity, list[Address], list[Address]]:
+) -> tuple[Identity, list[str], list[Address]]:
     try:
         ident = Identity.load(identity)
     except IdentityError as exc:
         raise typer.BadParameter(str(exc), param_hint="--identity") from None
-    relays = parse_addresses(relay)
+    relays = list(relay or [])
+    for text in relays:
+        try:
+            parse_relay_entry(text)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--relay") from None
     if not relays:
         raise typer.BadParameter(
             "give at least one relay with --relay IP:PORT", param_hint="--relay"
@@ -102,6 +118,7 @@ def listen(
     gateway: Annotated[str | None, _GATEWAY] = None,
     upnp: Annotated[bool, _UPNP] = False,
     relay_timeout: Annotated[float, _RELAY_TIMEOUT] = DEFAULT_RELAY_TIMEOUT,
+    proxy: Annotated[str | None, _PROXY] = None,
 ) -> None:
     """Accept calls through the relay(s) until SIGINT/SIGTERM; print each caller's peer id."""
     ident, relays, stuns = _load(identity, relay, stun)
@@ -120,7 +137,7 @@ def listen(
                     network=UdpNetwork(),
                     host=bind,
                     port=port,
-                    config=EndpointConfig(relay_timeout=relay_timeout),
+                    config=EndpointConfig(relay_timeout=relay_timeout, relay_proxy=proxy),
                     gateway=gateway,
                     upnp=upnp,
                 )
@@ -135,6 +152,7 @@ def listen(
                         "local": _addr(ep.local_address),
                         "relays": [_addr(a) for a in ep.relay_addresses],
                         "observed": observed,
+                        "relay_transports": {_addr(a): t for a, t in ep.relay_transports.items()},
                         "echo": echo,
                     }
                     if as_json
@@ -222,6 +240,7 @@ def connect(
     port: Annotated[int, _PORT] = 0,
     gateway: Annotated[str | None, _GATEWAY] = None,
     upnp: Annotated[bool, _UPNP] = False,
+    proxy: Annotated[str | None, _PROXY] = None,
 ) -> None:
     """Call PEER_ID (which runs `listen --echo`), stream numbered 160-byte frames, report.
 
@@ -243,7 +262,9 @@ def connect(
     async def main() -> dict[str, object]:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        config = EndpointConfig(connect_timeout=connect_timeout, relay_timeout=relay_timeout)
+        config = EndpointConfig(
+            connect_timeout=connect_timeout, relay_timeout=relay_timeout, relay_proxy=proxy
+        )
         try:
             ep = await Endpoint.bind(
                 ident,
