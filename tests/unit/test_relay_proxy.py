@@ -161,15 +161,14 @@ async def test_proxy_basic_auth_and_refusals(tmp_path: Path) -> None:
             with pytest.raises(LinkError, match="407"):
                 await open_link(target, pin=ident.peer_id, proxy=base)
             wrong = Proxy(base.host, base.port, "alice", "nope")
-            with pytest.raises(LinkError, match="40[17]"):  # tinyproxy 1.11 answers 401 here
+            with pytest.raises(LinkError, match=r"40[17]"):  # tinyproxy 1.11 answers 401 here
                 await open_link(target, pin=ident.peer_id, proxy=wrong)
             good = Proxy(base.host, base.port, "alice", "s3cret")
             link = await open_link(target, pin=ident.peer_id, proxy=good)
             link.close()
         # a proxy that only allows CONNECT to port 443 refuses our test port
-        with tinyproxy(tmp_path, connect_port=443) as url:
-            with pytest.raises(LinkError, match="403"):
-                await open_link(target, pin=ident.peer_id, proxy=Proxy.parse(url))
+        with tinyproxy(tmp_path, connect_port=443) as url, pytest.raises(LinkError, match="403"):
+            await open_link(target, pin=ident.peer_id, proxy=Proxy.parse(url))
 
 
 async def test_a_proxy_that_lies_fails_the_tls_handshake() -> None:
