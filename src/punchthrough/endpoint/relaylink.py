@@ -18,9 +18,9 @@ two watchers a relay with stream transports needs:
 * **UDP stops mid-call** (:data:`WATCH_INTERVAL`): while on UDP, the registration is watched
   for silence: frames sent but nothing received for :data:`SILENCE` (a call at 50 pps hears
   its peer every 20 ms), or a NAT keepalive unanswered. Then one STUN probe
-  (:data:`PROBE_TIMEOUT`); unanswered, the streams race and the winner is swapped in. The relay
-  key, hence the relay path, stays the same: the end-to-end QUIC connection never notices
-  anything but a gap.
+  (:func:`probe_timeout`: three RTTs); unanswered, the streams race and the winner is swapped
+  in. The relay key, hence the relay path, stays the same: the end-to-end QUIC connection
+  never notices anything but a gap.
 
 Swapping is make-before-break: the new registration replaces the old one at the relay (same
 peer id, so the relay closes the old control connection with ``REPLACED``), and only then is the
@@ -60,8 +60,15 @@ WATCH_INTERVAL: Final = 0.1
 #: Frames sent and nothing received for this long: suspect UDP (a call hears its peer every
 #: 20 ms at 50 pps; 0.4 s is 20 frames).
 SILENCE: Final = 0.4
-#: The STUN probe that confirms a suspicion (a relay answers in one RTT; lab RTTs <= 200 ms).
-PROBE_TIMEOUT: Final = 0.3
+#: The STUN probe that confirms a suspicion: three RTTs to the relay (as measured by the UDP
+#: registration), between these bounds (no RTT known yet: the upper one).
+PROBE_TIMEOUT_MIN: Final = 0.15
+PROBE_TIMEOUT: Final = 0.5
+
+
+def probe_timeout(rtt: float | None) -> float:
+    """How long a STUN probe of the relay's UDP address waits: 3 RTTs, within bounds."""
+    return PROBE_TIMEOUT if rtt is None else min(PROBE_TIMEOUT, max(PROBE_TIMEOUT_MIN, 3 * rtt))
 
 
 class Transport(enum.StrEnum):
@@ -446,7 +453,7 @@ class RelayLinks:
             if client.closed or self._is_closed():
                 return
             try:
-                await self._stun.binding(r.entry.udp, timeout=PROBE_TIMEOUT * 2)
+                await self._stun.binding(r.entry.udp, timeout=PROBE_TIMEOUT)
             except (StunError, OSError, TimeoutError):
                 continue
             if client.closed or self._is_closed():
@@ -474,7 +481,7 @@ class RelayLinks:
                 quiet_since = now
             if not missed and now - quiet_since < SILENCE:
                 continue
-            if await client.refresh(PROBE_TIMEOUT) is not None:
+            if await client.refresh(probe_timeout(r.rtt)) is not None:
                 quiet_since = self._loop.time()
                 last = client.stats
                 continue
