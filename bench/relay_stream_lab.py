@@ -12,6 +12,11 @@ host. Every caller uses the same relay entry (UDP, ``tls://``, ``wss://``, ``id=
   handshake through the relay, peer auth) and first echo. Target (issue 13): udp-blocked costs
   at most the happy-eyeballs wait (250 ms at these RTTs: 2 x RTT/2 <= 100 ms) plus the TCP and
   TLS handshakes (1 + 1 RTT to the relay, TLS 1.3) over the UDP case.
+- **loss**: at RTT 50 ms with 1% random loss on the caller's router (both directions,
+  nft ``numgen``), a 10 s 50 pps call from udp-blocked (relay over TLS) and from apdm-random
+  (UDP) to an apdm-random listener without loss, 2 trials each: the echoed frames' RTT
+  p50/p95/max and frames lost. TCP turns loss into delay (retransmission after at least
+  Linux's 200 ms minimum RTO, and the frames behind it wait: head-of-line blocking).
 - **midcall**: an apdm-random caller to the apdm-random listener (the call stays on the relay),
   ``connect --duration 6``; 2 s in, an nft rule on the caller's router drops all forwarded UDP;
   from ``connect --json``: frames lost, the longest gap, the transport change and when.
@@ -145,6 +150,80 @@ def _lab_run(rtt: float, tmp: Path, midcall: int) -> dict[str, Any]:
     return out
 
 
+LOSS_PERCENT = 1.0
+LOSS_RTT = 50.0
+LOSS_TRIALS = 2
+LOSS_DURATION_S = 10.0
+
+
+def _loss_run(tmp: Path) -> dict[str, Any]:
+    from punchthrough.identity import Identity
+    from punchthrough.lab import HostSpec, Lab, RouterOptions, router_delay_for_rtt
+    from punchthrough.lab import addresses as A
+    from punchthrough.lab.proc import udp_listening, wait_until
+
+    delay = router_delay_for_rtt(LOSS_RTT)
+    lossy = RouterOptions(delay_ms=delay, loss_percent=LOSS_PERCENT)
+    hosts = [
+        HostSpec("udp-blocked", lossy),
+        HostSpec("apdm-random", lossy),
+        HostSpec("apdm-random", RouterOptions(delay_ms=delay)),
+    ]
+    relay_udp = f"{A.RELAY_PRIMARY}:{RELAY_PORT}"
+    tls = f"{A.RELAY_PRIMARY}:{A.HTTPS_PORT}"
+    out: dict[str, Any] = {}
+    with Lab(hosts, coturn=False, stun_server=False) as lab:
+        rkey, lkey = tmp / "relay.key", tmp / "listen.key"
+        rid, lid = Identity.generate(), Identity.generate()
+        rid.save(rkey, overwrite=True)
+        lid.save(lkey, overwrite=True)
+        relay = lab.spawn(
+            lab.pub_ns,
+            [*CLI, "relay", "--listen", relay_udp, "--tcp-listen", tls, "--identity", str(rkey),
+             "--no-uvloop"],
+            name="relay",
+        )  # fmt: skip
+        wait_until(
+            lambda: udp_listening(lab.pub_ns, A.RELAY_PRIMARY, RELAY_PORT),
+            timeout=15,
+            what="relay",
+        )
+        time.sleep(0.5)
+        listener = lab.host(2).popen(
+            [*CLI, "listen", "--identity", str(lkey), "--relay", relay_udp, "--echo", "--json"],
+            name="listen", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert listener.stdout is not None
+        assert json.loads(listener.stdout.readline())["event"] == "listening"
+        entry = f"{relay_udp},tls://{tls},wss://{tls}/relay,id={rid.peer_id}"
+        for host, label in ((0, "udp-blocked (tls)"), (1, "apdm-random (udp)")):
+            rows = []
+            for t in range(LOSS_TRIALS):
+                key = tmp / f"loss-{host}-{t}.key"
+                Identity.generate().save(key, overwrite=True)
+                proc = lab.host(host).popen(
+                    [*CLI, "connect", str(lid.peer_id), "--identity", str(key), "--relay",
+                     entry, "--duration", str(LOSS_DURATION_S), "--max-loss", "100", "--json"],
+                    name=f"loss-{host}-{t}", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                )  # fmt: skip
+                r = _json(proc, 90)
+                rows.append(
+                    {
+                        "returncode": r.get("returncode"),
+                        "relay_transport": r.get("relay_transport"),
+                        "frames_sent": r.get("frames_sent"),
+                        "frames_lost": r.get("frames_lost"),
+                        "rtt_ms": r.get("rtt_ms"),
+                        "max_gap_ms": r.get("max_gap_ms"),
+                        "error": r.get("error"),
+                    }
+                )
+            out[label] = rows
+        listener.terminate()
+        lab.stop(relay)
+    return out
+
+
 def bench_relay_stream_lab() -> dict[str, Any]:
     import tempfile
 
@@ -152,6 +231,7 @@ def bench_relay_stream_lab() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="relay-stream-lab-") as tmp:
         for rtt in RTTS:
             runs.append(_lab_run(rtt, Path(tmp), MIDCALL_RUNS if rtt == MIDCALL_RTT else 0))
+        loss = _loss_run(Path(tmp))
     summary = {
         str(r["rtt_ms"]): {
             label: r["connect"][label]["connected_from_start_ms_median"]
@@ -174,6 +254,7 @@ def bench_relay_stream_lab() -> dict[str, Any]:
             "max_gap_ms_median": statistics.median(gaps) if gaps else None,
             "max_gap_ms_max": max(gaps) if gaps else None,
         },
+        "loss": {"rtt_ms": LOSS_RTT, "loss_percent": LOSS_PERCENT, "calls": loss},
         "runs": runs,
     }
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 from punchthrough.endpoint import Endpoint, EndpointConfig
-from punchthrough.endpoint.relaylink import (
+from punchthrough.endpoint.relayrace import (
     MIN_FALLBACK_WAIT,
     Cancel,
     GiveUp,

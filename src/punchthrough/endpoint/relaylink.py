@@ -1,16 +1,18 @@
 """Which transport carries each relay registration: UDP first, TLS/WebSocket when UDP does
 not answer, back to UDP when it does (happy eyeballs, RFC 8305's idea for relay transports).
 
-The decisions are a small sans-IO state machine, :class:`TransportRace` (one registration
-attempt: inputs are "started", "registered", "failed" and the clock; outputs are actions);
-:class:`RelayLinks` carries them out for the endpoint's :class:`~.relays.RelaySet` and runs the
-two watchers a relay with stream transports needs:
+The decisions are a small sans-IO state machine, :class:`~.relayrace.TransportRace` (one
+registration attempt: inputs are "started", "answered", "failed" and the clock; outputs are
+actions; the timing constants live there too). :class:`RelayLinks` carries them out for the
+endpoint's :class:`~.relays.RelaySet` and runs the two watchers a relay with stream transports
+needs:
 
 * **Registration** (bind, and every re-registration): UDP first. If it has not registered
   within :func:`fallback_wait` (two measured RTTs to that relay, at least
-  :data:`MIN_FALLBACK_WAIT`), or fails sooner, TLS and WebSocket start in parallel; the first
-  transport that registers is kept and the others are cancelled. A relay that lists no UDP
-  address starts on its streams at once.
+  :data:`MIN_FALLBACK_WAIT`), or fails sooner, TLS and WebSocket links open in parallel; the
+  first to open registers and the others are cancelled (registrations of one peer id displace
+  each other at the relay, so only one ever runs). A relay that lists no UDP address starts on
+  its streams at once.
 * **Back to UDP** (:data:`UDP_PROBE_INTERVAL`): while on a stream, a STUN Binding to the
   relay's UDP address from the main socket; when one is answered, a UDP registration is made
   and swapped in, and the stream closed. UDP has no head-of-line blocking, and its mapping is
@@ -31,13 +33,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any
 
+from punchthrough.endpoint.relayrace import (
+    PROBE_TIMEOUT,
+    SILENCE,
+    UDP_PROBE_INTERVAL,
+    WATCH_INTERVAL,
+    Action,
+    Cancel,
+    GiveUp,
+    Keep,
+    Start,
+    Transport,
+    TransportRace,
+    fallback_wait,
+    probe_timeout,
+)
 from punchthrough.endpoint.relayspec import RelayEntry
 from punchthrough.identity import Identity
 from punchthrough.netio import Address
@@ -47,141 +63,6 @@ from punchthrough.stun import StunClient, StunError
 from punchthrough.transport.demux import DatagramMux
 
 log = logging.getLogger(__name__)
-
-#: Least wait for UDP before the streams start: RFC 8305 section 5's recommended Connection
-#: Attempt Delay (250 ms); a relay whose UDP answers at all answers well within it.
-MIN_FALLBACK_WAIT: Final = 0.25
-#: While on a stream, a STUN probe of the relay's UDP address this often (one ~28-byte
-#: request; a firewall that opens again is noticed within this).
-UDP_PROBE_INTERVAL: Final = 2.0
-#: While on UDP with stream fallbacks, the registration's counters are looked at this often
-#: (no packet is sent unless they look wrong).
-WATCH_INTERVAL: Final = 0.1
-#: Frames sent and nothing received for this long: suspect UDP (a call hears its peer every
-#: 20 ms at 50 pps; 0.4 s is 20 frames).
-SILENCE: Final = 0.4
-#: The STUN probe that confirms a suspicion: three RTTs to the relay (as measured by the UDP
-#: registration), between these bounds (no RTT known yet: the upper one).
-PROBE_TIMEOUT_MIN: Final = 0.15
-PROBE_TIMEOUT: Final = 0.5
-
-
-def probe_timeout(rtt: float | None) -> float:
-    """How long a STUN probe of the relay's UDP address waits: 3 RTTs, within bounds."""
-    return PROBE_TIMEOUT if rtt is None else min(PROBE_TIMEOUT, max(PROBE_TIMEOUT_MIN, 3 * rtt))
-
-
-class Transport(enum.StrEnum):
-    UDP = "udp"
-    TLS = "tls"
-    WEBSOCKET = "websocket"
-
-
-def fallback_wait(rtt: float | None) -> float:
-    """How long UDP gets before the streams start: two RTTs, at least 250 ms."""
-    return MIN_FALLBACK_WAIT if rtt is None else max(MIN_FALLBACK_WAIT, 2 * rtt)
-
-
-# -- the decisions (sans-IO) ----------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Start:
-    transports: tuple[Transport, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Cancel:
-    transports: tuple[Transport, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Keep:
-    transport: Transport
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class GiveUp:
-    reason: str
-
-
-Action = Start | Cancel | Keep | GiveUp
-
-
-class TransportRace:
-    """One registration attempt over a relay's transports (no I/O: the caller runs actions)."""
-
-    def __init__(self, udp: bool, streams: tuple[Transport, ...], wait: float) -> None:
-        if not udp and not streams:
-            raise ValueError("a relay needs a transport")
-        self.udp = udp
-        self.streams = streams
-        self.wait = wait
-        self.running: set[Transport] = set()
-        self.failures: dict[Transport, str] = {}
-        self.winner: Transport | None = None
-        self._streams_at: float | None = None
-        self._started_at = 0.0
-        self.done = False
-
-    def start(self, now: float) -> list[Action]:
-        self._started_at = now
-        if self.udp:
-            self.running.add(Transport.UDP)
-            self._streams_at = now + self.wait if self.streams else None
-            return [Start((Transport.UDP,))]
-        return self._start_streams(now)
-
-    def _start_streams(self, now: float) -> list[Action]:
-        self._streams_at = None
-        todo = tuple(t for t in self.streams if t not in self.running and t not in self.failures)
-        self.running.update(todo)
-        return [Start(todo)] if todo else []
-
-    def next_deadline(self) -> float | None:
-        return None if self.done else self._streams_at
-
-    def poll(self, now: float) -> list[Action]:
-        if self.done or self._streams_at is None or now < self._streams_at:
-            return []
-        return self._start_streams(now)
-
-    def registered(self, transport: Transport, now: float) -> list[Action]:
-        if self.done:
-            return [Cancel((transport,))]  # a late winner: not needed
-        self.done = True
-        self.winner = transport
-        self.running.discard(transport)
-        others = tuple(sorted(self.running))
-        self.running.clear()
-        if transport is Transport.UDP:
-            reason = "UDP registered"
-        elif Transport.UDP in self.failures:
-            reason = f"UDP failed ({self.failures[Transport.UDP]}); {transport} answered"
-        elif self.udp:
-            waited = round((now - self._started_at) * 1000)
-            reason = (
-                f"UDP unanswered after {round(self.wait * 1000)} ms; "
-                f"{transport} answered first ({waited} ms)"
-            )
-        else:
-            reason = f"the relay lists no UDP address; {transport} answered first"
-        out: list[Action] = [Keep(transport, reason)]
-        if others:
-            out.append(Cancel(others))
-        return out
-
-    def failed(self, transport: Transport, why: str, now: float) -> list[Action]:
-        if self.done:
-            return []
-        self.running.discard(transport)
-        self.failures[transport] = why
-        out: list[Action] = []
-        if transport is Transport.UDP and self._streams_at is not None:
-            out += self._start_streams(now)  # UDP failed early: no reason to wait
-        if not self.running and self._streams_at is None:
-            self.done = True
-            out.append(GiveUp("; ".join(f"{t}: {w}" for t, w in self.failures.items())))
-        return out
 
 
 # -- carrying it out -------------------------------------------------------------------------
@@ -262,6 +143,8 @@ class RelayLinks:
         #: Moves in progress: the new registration replaces the old one at the relay before
         #: we swap, so the old client may close (``REPLACED``) first; its supervisor waits here.
         self._moving: dict[Address, asyncio.Future[RelayClient | None]] = {}
+        #: Background closes (kept referenced until done).
+        self._background: set[asyncio.Task[None]] = set()
         #: Every transport the relays' registrations moved to, in order (the first is the
         #: bind's choice).
         self.changes: list[TransportChange] = []
@@ -385,7 +268,7 @@ class RelayLinks:
 
         def lost(why: str) -> None:
             log.info("relay %s:%d: %s link lost: %s", *key, link.kind, why)
-            self._loop.create_task(client.close())
+            self._spawn(client.close())
 
         link.on_lost(lost)
 
@@ -394,8 +277,13 @@ class RelayLinks:
             mux.close()
             link.close()
 
-        self._loop.create_task(cleanup())
+        self._spawn(cleanup())
         return client
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _record(self, key: Address, transport: Transport, reason: str) -> None:
         self.changes.append(TransportChange(self._loop.time(), key, transport, reason))
@@ -423,7 +311,10 @@ class RelayLinks:
             if self._is_closed():
                 await new.close()
                 return False
+            old = self._current(key)
             self._swap(key, new)
+            if old is not None and old is not new:
+                self._spawn(old.close())
             return True
         finally:
             if self._moving.get(key) is fut:
@@ -496,6 +387,8 @@ class RelayLinks:
         return await self.connect(key, udp=False, why="UDP to the relay stopped answering")
 
     async def close(self) -> None:
+        """Stop the watchers (the registrations are closed by their owner; their links
+        follow)."""
         tasks = [r.task for r in self._relays.values() if r.task is not None]
         for task in tasks:
             task.cancel()

@@ -155,12 +155,9 @@ class RelaySet:
         self._tasks[addr] = self._loop.create_task(self._supervise(addr, client))
 
     def swap(self, addr: Address, client: RelayClient) -> None:
-        """``client`` (another transport, ``.relaylink``) replaces our registration with
-        ``addr``; the old client is closed (its supervisor follows the new one)."""
-        old = self.clients.get(addr)
+        """``client`` (another transport, ``.relaylink``, which then closes the old one)
+        is our registration with ``addr`` now; the old one's supervisor follows it."""
         self._attach(addr, client)
-        if old is not None and old is not client:
-            self._loop.create_task(old.close())
 
     def _attach(self, addr: Address, client: RelayClient) -> None:
         previous = self._last_seen(addr[0])

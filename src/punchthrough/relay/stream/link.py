@@ -298,9 +298,9 @@ async def _upgrade(
             break
     if proto.subprotocol != WS_SUBPROTOCOL:
         raise LinkError(f"{target.url}: relay did not accept subprotocol {WS_SUBPROTOCOL}")
-    carrier = WsCarrier(writer, proto)
-    # frames that arrived with the response are still in the protocol's buffer
-    return carrier
+    # The relay never sends before we do, so nothing arrived after the response (any such
+    # events would be dropped here).
+    return WsCarrier(writer, proto)
 
 
 def _authority(target: StreamTarget) -> str:
