@@ -181,3 +181,7 @@ def test_every_firewall_profile_calls_every_udp_profile_over_tcp(
         assert r["frames_sent"] == DURATION_S * PPS and r["frames_lost"] == 0, (pair, r)
         assert r["path"] == "relay", (pair, r)
         assert "UDP" in r["relay_transport_reason"], (pair, r)
+        # nothing answered UDP: the direct stages are skipped, and the report says why
+        stages = {st["stage"]: st for st in r["traversal"]["stages"]}
+        assert stages["hole-punch"]["status"] == "skipped", (pair, stages["hole-punch"])
+        assert stages["hole-punch"]["reason_code"] == "udp-blocked", (pair, stages["hole-punch"])

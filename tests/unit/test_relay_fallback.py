@@ -224,6 +224,13 @@ async def test_udp_blocked_at_bind_registers_over_a_stream_and_calls_a_udp_peer(
             assert transport_now(a) in ("tls", "websocket")
             (change,) = a.relay_transport_changes
             assert "UDP unanswered after 250 ms" in change.reason
+            # nothing answered UDP: the NAT summary says so (the planner then skips every
+            # direct stage: "UDP is blocked on the local side"), and no TCP address is offered
+            # as a UDP candidate
+            assert a.local_candidates.summary.udp is False
+            assert b.local_candidates.summary.udp is True
+            tcp_seen = a.relays[next(iter(a.relays))].observed_address
+            assert all(c.address != tcp_seen[0] for c in a.local_candidates.candidates)
             server = asyncio.get_running_loop().create_task(echo(b))
             conn = await a.connect(b.peer_id, timeout=5)
             for i in range(20):
@@ -309,6 +316,7 @@ async def test_udp_blocked_mid_call_moves_to_a_stream_and_back_on_the_same_conne
             await call.stop()
             assert call.lost(since=back + 0.3) == 0
             assert a.relay_transport_changes[-1].reason == "UDP answers again"
+            assert any("answers over UDP again" in why for _, why in a.network_events)
             assert not conn.closed and a.connections == [conn]
             assert w.relay.stats["clients"] == 2
         finally:

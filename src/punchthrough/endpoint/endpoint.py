@@ -251,6 +251,7 @@ class Endpoint:
                 current=self._relays.clients.get,
                 swap=self._relays.swap,
                 is_closed=self._is_closed,
+                on_network=lambda reason: self._watch.relay_event(reason),
             )
         return list(keyed)
 

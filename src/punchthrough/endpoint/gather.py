@@ -140,8 +140,14 @@ class Gatherer:
         offered: tuple[PortMappingProtocol, ...] = ()
         if mapped is not None and protocol in _PROTOCOLS:
             offered = (cast(PortMappingProtocol, protocol),)
+        # UDP is blocked when nothing answered it: no STUN server, and every relay on TLS or
+        # WebSocket because its UDP did not answer (endpoint.relaylink)
+        streams = [c for c in self._relays.values() if c.transport != "udp"]
+        unanswered = bool(self.stun_servers) or (
+            bool(streams) and len(streams) == len(self._relays)
+        )
         obs = NatObservations(
-            samples=samples, udp=bool(samples) or not self.stun_servers, port_mapping=offered
+            samples=samples, udp=bool(samples) or not unanswered, port_mapping=offered
         )
         summary = classify_nat(obs, Purpose.PLAN)
         mapping = _HINTS[summary.mapping]

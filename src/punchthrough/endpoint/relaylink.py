@@ -122,7 +122,10 @@ class RelayLinks:
         current: Callable[[Address], RelayClient | None],
         swap: Callable[[Address, RelayClient], None],
         is_closed: Callable[[], bool],
+        on_network: Callable[[str], None] = lambda _reason: None,
     ) -> None:
+        """``on_network(reason)``: UDP to a relay works again (re-gather: direct paths may be
+        possible now, and the NAT summary no longer says UDP is blocked)."""
         self._loop = asyncio.get_running_loop()
         self._identity = identity
         self._connect_udp = connect_udp
@@ -133,6 +136,7 @@ class RelayLinks:
         self._current = current
         self._swap = swap
         self._is_closed = is_closed
+        self._on_network = on_network
         self._relays: dict[Address, _Relay] = {}
         for key, entry in entries.items():
             r = _Relay(entry)
@@ -352,6 +356,7 @@ class RelayLinks:
             try:
                 if await self._move(key, lambda: self._connect_udp(key)):
                     self._record(key, Transport.UDP, "UDP answers again")
+                    self._on_network(f"relay {key[0]}:{key[1]} answers over UDP again")
                     return
             except (RelayError, OSError) as exc:
                 log.info("relay %s:%d answers STUN on UDP but did not register us: %s", *key, exc)

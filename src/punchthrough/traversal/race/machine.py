@@ -198,6 +198,12 @@ class Race:
         action = act.StartRound(self._pending_round, reset=not self.on_direct)
         self.round = max(self.round, self._pending_round - 1) + 1
         wf, p = self.waterfall, self.plan()
+        if p[Stage.HOLE_PUNCH].code is Why.UDP_BLOCKED:
+            # nothing answers UDP on a side (its relay is on TLS/WebSocket): no checks, the
+            # report says why every direct stage is skipped
+            wf.apply(p.values())
+            self.stats["rounds_udp_blocked"] += 1
+            return []
         pm = p[Stage.PORT_MAPPING]
         if pm.runs:
             wf.start(Stage.PORT_MAPPING, now)
