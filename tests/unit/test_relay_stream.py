@@ -397,6 +397,17 @@ async def test_connection_caps_refuse_before_tls() -> None:
         first[1].close()
 
 
+async def test_a_dropped_stream_ends_its_registration_at_once() -> None:
+    async with relay() as r:
+        _client, link, _ = await r.stream_client("tls")
+        assert r.server.stats["clients"] == 1
+        link.close()  # the TCP connection goes, no CONNECTION_CLOSE inside it
+        async with asyncio.timeout(2):  # not the 30 s QUIC idle timeout
+            while r.server.stats["clients"] or r.server.stats["connections"]:
+                await asyncio.sleep(0.02)
+        assert r.server.stats["clients_forgotten"] == 1
+
+
 async def test_relay_close_ends_every_link() -> None:
     async with relay() as r:
         client, link, _ = await r.stream_client("websocket")
@@ -406,3 +417,23 @@ async def test_relay_close_ends_every_link() -> None:
         async with asyncio.timeout(5):
             await lost
             await client.wait_closed()
+
+
+async def test_a_client_that_does_not_read_costs_a_bounded_write_buffer() -> None:
+    from punchthrough.relay.stream.carrier import MAX_WRITE_BUFFER
+
+    async with relay() as r:
+        _reader, writer = await _tls(r, "punchthrough-relay/1")
+        hub = r.listener.hub
+        async with asyncio.timeout(5):
+            while not len(hub):
+                await asyncio.sleep(0.01)
+        (addr,) = hub._conns
+        (carrier,) = hub._conns.values()
+        for _ in range(20):  # ~14 MB offered; the client never reads
+            for _ in range(500):
+                hub.sendto(b"x" * 1400, addr)
+            await asyncio.sleep(0)
+        assert r.server.stats["stream_dropped_backlog"] > 0
+        assert carrier.transport.get_write_buffer_size() <= MAX_WRITE_BUFFER + 1500  # type: ignore[attr-defined]
+        writer.close()

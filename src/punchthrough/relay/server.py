@@ -126,6 +126,14 @@ class RelayServer:
         self._attached[local] = sock
         self._serve_on(local, sock, primary=True)
 
+    def address_gone(self, address: Address) -> None:
+        """The stream connection behind virtual ``address`` ended: its control connection and
+        registration end now, not at the QUIC idle timeout (frames to it would be lost)."""
+        for ctl in [c for c in self._control.connections if c.address == address]:
+            if ctl.driver is not None:
+                ctl.driver.abort()
+            self._control.forget(ctl)
+
     def is_registered(self, address: Address) -> bool:
         """Whether a client is registered from ``address`` (a stream link's deadline)."""
         return self.registry.by_address(address) is not None

@@ -28,9 +28,10 @@ from punchthrough.relay.stream.framing import (
     encode_datagram,
 )
 
-#: Bytes a carrier may leave in the transport's write buffer: ~180 full datagrams, 3.6 s of a
-#: 50 pps call; beyond it new datagrams are dropped (counted ``dropped_backlog``).
-MAX_WRITE_BUFFER: Final = 256 * 1024
+#: Bytes a carrier may leave in the transport's write buffer (beyond the kernel's socket
+#: buffer): ~45 full datagrams, 6 s of a 50 pps voice call; beyond it new datagrams are dropped
+#: (counted ``dropped_backlog``): a reader that far behind gains nothing from older media.
+MAX_WRITE_BUFFER: Final = 64 * 1024
 #: Bytes read from the socket at once.
 READ_CHUNK: Final = 16 * 1024
 #: WebSocket subprotocol (RFC 6455 section 1.9) of the relay, and its default URL path.

@@ -65,8 +65,9 @@ class StreamConn(Protocol):
 class StreamLimits:
     """Limits of a relay's TCP port. Defaults are for one relay process on one core."""
 
-    #: Open TCP connections in all (each holds at most a partial datagram read, a bounded
-    #: write buffer (``carrier.MAX_WRITE_BUFFER``) and a TLS session: ~300 KiB worst case).
+    #: Open TCP connections in all. Each holds at most 32 KiB read (``listener.READ_LIMIT``), a
+    #: partial datagram, 64 KiB of writes (``carrier.MAX_WRITE_BUFFER``) and a TLS session: about
+    #: 150 KiB worst case, so ~600 MiB at this cap; lower it on a small machine.
     max_connections: int = 4096
     #: Per IPv4 address or IPv6 /64 (``relay.limits.address_prefix``): a CGNAT address hides
     #: many users, so generous, but one host cannot take the port.

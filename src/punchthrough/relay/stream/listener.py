@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 
 #: Bytes peeked when the client offered no ALPN: enough for ``GET `` (an HTTP request line).
 _PEEK: Final = 4
+#: asyncio's read buffer bound per connection (it stops reading at twice this): we take what
+#: arrives at once, so it only fills if the event loop falls behind.
+READ_LIMIT: Final = 16 * 1024
 #: Local keys of the hubs (``100::N``: never a real address, see :mod:`.hub`).
 _HUB_IDS = itertools.count(1)
 
@@ -58,6 +61,8 @@ class Attachable(Protocol):
     def attach_socket(self, local: Address, sock: StreamHub) -> None: ...
 
     def is_registered(self, address: Address) -> bool: ...
+
+    def address_gone(self, address: Address) -> None: ...
 
 
 class StreamListener:
@@ -74,6 +79,7 @@ class StreamListener:
         self._ssl = ssl_context
         self.limits = limits
         self._is_registered = is_registered
+        self._gone: Callable[[Address], None] = lambda _addr: None
         self._server: asyncio.Server | None = None
         self._per_ip: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -94,8 +100,9 @@ class StreamListener:
     ) -> StreamListener:
         """Listen on ``host:port`` (TCP) and serve the relay there."""
         self = cls(ssl_context, limits or StreamLimits(), relay.is_registered)
+        self._gone = relay.address_gone
         self._server = await asyncio.start_server(
-            self._on_connection, host, port, limit=64 * 1024, backlog=256
+            self._on_connection, host, port, limit=READ_LIMIT, backlog=256
         )
         sockname = self._server.sockets[0].getsockname()
         self.address = (str(sockname[0]), int(sockname[1]))
@@ -259,6 +266,8 @@ class StreamListener:
             timer.cancel()
             hub.detach(addr)
             carrier.close()
+            if not hub.closed:
+                self._gone(addr)  # its registration ends with it
 
     # -- shutdown --------------------------------------------------------------------------------
     def _close_now(self) -> None:
