@@ -323,3 +323,29 @@ async def test_udp_blocked_mid_call_moves_to_a_stream_and_back_on_the_same_conne
             server.cancel()
             await a.close()
             await b.close()
+
+
+async def test_host_names_for_relays_and_stun_servers() -> None:
+    async with world() as w:
+        udp_port = w.relay.addresses[0][1]
+        tcp_port = w.listener.address[1]
+        a = await bind(f"localhost:{udp_port}")
+        b = await Endpoint.bind(
+            Identity.generate(),
+            relays=[f"tls://localhost:{tcp_port},id={w.identity.peer_id}"],
+            stun=[f"localhost:{udp_port}"],
+            config=CONFIG,
+        )
+        try:
+            assert a.relay_addresses == [("127.0.0.1", udp_port)]
+            assert transport_now(a) == "udp"
+            # a stream-only relay is known by its resolved address, and runs on TLS at once
+            assert b.relay_addresses == [("127.0.0.1", tcp_port)]
+            assert transport_now(b) == "tls"
+            assert "lists no UDP address" in b.relay_transport_changes[0].reason
+            assert b.stun_servers == [("127.0.0.1", udp_port)]
+        finally:
+            await a.close()
+            await b.close()
+    with pytest.raises(ValueError, match="STUN"):
+        Endpoint.bind(Identity.generate(), stun=["tls://localhost:443"])

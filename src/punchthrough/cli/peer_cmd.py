@@ -20,7 +20,6 @@ from typing import Annotated, Any
 import typer
 
 from punchthrough.apps.echo import run_echo_session, serve_endpoint
-from punchthrough.cli.addr import parse_addresses
 from punchthrough.endpoint import Connection, Endpoint, EndpointConfig, EndpointError
 from punchthrough.endpoint.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_RELAY_TIMEOUT
 from punchthrough.endpoint.relayspec import parse_relay_entry
@@ -52,7 +51,9 @@ _PROXY = typer.Option(
     "default: HTTPS_PROXY/https_proxy unless NO_PROXY names the relay.",
 )
 _STUN = typer.Option(
-    "--stun", help="STUN server IP:PORT (repeatable): server-reflexive candidates, NAT mapping."
+    "--stun",
+    help="STUN server HOST:PORT (repeatable; names resolved): server-reflexive candidates, NAT "
+    "mapping.",
 )
 _BIND = typer.Option("--bind", help="Local IP for the endpoint's socket.")
 _PORT = typer.Option("--port", min=0, max=65535, help="Local UDP port (0: any).")
@@ -85,7 +86,7 @@ def _fail(reason: str, as_json: bool) -> typer.Exit:
 
 def _load(
     identity: Path, relay: list[str] | None, stun: list[str] | None
-) -> tuple[Identity, list[str], list[Address]]:
+) -> tuple[Identity, list[str], list[str]]:
     try:
         ident = Identity.load(identity)
     except IdentityError as exc:
@@ -100,7 +101,15 @@ def _load(
         raise typer.BadParameter(
             "give at least one relay with --relay IP:PORT", param_hint="--relay"
         )
-    return ident, relays, parse_addresses(stun)
+    stuns = list(stun or [])
+    for text in stuns:
+        try:
+            entry = parse_relay_entry(text)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--stun") from None
+        if entry.udp is None or entry.streams or entry.pin:
+            raise typer.BadParameter(f"{text!r} is not HOST:PORT", param_hint="--stun")
+    return ident, relays, stuns
 
 
 def _addr(a: Address) -> str:

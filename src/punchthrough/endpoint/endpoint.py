@@ -199,16 +199,20 @@ class Endpoint:
         server-reflexive candidates (and tell whether our NAT maps endpoint-independently).
         """
         entries = [parse_relay_entry(r) for r in relays]  # ValueError now, not at await
-        stun_addrs = [parse_relay(s) for s in stun]
+        stun_entries = [parse_relay_entry(s) for s in stun]  # HOST:PORT; names resolved below
+        if any(e.udp is None or e.streams or e.pin for e in stun_entries):
+            raise ValueError("a STUN server is HOST:PORT (UDP)")
 
         async def make() -> Endpoint:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            stun_addrs = [(await resolve_entry(e, family=family)).key for e in stun_entries]
             net = network if network is not None else UdpNetwork()
             sock = await net.bind(host, port)
             try:
                 ep = cls(
                     identity,
                     sock,
-                    stun=stun_addrs,
+                    stun=[a for a in stun_addrs if a is not None],
                     config=config or EndpointConfig(),
                     allow=allow,
                     network=net,
