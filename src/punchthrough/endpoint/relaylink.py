@@ -354,7 +354,7 @@ class RelayLinks:
             if client.closed or self._is_closed():
                 return
             try:
-                if await self._move(key, lambda: self._connect_udp(key)):
+                if await self._move(key, functools.partial(self._timed_udp, key, r)):
                     self._record(key, Transport.UDP, "UDP answers again")
                     self._on_network(f"relay {key[0]}:{key[1]} answers over UDP again")
                     return
@@ -387,6 +387,13 @@ class RelayLinks:
             except (RelayError, OSError) as exc:
                 log.info("relay %s:%d: UDP silent and no stream registered: %s", *key, exc)
             quiet_since = self._loop.time()
+
+    async def _timed_udp(self, key: Address, r: _Relay) -> RelayClient:
+        """A UDP registration; its time (QUIC handshake + register: ~2 RTT) gives the RTT."""
+        started = self._loop.time()
+        client = await self._connect_udp(key)
+        r.rtt = (self._loop.time() - started) / 2
+        return client
 
     async def _streams_instead(self, key: Address) -> RelayClient:
         return await self.connect(key, udp=False, why="UDP to the relay stopped answering")
