@@ -26,6 +26,8 @@ What is measured today (the foundation issue):
 - ``attack.json`` (bench/attack.py): the relay under the issue-12 floods on loopback (junk
   Initials 3,000/s, 370-attribute STUN requests 1,000/s): registration time and a 50 pps relayed
   call's frame loss, against no attack.
+- ``relay_memory.json`` (bench/relay_memory.py): the relay's heap (tracemalloc, simulator) under
+  12,000 half-open QUIC Initials with Retry on load and never, and per registered client.
 - ``aioice_lab.json`` (root; bench/aioice_lab.py): aioice against ours on the same lab hosts,
   every UDP NAT pair (``--aioice-subset``: 7 of them): which pairs each gets direct, how fast.
 
@@ -256,6 +258,7 @@ def main() -> None:
     import birthday
     import connect_lab
     import hardnat_sim
+    import relay_memory
     import relay_vs_coturn
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -267,6 +270,7 @@ def main() -> None:
         ("birthday", birthday.bench_birthday),
         ("hardnat_sim", hardnat_sim.bench_hardnat_sim),
         ("attack", lambda: attack.bench_attack(_free_udp_port())),
+        ("relay_memory", relay_memory.bench_relay_memory),
     ]
     if os.geteuid() == 0:
         jobs.append(("netcheck_lab", lambda: bench_netcheck_lab(args.trials)))

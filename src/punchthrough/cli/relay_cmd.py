@@ -49,6 +49,13 @@ def relay(
         bool | None,
         typer.Option("--uvloop/--no-uvloop", help="Use uvloop (default: if installed)."),
     ] = None,
+    memory_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--memory-budget",
+            help="MB of memory for client connections (~0.1 MB each); full: new clients refused.",
+        ),
+    ] = None,
 ) -> None:
     """Relay end-to-end encrypted packets between registered peers (SIGINT/SIGTERM stops)."""
     addresses = parse_addresses(listen)
@@ -67,6 +74,7 @@ def relay(
             packet_burst=max(pps, 1.0),
             bytes_per_second=bps,
             byte_burst=max(bps, 1500.0),
+            memory_budget=None if memory_budget is None else int(memory_budget * 1e6),
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
