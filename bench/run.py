@@ -26,6 +26,8 @@ What is measured today (the foundation issue):
 - ``attack.json`` (bench/attack.py): the relay under the issue-12 floods on loopback (junk
   Initials 3,000/s, 370-attribute STUN requests 1,000/s): registration time and a 50 pps relayed
   call's frame loss, against no attack.
+- ``forged_frames.json`` (bench/forged_frames.py): the per-frame cost of the frame-token check
+  in the relay's hot path, and (root) a call under 10,000/s forged-source SEND and DATA frames.
 - ``relay_memory.json`` (bench/relay_memory.py): the relay's heap (tracemalloc, simulator) under
   12,000 half-open QUIC Initials with Retry on load and never, and per registered client.
 - ``aioice_lab.json`` (root; bench/aioice_lab.py): aioice against ours on the same lab hosts,
@@ -257,6 +259,7 @@ def main() -> None:
     import attack
     import birthday
     import connect_lab
+    import forged_frames
     import hardnat_sim
     import relay_memory
     import relay_vs_coturn
@@ -271,6 +274,7 @@ def main() -> None:
         ("hardnat_sim", hardnat_sim.bench_hardnat_sim),
         ("attack", lambda: attack.bench_attack(_free_udp_port())),
         ("relay_memory", relay_memory.bench_relay_memory),
+        ("forged_frames", forged_frames.bench_forged_frames),
     ]
     if os.geteuid() == 0:
         jobs.append(("netcheck_lab", lambda: bench_netcheck_lab(args.trials)))
