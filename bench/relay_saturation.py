@@ -1,8 +1,10 @@
 """Relay forwarding at saturation: ours (asyncio, uvloop, fast path) against coturn, same run.
 
 The server is pinned to CPU 1 (``taskset``); the load runs on CPU 0 as two processes: a sender
-that repeats one 64-datagram ``sendmmsg`` batch as fast as it can (``netio.mmsg``), and a
-receiver that counts what arrives with ``recvmmsg``. Forwarded = counted at the receiver.
+that repeats one 64-datagram batch as fast as it can (``netio.mmsg``: one UDP GSO message, so
+the kernel builds the 64 datagrams at the cost of about one), and a receiver that counts what
+arrives (``recvmmsg`` with UDP_GRO: the kernel hands runs over as one buffer; counted by bytes).
+Forwarded = counted at the receiver. The server gets every datagram separately either way.
 Payload: 160 bytes (a 20 ms voice frame). One datagram in and one out per forwarded packet for
 both servers:
 
@@ -52,28 +54,37 @@ from punchthrough.netio import mmsg
 fd, dest_ip, dest_port, frame, duration = (int(sys.argv[1]), sys.argv[2], int(sys.argv[3]),
                                            bytes.fromhex(sys.argv[4]), float(sys.argv[5]))
 sock = socket.socket(fileno=fd)
+gso = mmsg.gso_supported(sock)
 rb = mmsg.RecvBatch(sock.family)
-sb = mmsg.SendBatch(rb)
+sb = mmsg.SendBatch(rb, gso=gso)
 dest = mmsg.encode_sockaddr(sock.family, (dest_ip, dest_port))
 for i in range(rb.count):
     rb.data[i * rb.slot : i * rb.slot + len(frame)] = frame
     sb.add(i, len(frame), dest)
+messages = sb._messages
 sent = 0
 end = time.monotonic() + duration
 while time.monotonic() < end:
     for _ in range(16):
-        sb.pending = sb._messages = rb.count  # the same 64 messages again (no GSO here)
+        sb.pending, sb._messages = rb.count, messages  # the same batch again
         ok, _failed = sb.flush(sock)
         sent += ok
 print(sent, flush=True)
 """
 
+#: Counts forwarded packets by bytes (all are the same size): with UDP_GRO the kernel hands a
+#: run of them over as one buffer, so counting costs the load core almost nothing.
 _RECEIVER = r"""
 import select, socket, sys, time
 from punchthrough.netio import mmsg
-fd, duration, settle = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+fd, size = int(sys.argv[1]), int(sys.argv[2])
+duration, settle = float(sys.argv[3]), float(sys.argv[4])
 sock = socket.socket(fileno=fd)
-rb = mmsg.RecvBatch(sock.family)
+try:
+    sock.setsockopt(mmsg.SOL_UDP, 104, 1)  # UDP_GRO (linux/udp.h)
+except OSError:
+    pass
+rb = mmsg.RecvBatch(sock.family, count=16, slot=65536)
 poll = select.poll()
 poll.register(fd, select.POLLIN)
 print("ready", flush=True)
@@ -89,19 +100,25 @@ while True:
         poll.poll(5)
         continue
     if now >= start:
-        counted += n
+        counted += sum(rb.lengths[i] for i in range(n)) // size
 print(counted, flush=True)
 """
 
 
 def _load(
-    send_fd: int, dest: tuple[str, int], frame: bytes, recv_fd: int, pid: int
+    send_fd: int,
+    dest: tuple[str, int],
+    frame: bytes,
+    recv_fd: int,
+    pid: int,
+    size: int,
+    cpu_list: str = LOAD_CPU,
 ) -> dict[str, Any]:
-    """One trial: receiver and sender on LOAD_CPU; the server's CPU over the counted window."""
+    """One trial: receiver and sender on ``cpu_list``; the server's CPU over the window."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    pin = ["taskset", "-c", LOAD_CPU, sys.executable, "-c"]
+    pin = ["taskset", "-c", cpu_list, sys.executable, "-c"]
     receiver = subprocess.Popen(
-        [*pin, _RECEIVER, str(recv_fd), str(DURATION), str(SETTLE)],
+        [*pin, _RECEIVER, str(recv_fd), str(size), str(DURATION), str(SETTLE)],
         pass_fds=(recv_fd,), stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     try:
@@ -186,7 +203,7 @@ def ours_trials(flags: list[str], trials: int) -> list[dict[str, Any]]:
                 try:
                     a, b = (s._sock.fileno() for s in socks)
                     return await asyncio.to_thread(
-                        _load, a, ("127.0.0.1", port), frame, b, proc.pid
+                        _load, a, ("127.0.0.1", port), frame, b, proc.pid, len(frame)
                     )
                 finally:
                     for obj in others:
@@ -270,7 +287,10 @@ def coturn_trials(trials: int) -> list[dict[str, Any]]:
                     _big_buffers(s)
                 relayed = _turn_relay_address(b, ("127.0.0.1", port))
                 _turn_channel(b, ("127.0.0.1", port), a.getsockname())
-                out.append(_load(a.fileno(), relayed, bytes(PAYLOAD), b.fileno(), proc.pid))
+                # forwarded as ChannelData: a 4-byte header (RFC 8656 section 12.4)
+                out.append(
+                    _load(a.fileno(), relayed, bytes(PAYLOAD), b.fileno(), proc.pid, PAYLOAD + 4)
+                )
             finally:
                 a.close()
                 b.close()
@@ -278,6 +298,67 @@ def coturn_trials(trials: int) -> list[dict[str, Any]]:
         _stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _start_relay(cpu: str, flags: list[str]) -> tuple[subprocess.Popen[bytes], int]:
+    port = _free_port()
+    argv = [
+        "taskset", "-c", cpu, sys.executable, "-m", "punchthrough", "relay",
+        "--listen", f"127.0.0.1:{port}", "--pps", "100000000", "--bps", "100000000000",
+        "--stats-interval", "0", *flags,
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_udp(port, proc)
+    except BaseException:
+        _stop(proc)
+        raise
+    return proc, port
+
+
+def scaling_trial(processes: int, flags: list[str]) -> dict[str, Any]:
+    """``processes`` independent relays (fleet members, one per core), each loaded by its own
+    pair of clients at once; every load process may run on any core (they share them)."""
+    cpus = os.cpu_count() or 1
+    relays = [_start_relay(str((1 + k) % cpus), flags) for k in range(processes)]
+    try:
+
+        async def one() -> list[dict[str, Any]]:
+            regs = [await _register(("127.0.0.1", port)) for _, port in relays]
+            try:
+                jobs = []
+                for (proc, port), (socks, _others, frame) in zip(relays, regs, strict=True):
+                    a, b = (s._sock.fileno() for s in socks)
+                    load = (
+                        a,
+                        ("127.0.0.1", port),
+                        frame,
+                        b,
+                        proc.pid,
+                        len(frame),
+                        f"0-{cpus - 1}",
+                    )
+                    jobs.append(asyncio.to_thread(_load, *load))
+                return list(await asyncio.gather(*jobs))
+            finally:
+                for socks, others, _ in regs:
+                    for obj in others:
+                        res = obj.close()
+                        if asyncio.iscoroutine(res):
+                            await res
+                    for s in socks:
+                        s.close()
+
+        runs = asyncio.run(one())
+    finally:
+        for proc, _ in relays:
+            _stop(proc)
+    return {
+        "processes": processes,
+        "forwarded_pps_total": sum(r["forwarded_pps"] for r in runs),
+        "server_cpu_cores_total": round(sum(r["server_cpu_cores"] for r in runs), 3),
+        "per_process": runs,
+    }
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -312,6 +393,19 @@ def bench_relay_saturation(trials: int = TRIALS) -> dict[str, Any]:
     results["coturn"] = _summary(coturn_trials(trials))
     for name, flags in VARIANTS.items():
         results[name] = _summary(ours_trials(flags, trials))
+    fast = VARIANTS["fast_path_uvloop"]
+    one = [scaling_trial(1, fast) for _ in range(trials)]
+    two = [scaling_trial(2, fast) for _ in range(trials)]
+    one_pps = statistics.median(r["forwarded_pps_total"] for r in one)
+    two_pps = statistics.median(r["forwarded_pps_total"] for r in two)
+    results["scaling"] = {
+        "how": "fast path, uvloop; one relay process per core, each with its own load; "
+        "the load processes share the same 2 cores",
+        "one_process": one,
+        "two_processes": two,
+        "forwarded_pps_median": {"1": one_pps, "2": two_pps},
+        "speedup": round(two_pps / one_pps, 2) if one_pps else None,
+    }
     base = results["coturn"]["pps_per_core"]["median"]
     results["pps_per_core_over_coturn"] = {
         name: round(results[name]["pps_per_core"]["median"] / base, 2)
