@@ -16,6 +16,10 @@ both servers:
   address and binds a channel to the sender (RFC 8656 sections 7 and 12); the sender sends plain
   UDP to the relay address, which coturn forwards to the receiver as ChannelData.
 
+``paced``: the realistic load, 500 calls each sending a 160-byte frame every 20 ms (25,000
+frames/s, phases spread over the interval), one socket per client (ours: 1,000 registered
+clients over 127.0.K.1 addresses; coturn: 500 allocations): the server's CPU and frames lost.
+
 Per trial: packets forwarded per second, the server's CPU seconds (utime + stime from
 /proc/PID/stat over the window), and from them CPU-s per million packets and packets per
 CPU-second (= per core). A trial's server is saturated when its CPU use is near 1.0 core; on a
@@ -406,6 +410,7 @@ def bench_relay_saturation(trials: int = TRIALS) -> dict[str, Any]:
         "forwarded_pps_median": {"1": one_pps, "2": two_pps},
         "speedup": round(two_pps / one_pps, 2) if one_pps else None,
     }
+    results["paced"] = bench_paced()
     base = results["coturn"]["pps_per_core"]["median"]
     results["pps_per_core_over_coturn"] = {
         name: round(results[name]["pps_per_core"]["median"] / base, 2)
@@ -423,3 +428,174 @@ if __name__ == "__main__":
     print(
         json.dumps(bench_relay_saturation(int(sys.argv[1]) if len(sys.argv) > 1 else 1), indent=2)
     )
+
+
+# -- paced load: many calls at a voice frame rate --------------------------------------------
+#: The issue's realistic load: 500 calls, each one way at 50 frames/s (25,000 frames/s).
+CALLS: Final = 500
+CALL_PPS: Final = 50
+PACED_S: Final = 5.0
+#: Pacing tick: every millisecond, the calls whose 20 ms phase falls in it send one frame.
+TICK: Final = 0.001
+
+Pair = tuple[socket.socket, tuple[str, int], bytes, socket.socket]
+
+
+def _paced(pairs: list[Pair], pid: int) -> dict[str, Any]:
+    """Send every pair's frame at CALL_PPS, phases spread over the frame interval; count at
+    the receivers (epoll); the server's CPU over the window. Runs on LOAD_CPU."""
+    import select
+    import threading
+
+    os.sched_setaffinity(0, {int(LOAD_CPU)})
+    receivers = {r.fileno(): r for _, _, _, r in pairs}
+    for r in receivers.values():
+        r.setblocking(False)
+    counted = [0]
+    stop = threading.Event()
+
+    def receive() -> None:
+        ep = select.epoll()
+        try:
+            for fd in receivers:
+                ep.register(fd, select.EPOLLIN)
+            while not stop.is_set():
+                for fd, _ in ep.poll(0.05):
+                    sock = receivers[fd]
+                    while True:
+                        try:
+                            sock.recv(2048)
+                        except BlockingIOError:
+                            break
+                        counted[0] += 1
+        finally:
+            ep.close()
+
+    thread = threading.Thread(target=receive, daemon=True)
+    thread.start()
+    interval = 1 / CALL_PPS
+    slots = int(interval / TICK)
+    by_slot: list[list[Pair]] = [[] for _ in range(slots)]
+    for n, pair in enumerate(pairs):
+        by_slot[n % slots].append(pair)
+    sent = errors = 0
+    c0 = cpu_seconds(pid)
+    t0 = time.monotonic()
+    tick = 0
+    while (now := time.monotonic()) - t0 < PACED_S:
+        due = int((now - t0) / TICK)
+        while tick <= due:
+            for s, dest, frame, _ in by_slot[tick % slots]:
+                try:
+                    s.sendto(frame, dest)
+                    sent += 1
+                except OSError:
+                    errors += 1
+            tick += 1
+        time.sleep(TICK / 2)
+    cpu = cpu_seconds(pid) - c0
+    time.sleep(0.3)  # the last frames arrive
+    stop.set()
+    thread.join(5)
+    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    return {
+        "calls": len(pairs),
+        "offered_pps": round(sent / PACED_S),
+        "frames_sent": sent,
+        "frames_lost": sent - counted[0],
+        "send_errors": errors,
+        "server_cpu_cores": round(cpu / PACED_S, 3),
+        "cpu_s_per_million": round(cpu / max(counted[0], 1) * 1e6, 2),
+    }
+
+
+def paced_ours(flags: list[str], calls: int = CALLS) -> dict[str, Any]:
+    from punchthrough.identity import Identity
+    from punchthrough.netio.batched import BatchedUdpSocket
+    from punchthrough.relay import RelayClient
+    from punchthrough.relay.frames import encode_send
+    from punchthrough.transport import DatagramMux
+
+    proc, port = _start_relay(SERVER_CPU, flags)
+    relay = ("127.0.0.1", port)
+
+    async def one() -> dict[str, Any]:
+        socks: list[BatchedUdpSocket] = []
+        others: list[Any] = []
+
+        async def client() -> RelayClient:
+            # spread over 127.0.K.1: the relay admits 256 connections per IP address
+            ip = f"127.0.{len(socks) // 200 + 1}.1"
+            sock = await BatchedUdpSocket.bind(ip, batched=False)
+            socks.append(sock)
+            mux = DatagramMux(sock)
+            others.append(mux)
+            rc = await RelayClient.connect(mux, relay, Identity.generate(), timeout=20)
+            others.append(rc)
+            return rc
+
+        try:
+            pairs: list[Pair] = []
+            for start in range(0, calls, 25):  # 50 registrations at a time
+                n = min(25, calls - start)
+                clients = await asyncio.gather(*(client() for _ in range(2 * n)))
+                for a, b in zip(clients[::2], clients[1::2], strict=True):
+                    frame = encode_send(b.peer_id, a.frame_token, bytes(PAYLOAD))
+                    pairs.append((a._sock._sock, relay, frame, b._sock._sock))  # type: ignore[attr-defined]
+            loop = asyncio.get_running_loop()
+            for sock in socks:
+                loop.remove_reader(sock._fd)
+            return await asyncio.to_thread(_paced, pairs, proc.pid)
+        finally:
+            for obj in reversed(others):
+                res = obj.close()
+                if asyncio.iscoroutine(res):
+                    await res
+            for s in socks:
+                s.close()
+
+    try:
+        return asyncio.run(one())
+    finally:
+        _stop(proc)
+
+
+def paced_coturn(calls: int = CALLS) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-coturn-paced-"))
+    port = _free_port()
+    argv = [
+        "taskset", "-c", SERVER_CPU,
+        "turnserver", "-n", "--no-auth", "-L", "127.0.0.1", "--relay-ip", "127.0.0.1",
+        "--listening-port", str(port), "--min-port", "54000", "--max-port", "55999",
+        "--relay-threads", "1", "--allow-loopback-peers", "--no-tls", "--no-dtls", "--no-cli",
+        "--no-stdout-log", "--log-file", str(tmp / "turn.log"), "--pidfile",
+        str(tmp / "turn.pid"), "--userdb", str(tmp / "turn.db"),
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    socks: list[socket.socket] = []
+    try:
+        _wait_udp(port, proc)
+        pairs: list[Pair] = []
+        for _ in range(calls):
+            a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks += [a, b]
+            a.bind(("127.0.0.1", 0))
+            b.bind(("127.0.0.1", 0))
+            relayed = _turn_relay_address(b, ("127.0.0.1", port))
+            _turn_channel(b, ("127.0.0.1", port), a.getsockname())
+            pairs.append((a, relayed, bytes(PAYLOAD), b))
+        return _paced(pairs, proc.pid)
+    finally:
+        for s in socks:
+            s.close()
+        _stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_paced() -> dict[str, Any]:
+    out: dict[str, Any] = {"calls": CALLS, "pps_per_call": CALL_PPS, "seconds": PACED_S}
+    out["coturn"] = paced_coturn()
+    for name, flags in VARIANTS.items():
+        out[name] = paced_ours(flags)
+    return out
