@@ -83,13 +83,16 @@ def _cost() -> dict[str, Any]:
         n = 200_000
         per_frame = min(timeit.repeat(lambda: on_frame(frame, src), number=n, repeat=5)) / n
         token = regs[0].frame_token
-        check = min(
-            timeit.repeat(
-                lambda: compare_digest(frame[PEER_ID_END:SEND_HEADER_LENGTH], token),
-                number=n,
-                repeat=5,
+        check = (
+            min(
+                timeit.repeat(
+                    lambda: compare_digest(frame[PEER_ID_END:SEND_HEADER_LENGTH], token),
+                    number=n,
+                    repeat=5,
+                )
             )
-        ) / n
+            / n
+        )
         return {
             "relay_on_frame_us": round(per_frame * 1e6, 3),
             "token_check_us": round(check * 1e6, 3),

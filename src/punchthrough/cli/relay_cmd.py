@@ -56,6 +56,13 @@ def relay(
             help="MB of memory for client connections (~0.1 MB each); full: new clients refused.",
         ),
     ] = None,
+    fast_path: Annotated[
+        bool,
+        typer.Option(
+            "--fast-path/--no-fast-path",
+            help="Forward relay frames in batches, in place (recvmmsg/sendmmsg on Linux).",
+        ),
+    ] = True,
 ) -> None:
     """Relay end-to-end encrypted packets between registered peers (SIGINT/SIGTERM stops)."""
     addresses = parse_addresses(listen)
@@ -95,7 +102,12 @@ def relay(
                 loop.add_signal_handler(sig, stop.set)
         try:
             server = await RelayServer.start(
-                UdpNetwork(), listen=addresses, identity=ident, alt_ip=alt_ip, limits=limits
+                UdpNetwork(),
+                listen=addresses,
+                identity=ident,
+                alt_ip=alt_ip,
+                limits=limits,
+                fast_path=fast_path,
             )
         except (OSError, ValueError) as exc:
             raise typer.BadParameter(f"cannot start: {exc}") from None

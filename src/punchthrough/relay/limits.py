@@ -39,39 +39,40 @@ class TokenBucket:
     """``rate`` tokens per second, holding at most ``burst``; starts full.
 
     ``now`` is any monotonic clock in seconds (the event loop's). A clock that goes backwards
-    refills nothing (it never adds tokens).
+    refills nothing (it never adds tokens). ``tokens`` and ``last`` are public so that the
+    relay's fast path can take a frame without two method calls (``relay.fastpath``).
     """
 
-    __slots__ = ("_last", "_tokens", "burst", "rate")
+    __slots__ = ("burst", "last", "rate", "tokens")
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
         if rate < 0 or burst <= 0:
             raise ValueError("a token bucket needs rate >= 0 and burst > 0")
         self.rate = float(rate)
         self.burst = float(burst)
-        self._tokens = float(burst)
-        self._last = now
+        self.tokens = float(burst)
+        self.last = now
 
-    def _refill(self, now: float) -> None:
-        if now > self._last:
-            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-            self._last = now
+    def refill(self, now: float) -> None:
+        if now > self.last:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+            self.last = now
 
     def available(self, now: float) -> float:
-        self._refill(now)
-        return self._tokens
+        self.refill(now)
+        return self.tokens
 
     def take(self, now: float, cost: float = 1.0) -> bool:
         """Spend ``cost`` tokens if there are enough; False (nothing spent) otherwise."""
-        self._refill(now)
-        if self._tokens >= cost:
-            self._tokens -= cost
+        self.refill(now)
+        if self.tokens >= cost:
+            self.tokens -= cost
             return True
         return False
 
     def refund(self, cost: float = 1.0) -> None:
         """Give back tokens taken for something that did not happen (capped at ``burst``)."""
-        self._tokens = min(self.burst, self._tokens + cost)
+        self.tokens = min(self.burst, self.tokens + cost)
 
 
 @dataclass(frozen=True, slots=True)
