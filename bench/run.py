@@ -26,6 +26,13 @@ What is measured today (the foundation issue):
 - ``attack.json`` (bench/attack.py): the relay under the issue-12 floods on loopback (junk
   Initials 3,000/s, 370-attribute STUN requests 1,000/s): registration time and a 50 pps relayed
   call's frame loss, against no attack.
+- ``forged_frames.json`` (bench/forged_frames.py): the per-frame cost of the frame-token check
+  in the relay's hot path, and (root) a call under 10,000/s forged-source SEND and DATA frames.
+- ``relay_saturation.json`` (bench/relay_saturation.py): forwarding at saturation, server pinned
+  to one core, against coturn in the same run (asyncio, uvloop, the fast path): packets/s per
+  core and CPU-s per million packets; 1 vs 2 relay processes; 500 paced calls x 50 pps.
+- ``relay_memory.json`` (bench/relay_memory.py): the relay's heap (tracemalloc, simulator) under
+  12,000 half-open QUIC Initials with Retry on load and never, and per registered client.
 - ``aioice_lab.json`` (root; bench/aioice_lab.py): aioice against ours on the same lab hosts,
   every UDP NAT pair (``--aioice-subset``: 7 of them): which pairs each gets direct, how fast.
 
@@ -262,7 +269,10 @@ def main() -> None:
     import attack
     import birthday
     import connect_lab
+    import forged_frames
     import hardnat_sim
+    import relay_memory
+    import relay_saturation
     import relay_stream
     import relay_stream_lab
     import relay_vs_coturn
@@ -276,6 +286,9 @@ def main() -> None:
         ("birthday", birthday.bench_birthday),
         ("hardnat_sim", hardnat_sim.bench_hardnat_sim),
         ("attack", lambda: attack.bench_attack(_free_udp_port())),
+        ("relay_memory", relay_memory.bench_relay_memory),
+        ("relay_saturation", relay_saturation.bench_relay_saturation),
+        ("forged_frames", forged_frames.bench_forged_frames),
         ("relay_stream", relay_stream.bench_relay_stream),
     ]
     if os.geteuid() == 0:

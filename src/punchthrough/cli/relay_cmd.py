@@ -67,6 +67,20 @@ def relay(
     ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Private key (PEM) of --tls-cert.")] = None,
     ws_path: Annotated[str, typer.Option(help="URL path of the WebSocket upgrade.")] = "/relay",
+    memory_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--memory-budget",
+            help="MB of memory for client connections (~0.1 MB each); full: new clients refused.",
+        ),
+    ] = None,
+    fast_path: Annotated[
+        bool,
+        typer.Option(
+            "--fast-path/--no-fast-path",
+            help="Forward relay frames in batches, in place (recvmmsg/sendmmsg on Linux).",
+        ),
+    ] = True,
 ) -> None:
     """Relay end-to-end encrypted packets between registered peers (SIGINT/SIGTERM stops)."""
     addresses = parse_addresses(listen)
@@ -92,6 +106,7 @@ def relay(
             packet_burst=max(pps, 1.0),
             bytes_per_second=bps,
             byte_burst=max(bps, 1500.0),
+            memory_budget=None if memory_budget is None else int(memory_budget * 1e6),
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
@@ -112,7 +127,12 @@ def relay(
                 loop.add_signal_handler(sig, stop.set)
         try:
             server = await RelayServer.start(
-                UdpNetwork(), listen=addresses, identity=ident, alt_ip=alt_ip, limits=limits
+                UdpNetwork(),
+                listen=addresses,
+                identity=ident,
+                alt_ip=alt_ip,
+                limits=limits,
+                fast_path=fast_path,
             )
         except (OSError, ValueError) as exc:
             raise typer.BadParameter(f"cannot start: {exc}") from None

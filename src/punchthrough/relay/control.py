@@ -192,7 +192,7 @@ class ControlPlane:
             self._refuse("quic_unknown")
             return
         if (
-            len(self.connections) >= self.limits.max_connections
+            len(self.connections) >= self.limits.connection_cap
             or self._per_ip[address_prefix(addr[0])] >= self.limits.max_connections_per_ip
         ):
             self._refuse("initials_over_limit")

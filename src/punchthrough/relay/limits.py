@@ -14,6 +14,11 @@ from typing import Final, Literal
 #: IPv6 addresses counted together: RFC 4291 section 2.5.1 gives every subnet a /64 and
 #: RFC 6177 hands sites at least that much, so one host can use 2**64 source addresses.
 IPV6_PREFIX_LEN: Final = 64
+#: Heap held by one relay control connection, half-open or registered (aioquic's
+#: QuicConnection plus ours): 95-99 KB measured by ``bench/relay_memory.py`` (tracemalloc,
+#: simulator: 12,000 half-open Initials and 200 idle registered clients), rounded up. What
+#: ``RelayLimits.memory_budget`` is divided by.
+CONNECTION_BYTES: Final = 100_000
 
 
 def address_prefix(ip: str) -> str:
@@ -34,39 +39,40 @@ class TokenBucket:
     """``rate`` tokens per second, holding at most ``burst``; starts full.
 
     ``now`` is any monotonic clock in seconds (the event loop's). A clock that goes backwards
-    refills nothing (it never adds tokens).
+    refills nothing (it never adds tokens). ``tokens`` and ``last`` are public so that the
+    relay's fast path can take a frame without two method calls (``relay.fastpath``).
     """
 
-    __slots__ = ("_last", "_tokens", "burst", "rate")
+    __slots__ = ("burst", "last", "rate", "tokens")
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
         if rate < 0 or burst <= 0:
             raise ValueError("a token bucket needs rate >= 0 and burst > 0")
         self.rate = float(rate)
         self.burst = float(burst)
-        self._tokens = float(burst)
-        self._last = now
+        self.tokens = float(burst)
+        self.last = now
 
-    def _refill(self, now: float) -> None:
-        if now > self._last:
-            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-            self._last = now
+    def refill(self, now: float) -> None:
+        if now > self.last:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+            self.last = now
 
     def available(self, now: float) -> float:
-        self._refill(now)
-        return self._tokens
+        self.refill(now)
+        return self.tokens
 
     def take(self, now: float, cost: float = 1.0) -> bool:
         """Spend ``cost`` tokens if there are enough; False (nothing spent) otherwise."""
-        self._refill(now)
-        if self._tokens >= cost:
-            self._tokens -= cost
+        self.refill(now)
+        if self.tokens >= cost:
+            self.tokens -= cost
             return True
         return False
 
     def refund(self, cost: float = 1.0) -> None:
         """Give back tokens taken for something that did not happen (capped at ``burst``)."""
-        self._tokens = min(self.burst, self._tokens + cost)
+        self.tokens = min(self.burst, self.tokens + cost)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +115,11 @@ class RelayLimits:
     retry: Literal["load", "always", "never"] = "load"
     #: How long close() waits for CONNECTION_CLOSE to go out before dropping connections.
     shutdown_grace: float = 0.5
+    #: Memory for control connections in bytes, or None for ``max_connections`` alone: the
+    #: relay holds at most ``memory_budget // CONNECTION_BYTES`` of them (see
+    #: :attr:`connection_cap`). Per client the rest is bounded too: its stream data by
+    #: ``relay.control.CONTROL_RECEIVE_BUFFER``, its frames by the rate limits (never queued).
+    memory_budget: int | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -134,6 +145,16 @@ class RelayLimits:
             raise ValueError("max_clients and max_connections(_per_ip) must be >= 1")
         if self.retry not in ("load", "always", "never"):
             raise ValueError("retry must be 'load', 'always' or 'never'")
+        if self.memory_budget is not None and self.memory_budget < CONNECTION_BYTES:
+            raise ValueError(f"memory_budget must be >= {CONNECTION_BYTES} bytes (one connection)")
+
+    @property
+    def connection_cap(self) -> int:
+        """Most control connections (registered or not): ``max_connections``, lowered to what
+        ``memory_budget`` holds at ``CONNECTION_BYTES`` each."""
+        if self.memory_budget is None:
+            return self.max_connections
+        return min(self.max_connections, self.memory_budget // CONNECTION_BYTES)
 
     @property
     def keepalive_ms(self) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from punchthrough.netio import Address, DatagramSocket, Network
+from punchthrough.netio.batched import BatchedUdpSocket
 from punchthrough.stun import StunServerCore
 
 #: Bind attempts when a port 0 listen address needs port+1 free on both IPs (RFC 5780 mode).
@@ -36,12 +37,21 @@ async def bind_listen(
     alt_ip: str | None,
     sockets: dict[Address, DatagramSocket],
     software: str | None,
+    *,
+    batched: bool = False,
 ) -> tuple[list[Address], StunServerCore]:
-    """Bind the listen sockets (and the RFC 5780 alternates); fills ``sockets`` as it goes."""
+    """Bind the listen sockets (and the RFC 5780 alternates); fills ``sockets`` as it goes.
+    ``batched``: the primaries are kernel sockets read in batches (the relay's fast path)."""
+
+    async def bind_primary(host: str, port: int) -> DatagramSocket:
+        if batched:
+            return await BatchedUdpSocket.bind(host, port)
+        return await network.bind(host, port)
+
     primaries: list[Address] = []
     if alt_ip is None:
         for host, port in listen:
-            sock = await network.bind(host, port)
+            sock = await bind_primary(host, port)
             bound = norm_address(sock.local_address)
             sockets[bound] = sock
             primaries.append(bound)
@@ -49,7 +59,7 @@ async def bind_listen(
     alt_ip = norm_ip(alt_ip)
     alt_ports: dict[int, int] = {}
     for primary_ip, port in listen:
-        sock = await network.bind(primary_ip, port)
+        sock = await bind_primary(primary_ip, port)
         bound_port = sock.local_address[1]
         sockets[(primary_ip, bound_port)] = sock
         primaries.append((primary_ip, bound_port))

@@ -34,15 +34,32 @@ class Registration:
     local: Address
     registered_at: float
     limiter: ClientLimiter
-    #: Every SEND frame from this registration carries it (``relay.frames.FRAME_TOKEN_BYTES``).
+    #: Every SEND frame from this registration and every DATA and NOTICE frame to it carries it
+    #: (``relay.frames.FRAME_TOKEN_BYTES``).
     frame_token: bytes = b""
     stats: Counter[str] = field(default_factory=Counter)
+    #: What the fast path (``relay.fastpath``) counted, as plain integers: frames in, bytes
+    #: in, frames out, bytes out; :attr:`all_stats` adds them to ``stats``.
+    fast: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
     #: Opaque handle of the owning control connection (set by the server).
     owner: object | None = None
 
     @property
     def raw(self) -> bytes:
         return self.peer_id.raw
+
+    @property
+    def all_stats(self) -> dict[str, int]:
+        """``stats`` with the fast path's counts added."""
+        out = dict(self.stats)
+        for key, value in zip(_FAST_KEYS, self.fast, strict=True):
+            if value:
+                out[key] = out.get(key, 0) + value
+        return out
+
+
+#: The order of ``Registration.fast``.
+_FAST_KEYS = ("frames_in", "bytes_in", "frames_out", "bytes_out")
 
 
 class Registry(Protocol):
@@ -81,12 +98,15 @@ class LocalRegistry:
     """
 
     def __init__(self, public_addresses: dict[Address, Address] | None = None) -> None:
+        #: Bumped by every change, so that caches of lookups (the fast path's) know to refresh.
+        self.version = 0
         self._by_peer: dict[bytes, Registration] = {}
         self._by_addr: dict[Address, Registration] = {}
         #: local socket address -> address clients reach it at (identity unless configured)
         self._public = public_addresses or {}
 
     def add(self, reg: Registration) -> list[Registration]:
+        self.version += 1
         displaced: list[Registration] = []
         old = self._by_peer.get(reg.raw)
         if old is not None and old is not reg:
@@ -111,10 +131,12 @@ class LocalRegistry:
             return []
         if self._by_addr.get(reg.address) is reg:
             del self._by_addr[reg.address]
+        self.version += 1
         reg.address = address
         return self.add(reg)
 
     def _drop(self, reg: Registration) -> None:
+        self.version += 1
         if self._by_peer.get(reg.raw) is reg:
             del self._by_peer[reg.raw]
         if self._by_addr.get(reg.address) is reg:

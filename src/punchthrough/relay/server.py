@@ -5,7 +5,8 @@ One UDP socket per listen address (:mod:`.listen`), each demultiplexed by first 
 
 * STUN (0-3) -> :class:`~punchthrough.stun.StunServerCore` (RFC 5780 with ``alt_ip``: then the
   relay also binds the alternate IP/port sockets, which answer STUN only);
-* relay frames (16-19) -> forwarding (primary sockets only): :mod:`.forward`;
+* relay frames (16-19) -> forwarding (primary sockets only): :mod:`.forward`; on real UDP
+  sockets the common case is taken earlier, in batches and in place: :mod:`.fastpath`;
 * QUIC (64-127, 192-255) -> control connections, where clients register: :mod:`.control`.
 
 :class:`RelayServer` binds the sockets, wires them to those parts, sums their statistics and
@@ -22,8 +23,10 @@ from dataclasses import dataclass
 from typing import Final
 
 from punchthrough.identity import Identity, PeerId
-from punchthrough.netio import Address, DatagramSocket, Network
+from punchthrough.netio import Address, DatagramSocket, Network, UdpNetwork
+from punchthrough.netio.batched import BatchedUdpSocket
 from punchthrough.relay.control import ControlPlane
+from punchthrough.relay.fastpath import FastForwarder
 from punchthrough.relay.forward import Forwarder, PayloadFilter
 from punchthrough.relay.limits import RelayLimits
 from punchthrough.relay.listen import MAX_BIND_ATTEMPTS, bind_listen, norm_address
@@ -102,6 +105,8 @@ class RelayServer:
         )
         self._controls = self._control.connections  # a live view, for stats and tests
         self._forwarder = Forwarder(sockets, self.registry, self._stats, payload_filter)
+        self._fast: list[FastForwarder] = []
+        self._payload_filter = payload_filter
         self._closing = False
         self._closed = False
         #: Sockets added by :meth:`attach_socket` (stream listeners), whose stats we add.
@@ -116,6 +121,11 @@ class RelayServer:
         if primary:
             mux.set_relay_handler(self._forwarder.handler(local, sock))
             mux.set_new_quic_handler(functools.partial(self._on_new_quic, local=local))
+            # the test-only payload filter sees every frame: no fast path then
+            if isinstance(sock, BatchedUdpSocket) and self._payload_filter is None:
+                fast = FastForwarder(local, sock.family, self.registry)
+                sock.set_batch_handler(fast)
+                self._fast.append(fast)
 
     def attach_socket(self, local: Address, sock: DatagramSocket) -> None:
         """Serve the whole relay protocol on one more (virtual) socket: a stream listener's
@@ -150,6 +160,7 @@ class RelayServer:
         *,
         payload_filter: PayloadFilter | None = None,
         software: str | None = None,
+        fast_path: bool | None = None,
     ) -> RelayServer:
         """Bind every address and start serving.
 
@@ -157,7 +168,14 @@ class RelayServer:
         ``alt_ip``: RFC 5780 STUN on {listen IP, alt_ip} x {port, port + 1}; relay service runs
         on the listen addresses only. ``payload_filter`` is a TEST-ONLY hook applied to every
         forwarded payload (return None to drop it), used to prove end-to-end authentication.
+        ``fast_path``: on the kernel's network (:class:`UdpNetwork`), bind the primary sockets
+        as :class:`BatchedUdpSocket` and forward SEND frames in batches (:mod:`.fastpath`);
+        None (the default) means yes there, and the ordinary path on any other network.
         """
+        if fast_path is None:
+            fast_path = isinstance(network, UdpNetwork)
+        elif fast_path and not isinstance(network, UdpNetwork):
+            raise ValueError("the relay's fast path needs the kernel's network (UdpNetwork)")
         if not listen:
             raise ValueError("a relay needs at least one listen address")
         listen = [norm_address(a) for a in listen]
@@ -168,7 +186,9 @@ class RelayServer:
         for _ in range(attempts):
             sockets: dict[Address, DatagramSocket] = {}
             try:
-                primaries, core = await bind_listen(network, listen, alt_ip, sockets, software)
+                primaries, core = await bind_listen(
+                    network, listen, alt_ip, sockets, software, batched=fast_path
+                )
                 return cls(
                     sockets,
                     primaries,
@@ -214,6 +234,10 @@ class RelayServer:
         for sock in self._attached.values():
             for key, value in getattr(sock, "stats", {}).items():
                 out[key] = out.get(key, 0) + value
+        for fast in self._fast:
+            for key, value in fast.stats().items():
+                out[key] += value
+            fast.fold()
         for mux in self._muxes.values():
             out["dropped_first_byte"] = out.get("dropped_first_byte", 0) + mux.stats.get(
                 "dropped_first_byte", 0
@@ -224,8 +248,10 @@ class RelayServer:
         return out
 
     def peers(self) -> list[PeerInfo]:
+        for fast in self._fast:
+            fast.fold()
         return [
-            PeerInfo(r.peer_id, r.address, r.local, r.registered_at, dict(r.stats))
+            PeerInfo(r.peer_id, r.address, r.local, r.registered_at, r.all_stats)
             for r in self.registry
         ]
 
