@@ -8,6 +8,8 @@ and a live call's gap when UDP to the relay is blocked mid-call.
   (UDP, TLS, WebSocket) sending 160-byte frames at a fixed rate; the relay's CPU seconds
   (``/proc/PID/stat`` utime+stime) over the load window, per delivered message. Same load and
   count for every transport, so the figures are ratios; the clients' own TLS cost is on CPU 0.
+  UDP frames take the relay's batched fast path (the default on Linux); stream frames the
+  ordinary one (stream read, demultiplexer, ``Forwarder``, one TLS record per datagram).
 - **midcall** (loopback, real time): a 50 pps echo call through a UDP gate (a forwarder
   standing in for a firewall) to the relay, the relay's TLS/WebSocket port reachable; after 2 s
   the gate drops all UDP; measured: time from the block to the registration on a stream, the
