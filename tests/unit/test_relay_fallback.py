@@ -344,6 +344,12 @@ async def test_host_names_for_relays_and_stun_servers() -> None:
             assert transport_now(b) == "tls"
             assert "lists no UDP address" in b.relay_transport_changes[0].reason
             assert b.stun_servers == [("127.0.0.1", udp_port)]
+            # a relay that lists no UDP proves nothing about UDP: not "blocked"
+            c = await bind(f"tls://localhost:{tcp_port},id={w.identity.peer_id}")
+            try:
+                assert c.local_candidates.summary.udp is True
+            finally:
+                await c.close()
         finally:
             await a.close()
             await b.close()

@@ -156,6 +156,9 @@ class Endpoint:
             port_mapper=lambda: self._mapping.mapper,
             agents=self._router.ufrags.values,
             is_closed=closed,
+            udp_unanswered=lambda: (
+                self._relays.links is not None and self._relays.links.udp_unanswered()
+            ),
         )
         self._watch = NetworkWatch(
             self._local,

@@ -84,8 +84,10 @@ class Gatherer:
         port_mapper: Callable[[], PortMapper | None],
         agents: Callable[[], Iterable[AgentHandle]],
         is_closed: Callable[[], bool],
+        udp_unanswered: Callable[[], bool] = lambda: False,
     ) -> None:
-        """``relays``: the live registrations (read at each gather). ``agents()``: every
+        """``relays``: the live registrations (read at each gather). ``udp_unanswered()``:
+        every relay's UDP went unanswered (they carry us over TCP). ``agents()``: every
         connection's agent, told when the NAT summary becomes final."""
         self._loop = asyncio.get_running_loop()
         self.local = local
@@ -97,6 +99,7 @@ class Gatherer:
         self._port_mapper = port_mapper
         self._agents = agents
         self._is_closed = is_closed
+        self._udp_unanswered = udp_unanswered
         #: Where each server IP saw us at the last gather.
         self.seen: dict[str, Address] = {}
         #: The background filtering test of the latest gather, and that gather's number.
@@ -140,12 +143,9 @@ class Gatherer:
         offered: tuple[PortMappingProtocol, ...] = ()
         if mapped is not None and protocol in _PROTOCOLS:
             offered = (cast(PortMappingProtocol, protocol),)
-        # UDP is blocked when nothing answered it: no STUN server, and every relay on TLS or
-        # WebSocket because its UDP did not answer (endpoint.relaylink)
-        streams = [c for c in self._relays.values() if c.transport != "udp"]
-        unanswered = bool(self.stun_servers) or (
-            bool(streams) and len(streams) == len(self._relays)
-        )
+        # UDP is blocked when nothing answered it: the STUN servers, or (none given) the relays,
+        # every one on TLS/WebSocket because its UDP did not answer (endpoint.relaylink)
+        unanswered = bool(self.stun_servers) or self._udp_unanswered()
         obs = NatObservations(
             samples=samples, udp=bool(samples) or not unanswered, port_mapping=offered
         )

@@ -158,6 +158,15 @@ class RelayLinks:
         r = self._relays.get(key)
         return r is not None and bool(r.streams)
 
+    def udp_unanswered(self) -> bool:
+        """Every relay we are registered with carries us over TCP although it lists a UDP
+        address: UDP was tried and did not answer (a relay listing no UDP proves nothing)."""
+        keys = [k for k in self._relays if self._current(k) is not None]
+        return bool(keys) and all(
+            self._relays[k].entry.udp is not None and self.transport(k) is not Transport.UDP
+            for k in keys
+        )
+
     def transport(self, key: Address) -> Transport | None:
         client = self._current(key)
         return transport_of(client) if client is not None else None
