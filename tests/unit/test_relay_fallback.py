@@ -71,6 +71,17 @@ def test_everything_fails_gives_up_with_every_reason() -> None:
     assert "udp: timeout" in out[0].reason and "tls: refused" in out[0].reason
 
 
+def test_streams_that_fail_leave_udp_running_and_udp_can_still_win() -> None:
+    race = TransportRace(udp=True, streams=(T, W), wait=0.25)
+    race.start(0.0)
+    assert race.poll(0.25) == [Start((T, W))]
+    assert race.failed(T, "connection refused", 0.26) == []
+    assert race.failed(W, "connection refused", 0.27) == []  # UDP is still running
+    assert not race.done
+    keep = race.registered(U, 0.6)
+    assert keep == [Keep(U, "UDP registered")] and race.winner is U
+
+
 def test_stream_only_relay_starts_on_streams() -> None:
     race = TransportRace(udp=False, streams=(T, W), wait=0.25)
     assert race.start(0.0) == [Start((T, W))]
