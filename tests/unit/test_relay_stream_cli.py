@@ -76,6 +76,9 @@ def test_connect_over_tls_when_the_relays_udp_is_silent(tmp_path: Path) -> None:
         (change,) = result["relay_transport_changes"]
         assert change["at_ms"] < 0  # chosen at bind, before connect()
         assert "UDP unanswered after 250 ms" in result["relay_transport_reason"]
+        relay_stage = result["traversal"]["relay_transport"]
+        assert relay_stage["transport"] == result["relay_transport"]
+        assert relay_stage["reason"] == result["relay_transport_reason"]
     finally:
         sink.close()
         for p in reversed(procs):

@@ -177,7 +177,13 @@ async def run_echo_session(
         "traversal": traversal,
         "closed_early": closed.reason if closed is not None else None,
     }
-    out.update(relay_transport_summary(ep, dial_relay, t0))
+    transports = relay_transport_summary(ep, dial_relay, t0)
+    out.update(transports)
+    # the traversal report says what carries the relay stage too, and why it is not UDP
+    traversal["relay_transport"] = {
+        "transport": transports["relay_transport"],
+        "reason": transports["relay_transport_reason"],
+    }
     if process_started_at is not None:
 
         def since(t: float | None) -> float | None:
