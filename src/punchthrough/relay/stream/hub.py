@@ -8,8 +8,9 @@ connection is delivered to the hub's receiver as if it came from that address, a
 plane, limits and forwarding (UDP <-> TCP included) are therefore the relay's unchanged code.
 
 Virtual addresses: ``(0100:XXXX:XXXX:XXXX::1, tcp port)``, one /64 per connection inside
-``0100::/8``, which IANA reserves (RFC 4291 section 2.4; ``100::/64`` is the discard prefix
-of RFC 6666, never used here). No UDP datagram can come from there, so a stream client never
+``0100::/8``, which IANA reserves (RFC 4291 section 2.4; ``100::/64``, RFC 6666's discard
+prefix, is never given to a connection: the hubs' own socket keys ``(100::N, 0)`` live there,
+as dict keys only). No UDP datagram can come from there, so a stream client never
 shares a registry key with a UDP client (a real ``ip:port`` could: TCP and UDP ports are
 separate spaces, and a shared key would make one registration displace the other). The
 per-source limits of the control plane count /64s, so they never bind on streams; the hub's
