@@ -22,10 +22,12 @@ MIN_FALLBACK_WAIT: Final = 0.25
 UDP_PROBE_INTERVAL: Final = 2.0
 #: While on UDP with stream fallbacks, the registration's counters are looked at this often
 #: (no packet is sent unless they look wrong).
-WATCH_INTERVAL: Final = 0.1
+WATCH_INTERVAL: Final = 0.05
 #: Frames sent and nothing received for this long: suspect UDP (a call hears its peer every
-#: 20 ms at 50 pps; 0.4 s is 20 frames).
-SILENCE: Final = 0.4
+#: 20 ms at 50 pps; 0.25 s is 12 frames). A false suspicion (jitter, a peer that stopped
+#: sending) costs one STUN probe that is answered, so this errs short: every 0.1 s here is
+#: 5 frames lost when UDP really stops.
+SILENCE: Final = 0.25
 #: The STUN probe that confirms a suspicion: three RTTs to the relay (as measured by the UDP
 #: registration), between these bounds (no RTT known yet: the upper one).
 PROBE_TIMEOUT_MIN: Final = 0.15
