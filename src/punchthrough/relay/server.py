@@ -23,7 +23,9 @@ from typing import Final
 
 from punchthrough.identity import Identity, PeerId
 from punchthrough.netio import Address, DatagramSocket, Network
+from punchthrough.relay.close import RelayCloseCode
 from punchthrough.relay.control import ControlPlane
+from punchthrough.relay.fleet import FLEET_STAT_KEYS, FleetConfig, FleetLink
 from punchthrough.relay.forward import Forwarder, PayloadFilter
 from punchthrough.relay.limits import RelayLimits
 from punchthrough.relay.listen import MAX_BIND_ATTEMPTS, bind_listen, norm_address
@@ -87,6 +89,7 @@ class RelayServer:
         identity: Identity,
         limits: RelayLimits,
         payload_filter: PayloadFilter | None = None,
+        fleet: FleetConfig | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._sockets = sockets
@@ -102,6 +105,13 @@ class RelayServer:
         )
         self._controls = self._control.connections  # a live view, for stats and tests
         self._forwarder = Forwarder(sockets, self.registry, self._stats, payload_filter)
+        #: In a fleet: the directory link (relay.fleet); None for a lone relay.
+        self.fleet: FleetLink | None = None
+        if fleet is not None:
+            self._stats.update(dict.fromkeys(FLEET_STAT_KEYS, 0))
+            self.fleet = fleet.link(self._primaries, self.registry, self._stats)
+            self._control.fleet = self.fleet
+            self.fleet.start()
         self._closing = False
         self._closed = False
         for local, sock in sockets.items():
@@ -124,6 +134,7 @@ class RelayServer:
         *,
         payload_filter: PayloadFilter | None = None,
         software: str | None = None,
+        fleet: FleetConfig | None = None,
     ) -> RelayServer:
         """Bind every address and start serving.
 
@@ -131,6 +142,7 @@ class RelayServer:
         ``alt_ip``: RFC 5780 STUN on {listen IP, alt_ip} x {port, port + 1}; relay service runs
         on the listen addresses only. ``payload_filter`` is a TEST-ONLY hook applied to every
         forwarded payload (return None to drop it), used to prove end-to-end authentication.
+        ``fleet``: this relay's id and the shared directory (``relay.fleet``).
         """
         if not listen:
             raise ValueError("a relay needs at least one listen address")
@@ -150,6 +162,7 @@ class RelayServer:
                     identity or Identity.generate(),
                     limits or RelayLimits(),
                     payload_filter,
+                    fleet,
                 )
             except OSError as exc:
                 last_error = exc
@@ -224,15 +237,19 @@ class RelayServer:
         self._control.accept(data, addr, local=local)
 
     # -- shutdown --------------------------------------------------------------------------
-    async def close(self) -> None:
-        """Close every control connection (CONNECTION_CLOSE), then every socket. Idempotent."""
+    async def close(self, *, code: RelayCloseCode = RelayCloseCode.SHUTDOWN) -> None:
+        """Close every control connection (CONNECTION_CLOSE with ``code``: ``DRAINING`` tells
+        clients to move to another relay now), then every socket. Idempotent."""
         if self._closing:
             while not self._closed:
                 await asyncio.sleep(0.01)
             return
         self._closing = True
         try:
-            await self._control.close()
+            await self._control.close(code)
+            if self.fleet is not None:
+                # the control close queued a withdraw per client: flushed (bounded), then stop
+                await self.fleet.close(withdraw=False)
         finally:
             for mux in self._muxes.values():
                 mux.close()

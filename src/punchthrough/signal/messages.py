@@ -84,6 +84,7 @@ RELAY_CONFLICT: Final = 409  # peer id registered by another connection
 RELAY_UPGRADE_REQUIRED: Final = 426  # unsupported signal version
 RELAY_RATE_LIMITED: Final = 429
 RELAY_INTERNAL: Final = 500
+RELAY_UNAVAILABLE: Final = 503  # the fleet directory cannot be reached (relay.directory)
 
 
 def _check_ip(value: str | None, field: str) -> None:
