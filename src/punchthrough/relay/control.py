@@ -320,7 +320,7 @@ class ControlPlane:
         reg, ctl.registration = ctl.registration, None
         if reg is not None and self.registry.remove(reg):
             self._stats["clients_forgotten"] += 1
-            if self.fleet is not None:
+            if self.fleet is not None and not reg.visitor:
                 self.fleet.unregistered(reg)
             log.info("relay: %s at %s:%d unregistered", reg.peer_id.short, *reg.address)
 
@@ -454,11 +454,16 @@ class ControlPlane:
                 ctl.timer.cancel()
                 ctl.timer = None
             self._stats["registrations"] += 1
-            if self.fleet is not None:
+            reg.visitor = msg.visitor
+            if self.fleet is not None and not reg.visitor:
                 self.fleet.registered(reg)
             log.info("relay: %s registered from %s:%d", msg.peer_id.short, *ctl.address)
         registration = ctl.registration
         assert registration is not None  # made just above, or this connection's earlier one
+        if registration.visitor and not msg.visitor:  # a visitor made this relay its home
+            registration.visitor = False
+            if self.fleet is not None:
+                self.fleet.registered(registration)
         return RelayRegistered(
             peer_id=msg.peer_id,
             observed_ip=ctl.address[0],

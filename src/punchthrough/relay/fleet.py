@@ -114,13 +114,17 @@ class FleetLink:
         that is not registered here.
         """
         local = self.registry.locate(peer_id)
-        if local:
+        reg = self.registry.by_peer(peer_id.raw)
+        if local and reg is not None and not reg.visitor:
             return local
+        # not here, or only visiting (its home, from the directory, is where it stays)
         self._stats["directory_lookups"] += 1
         try:
             entry = await self.directory.lookup(peer_id)
         except DirectoryUnavailable:
             self._stats["directory_errors"] += 1
+            if local:
+                return local
             raise
         if entry is None or entry.relay_id == self.relay_id:
             # our own stale entry (the client left and the withdraw is pending) is a miss
@@ -139,7 +143,8 @@ class FleetLink:
                 batch: dict[PeerId, HomeEntry] = {}
                 while self._writes and self._writes[0][0] == "publish":
                     _, peer = self._writes.popleft()
-                    if self.registry.by_peer(peer.raw) is not None:
+                    reg = self.registry.by_peer(peer.raw)
+                    if reg is not None and not reg.visitor:
                         batch[peer] = self.entry
                 if batch:
                     await self._write_publish(batch)
@@ -171,7 +176,8 @@ class FleetLink:
         while True:
             await asyncio.sleep(interval)
             for reg in self.registry:
-                self._queue(("publish", reg.peer_id))
+                if not reg.visitor:
+                    self._queue(("publish", reg.peer_id))
 
     async def flush(self, timeout: float = 2.0) -> None:
         """Wait (bounded) until the queued writes are done (tests, drain)."""
@@ -198,7 +204,9 @@ class FleetLink:
         with contextlib.suppress(TimeoutError, DirectoryUnavailable):
             async with asyncio.timeout(2.0):
                 for reg in self.registry:
-                    if await self.directory.withdraw(reg.peer_id, self.relay_id):
+                    if not reg.visitor and await self.directory.withdraw(
+                        reg.peer_id, self.relay_id
+                    ):
                         self._stats["directory_withdraws"] += 1
 
 

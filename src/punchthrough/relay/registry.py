@@ -39,6 +39,8 @@ class Registration:
     stats: Counter[str] = field(default_factory=Counter)
     #: Opaque handle of the owning control connection (set by the server).
     owner: object | None = None
+    #: Registered as a visitor (relay fleet): not published in the directory.
+    visitor: bool = False
 
     @property
     def raw(self) -> bytes:

@@ -295,6 +295,10 @@ class RelayRegister(Message, tag="relay-register", frozen=True, kw_only=True):
     peer_id: PeerId
     timestamp_ms: Millis
     signature: Signature
+    #: A visit (relay fleet): reachable here for calls through this relay, but this is not our
+    #: home, so the relay does not publish us in the fleet directory. Sent again on the same
+    #: connection with ``False``, it makes this relay our home.
+    visitor: bool = False
 
 
 class RelayRegistered(Message, tag="relay-registered", frozen=True, kw_only=True):
