@@ -55,10 +55,10 @@ def test_bad_maps_say_where(doc: object, match: str) -> None:
 
 
 def test_missing_or_broken_file(tmp_path: Path) -> None:
-    with pytest.raises(RelayMapError, match="nothing.json"):
+    with pytest.raises(RelayMapError, match=r"nothing\.json"):
         RelayMap.load(tmp_path / "nothing.json")
     (tmp_path / "bad.toml").write_text("relays = [")
-    with pytest.raises(RelayMapError, match="bad.toml"):
+    with pytest.raises(RelayMapError, match=r"bad\.toml"):
         RelayMap.load(tmp_path / "bad.toml")
 
 
