@@ -90,7 +90,8 @@ class RelayFleet:
         self.visits: dict[Address, float] = {}
         #: ``(loop time, what happened)``: re-homes, relays lost, calls moved.
         self.events: list[tuple[float, str]] = []
-        self._next_probe: dict[str, float] = {}
+        #: Loop time of each relay's last probe (the interval depends on whether it is in use).
+        self._last_probe: dict[str, float] = {}
         self._probing: set[str] = set()
         self._joining: dict[Address, asyncio.Future[None]] = {}
         self._reroutes: dict[Connection, asyncio.Task[None]] = {}
@@ -136,11 +137,12 @@ class RelayFleet:
         while not self._is_closed():
             now = self._loop.time()
             for rid in self.map.ids():
-                if rid in self._probing or now < self._next_probe.get(rid, 0.0):
-                    continue
                 info = self.map.get(rid)
                 in_use = info is not None and info.address in self.visits
-                self._next_probe[rid] = now + self.policy.probe_due(rid, in_use)
+                due = self._last_probe.get(rid, -1e9) + self.policy.probe_due(rid, in_use)
+                if rid in self._probing or now < due:
+                    continue
+                self._last_probe[rid] = now
                 self._spawn(self._probe(rid))
             decision = self.policy.decide(now)
             if decision is not None and decision.to != self.home:

@@ -50,7 +50,7 @@ from punchthrough.identity import (
 )
 from punchthrough.netio import Address, DatagramSocket
 from punchthrough.relay.close import RelayCloseCode
-from punchthrough.relay.directory import DirectoryUnavailable
+from punchthrough.relay.directory import DIRECTORY_TIMEOUT, DirectoryUnavailable
 from punchthrough.relay.fleet import FleetLink
 from punchthrough.relay.frames import FRAME_TOKEN_BYTES, RELAY_ALPN
 from punchthrough.relay.limits import ClientLimiter, RelayLimits, TokenBucket, address_prefix
@@ -361,6 +361,10 @@ class ControlPlane:
                     break
                 if isinstance(msg, RelayRegister):
                     reply = self._register(ctl, msg)
+                    if self.fleet is not None and isinstance(reply, RelayRegistered):
+                        # reachable across the fleet when registered: the directory write
+                        # first (bounded; a directory outage only delays the answer)
+                        await self.fleet.flush(DIRECTORY_TIMEOUT)
                 elif isinstance(msg, RelayLookup):
                     reply = await self._lookup(ctl.registration, msg)
                 elif isinstance(msg, Ping):
