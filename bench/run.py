@@ -26,6 +26,10 @@ What is measured today (the foundation issue):
 - ``attack.json`` (bench/attack.py): the relay under the issue-12 floods on loopback (junk
   Initials 3,000/s, 370-attribute STUN requests 1,000/s): registration time and a 50 pps relayed
   call's frame loss, against no attack.
+- ``fleet_failover_sim.json`` (bench/fleet.py): a relay fleet in the simulator, the relay
+  carrying a relayed call dies: p50/p95 recovery and frames lost over 200 seeded trials.
+- ``fleet_directory.json`` (bench/fleet.py): one relay's registrations/s and lookups/s with the
+  directory in a real redis-server vs in memory, lookup latency p50/p95, raw directory ops/s.
 - ``aioice_lab.json`` (root; bench/aioice_lab.py): aioice against ours on the same lab hosts,
   every UDP NAT pair (``--aioice-subset``: 7 of them): which pairs each gets direct, how fast.
 
@@ -255,6 +259,7 @@ def main() -> None:
     import attack
     import birthday
     import connect_lab
+    import fleet
     import hardnat_sim
     import relay_vs_coturn
 
@@ -267,6 +272,8 @@ def main() -> None:
         ("birthday", birthday.bench_birthday),
         ("hardnat_sim", hardnat_sim.bench_hardnat_sim),
         ("attack", lambda: attack.bench_attack(_free_udp_port())),
+        ("fleet_failover_sim", fleet.bench_fleet_failover_sim),
+        ("fleet_directory", fleet.bench_fleet_directory),
     ]
     if os.geteuid() == 0:
         jobs.append(("netcheck_lab", lambda: bench_netcheck_lab(args.trials)))

@@ -53,6 +53,9 @@ _RELAY = typer.Option(
 _RELAY_MAP = typer.Option(
     "--relay-map", help="Relay fleet map file (JSON or TOML: id, addresses, key, region)."
 )
+_HOME_RELAY = typer.Option(
+    "--home-relay", help="Fleet: start homed on this relay id (default: the nearest by RTT)."
+)
 _STUN = typer.Option(
     "--stun", help="STUN server IP:PORT (repeatable): server-reflexive candidates, NAT mapping."
 )
@@ -130,6 +133,7 @@ def listen(
     upnp: Annotated[bool, _UPNP] = False,
     relay_timeout: Annotated[float, _RELAY_TIMEOUT] = DEFAULT_RELAY_TIMEOUT,
     relay_map: Annotated[Path | None, _RELAY_MAP] = None,
+    home_relay: Annotated[str | None, _HOME_RELAY] = None,
 ) -> None:
     """Accept calls through the relay(s) until SIGINT/SIGTERM; print each caller's peer id.
 
@@ -156,6 +160,7 @@ def listen(
                     gateway=gateway,
                     upnp=upnp,
                     relay_map=fleet,
+                    home_relay=home_relay,
                 )
             except (EndpointError, OSError) as exc:
                 raise _fail(f"cannot listen: {exc}", as_json) from None
@@ -263,6 +268,7 @@ def connect(
     gateway: Annotated[str | None, _GATEWAY] = None,
     upnp: Annotated[bool, _UPNP] = False,
     relay_map: Annotated[Path | None, _RELAY_MAP] = None,
+    home_relay: Annotated[str | None, _HOME_RELAY] = None,
 ) -> None:
     """Call PEER_ID (which runs `listen --echo`), stream numbered 160-byte frames, report.
 
@@ -301,6 +307,7 @@ def connect(
                 gateway=gateway,
                 upnp=upnp,
                 relay_map=fleet,
+                home_relay=home_relay,
             )
         except (EndpointError, OSError) as exc:
             raise _fail(f"connection failed: {exc}", as_json) from None

@@ -191,6 +191,7 @@ class Endpoint:
         upnp: bool = False,
         relay_map: RelayMap | None = None,
         homing: HomingSettings | None = None,
+        home_relay: str | None = None,
     ) -> _Binding:
         """Bind the main socket, map it on the gateway, register with every relay, gather.
 
@@ -209,7 +210,7 @@ class Endpoint:
         ``relay_map``: a relay fleet (``endpoint.relaymap``) sharing a directory, instead of
         ``relays``: we register with the nearest relay only (our home, by measured RTT), call
         peers by id through their home relays, and move home and calls when a relay fails
-        (``endpoint.fleet``; ``homing`` tunes when).
+        (``endpoint.fleet``; ``homing`` tunes when; ``home_relay`` names the first home).
         """
         relay_addrs = [parse_relay(r) for r in relays]
         stun_addrs = [parse_relay(s) for s in stun]
@@ -234,7 +235,7 @@ class Endpoint:
                     port_ = ep._sock.local_address[1]
                     await ep._mapping.start(net, gateway, port_, ep._host_ips(), upnp=upnp)
                 if relay_map is not None:
-                    ep._start_fleet(relay_map, homing)
+                    ep._start_fleet(relay_map, homing, home_relay)
                     assert ep.fleet is not None
                     await ep.fleet.start()
                 else:
@@ -251,7 +252,9 @@ class Endpoint:
     def _is_closed(self) -> bool:
         return self._closed
 
-    def _start_fleet(self, relay_map: RelayMap, homing: HomingSettings | None) -> None:
+    def _start_fleet(
+        self, relay_map: RelayMap, homing: HomingSettings | None, prefer: str | None
+    ) -> None:
         self.fleet = fleet = RelayFleet(
             self._relays,
             self.stun,
@@ -259,6 +262,7 @@ class Endpoint:
             self._stats,
             settings=homing,
             relay_timeout=self.config.relay_timeout,
+            prefer=prefer,
             is_closed=self._is_closed,
             connections=lambda: list(self._connections),
             on_displaced=self._displaced,

@@ -52,6 +52,8 @@ REROUTE_RETRY: Final = 0.1
 REROUTE_TIMEOUT: Final = 10.0
 #: Bound on one lookup through the home relay (the relay bounds its directory at 0.5 s).
 LOOKUP_TIMEOUT: Final = 2.0
+#: Shortest sleep of the probe loop (a probe still outstanding when due is sent when it ends).
+MIN_TICK: Final = 0.01
 #: A visit no call has used for this long is left (its relay stops holding us).
 VISIT_IDLE: Final = 30.0
 
@@ -68,6 +70,7 @@ class RelayFleet:
         *,
         settings: HomingSettings | None = None,
         relay_timeout: float = 5.0,
+        prefer: str | None = None,
         is_closed: Callable[[], bool],
         connections: Callable[[], list[Connection]],
         on_displaced: Callable[[str], None],
@@ -80,6 +83,10 @@ class RelayFleet:
         self.settings = self.policy.settings
         self._stats = stats
         self.relay_timeout = relay_timeout
+        if prefer is not None and relay_map.get(prefer) is None:
+            raise NoRelay(f"preferred home relay {prefer!r} is not in the relay map")
+        #: A home relay chosen by the operator (tried first at start; failover still by RTT).
+        self.prefer = prefer
         self._is_closed = is_closed
         self._connections = connections
         self._on_displaced = on_displaced
@@ -122,7 +129,10 @@ class RelayFleet:
         await asyncio.gather(*(self._probe(r, FIRST_PROBE_TIMEOUT) for r in ids))
         ranked = self.policy.ranked()
         errors: list[str] = []
-        for rid in [*ranked, *(r for r in ids if r not in ranked)]:
+        order = [*ranked, *(r for r in ids if r not in ranked)]
+        if self.prefer is not None:
+            order = [self.prefer, *(r for r in order if r != self.prefer)]
+        for rid in order:
             try:
                 await self._make_home(rid, "nearest relay")
                 break
@@ -136,13 +146,17 @@ class RelayFleet:
     async def _run(self) -> None:
         while not self._is_closed():
             now = self._loop.time()
+            wake_at = now + self.settings.probe_interval
             for rid in self.map.ids():
                 info = self.map.get(rid)
                 in_use = info is not None and info.address in self.visits
-                due = self._last_probe.get(rid, -1e9) + self.policy.probe_due(rid, in_use)
+                interval = self.policy.probe_due(rid, in_use)
+                due = self._last_probe.get(rid, -1e9) + interval
                 if rid in self._probing or now < due:
+                    wake_at = min(wake_at, due)
                     continue
                 self._last_probe[rid] = now
+                wake_at = min(wake_at, now + interval)
                 self._spawn(self._probe(rid))
             decision = self.policy.decide(now)
             if decision is not None and decision.to != self.home:
@@ -151,7 +165,7 @@ class RelayFleet:
             await self._leave_idle_visits(now)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.probe_interval / 2):
+                async with asyncio.timeout(max(MIN_TICK, wake_at - self._loop.time())):
                     await self._wake.wait()
 
     async def close(self) -> None:
@@ -346,6 +360,7 @@ class RelayFleet:
         start = self._loop.time()
         peer = conn.peer_id
         target: Address | None = None
+        delay = REROUTE_RETRY
         try:
             while self._loop.time() - start < REROUTE_TIMEOUT:
                 if self._is_closed() or conn.closed:
@@ -356,7 +371,9 @@ class RelayFleet:
                         target = found[0]
                         await self.visit(target)
                         break
-                await asyncio.sleep(REROUTE_RETRY)
+                await asyncio.sleep(delay)
+                # the relay allows a burst of lookups, then about one a second (issue 12)
+                delay = min(delay * 1.5, 1.0)
         except (RelayError, OSError) as exc:
             log.info("cannot move the call to %s: %s", peer.short, exc)
             target = None
