@@ -7,7 +7,9 @@ a real redis-server on 198.51.100.30, and peers behind real NATs using a relay-m
   relayed pair (apdm-random both sides) and a cone pair (eim-eif both sides): no frame lost;
 * SIGKILL of the relay carrying a relayed call (the callee's home): the call continues on the
   same QUIC connection (the caller's one echo session goes on), ``FAILOVER_RUNS`` times, with
-  the recovery (the call's longest gap) and frames lost reported.
+  the recovery (the call's longest gap) and frames lost reported;
+* Redis stopped (last: it ends the shared directory): a call between peers of one relay works,
+  a cross-relay call fails with the reason.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class Fleet:
         self.lab = lab
         self.workdir = workdir
         self.relays: dict[str, LabProcess] = {}
+        self.redis: LabProcess | None = None
         self.map = workdir / "relays.json"
         self.map.write_text(
             json.dumps(
@@ -103,7 +106,7 @@ def fleet(
     redis_argv = ["redis-server", "--bind", REDIS_IP, "--port", str(REDIS_PORT)]
     redis_argv += ["--save", "", "--appendonly", "no", "--dir", str(workdir)]
     redis_argv += ["--protected-mode", "no"]
-    lab.spawn(lab.pub_ns, redis_argv, name="fleet-redis")
+    f.redis = lab.spawn(lab.pub_ns, redis_argv, name="fleet-redis")
     wait_until(lambda: f._listening(REDIS_IP, REDIS_PORT, tcp=True), timeout=15, what="redis")
     for rid in RELAYS:
         f.start_relay(rid)
@@ -225,3 +228,27 @@ def test_sigkill_of_the_relay_carrying_a_call_the_call_continues(fleet: Fleet) -
     print(
         f"recovery (max gap) p50 {gaps[len(gaps) // 2]} ms, max {gaps[-1]} ms over {len(runs)} runs"
     )
+
+
+def test_redis_down_same_relay_calls_work_cross_relay_calls_fail_with_the_reason(
+    fleet: Fleet,
+) -> None:
+    for rid in RELAYS:
+        if rid not in fleet.relays:
+            fleet.start_relay(rid)
+    remote, remote_id = _listen(fleet, 0, "r2", "listen-redis-remote")
+    local, local_id = _listen(fleet, 2, "r1", "listen-redis-local")
+    try:
+        assert fleet.redis is not None and fleet.redis.popen is not None
+        os.kill(fleet.redis.pid, signal.SIGKILL)
+        fleet.redis.popen.wait(timeout=5)
+        result = _result(_connect(fleet, 3, "r1", local_id, CALL_S, "call-redis-local"))
+        assert result["frames_lost"] == 0, result  # one relay: no directory needed
+        caller = _connect(fleet, 1, "r1", remote_id, CALL_S, "call-redis-remote")
+        out, _err = caller.communicate(timeout=30)
+        assert caller.returncode == 1
+        reason = json.loads(out.decode().strip().splitlines()[-1])["error"]
+        assert "peer lookup failed: 503" in reason and "directory unavailable" in reason, reason
+    finally:
+        _stop(remote)
+        _stop(local)
