@@ -93,6 +93,16 @@ async def test_peers_on_different_home_relays_call_by_peer_id_alone() -> None:
                 assert entry is not None and entry.relay_id == home_a
 
 
+async def test_relays_with_ids_make_a_fleet_homed_on_the_nearest() -> None:
+    async with fleet(2) as (servers, _directory):
+        specs = [f"r{i + 1}={s.addresses[0][0]}:{s.addresses[0][1]}" for i, s in enumerate(servers)]
+        async with Endpoint.bind(Identity.generate(), relays=specs, host=HOST) as ep:
+            assert ep.fleet is not None and ep.home_relay in ("r1", "r2")
+            assert len(ep.relays) == 1  # registered with the home only
+            rtt = {r: h.srtt for r, h in ep.fleet.policy.health.items()}
+            assert all(v is not None for v in rtt.values())  # both were measured
+
+
 async def test_directory_down_cross_relay_call_fails_fast_with_the_reason() -> None:
     async with fleet(2) as (servers, directory):
         a, b = Identity.generate(), Identity.generate()

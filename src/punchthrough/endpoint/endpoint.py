@@ -33,13 +33,13 @@ from punchthrough.endpoint.config import EndpointConfig
 from punchthrough.endpoint.connection import Connection
 from punchthrough.endpoint.dialer import Dialer
 from punchthrough.endpoint.errors import Displaced, EndpointClosed
-from punchthrough.endpoint.fleet import RelayFleet
+from punchthrough.endpoint.fleet import DISPLACED, RelayFleet
 from punchthrough.endpoint.gather import Gatherer, host_ips
 from punchthrough.endpoint.homing import HomingSettings
 from punchthrough.endpoint.netwatch import NetworkWatch, WatchedSocket
 from punchthrough.endpoint.peerauth import Admit, AllowCallback
 from punchthrough.endpoint.portmapping import MainSocketMapping
-from punchthrough.endpoint.relaymap import RelayMap
+from punchthrough.endpoint.relaymap import RelayMap, fleet_map
 from punchthrough.endpoint.relays import RelaySet, RelaySpec, parse_relay
 from punchthrough.endpoint.router import PacketRouter
 from punchthrough.identity import Identity, PeerId
@@ -103,6 +103,7 @@ class Endpoint:
         self.displaced: str | None = None
         #: The relay fleet (home relay, visits, failover) when bound with a ``relay_map``.
         self.fleet: RelayFleet | None = None
+        self._closer: asyncio.Task[None] | None = None  # the close after a displacement
         #: Insertion-ordered (not a set hashed by id): closing goes in the same order every run.
         self._connections: dict[Connection, None] = {}
         closed = self._is_closed
@@ -112,7 +113,7 @@ class Endpoint:
         self.stun = StunClient(self._sock, rto=PROBE_RTO)
         #: Our candidates (shared by every connection), re-gathered on network changes.
         self._local = LocalCandidates()
-        self._relays: RelaySet = RelaySet(
+        self._relays = RelaySet(
             self.mux,
             identity,
             config,
@@ -211,8 +212,10 @@ class Endpoint:
         ``relays``: we register with the nearest relay only (our home, by measured RTT), call
         peers by id through their home relays, and move home and calls when a relay fails
         (``endpoint.fleet``; ``homing`` tunes when; ``home_relay`` names the first home).
+        ``relays=["r1=198.51.100.31:3478", ...]`` (every one with an id) is a fleet too.
         """
-        relay_addrs = [parse_relay(r) for r in relays]
+        relay_map = relay_map or fleet_map(relays)
+        relay_addrs = [] if relay_map else [parse_relay(r) for r in relays]
         stun_addrs = [parse_relay(s) for s in stun]
 
         async def make() -> Endpoint:
@@ -235,9 +238,7 @@ class Endpoint:
                     port_ = ep._sock.local_address[1]
                     await ep._mapping.start(net, gateway, port_, ep._host_ips(), upnp=upnp)
                 if relay_map is not None:
-                    ep._start_fleet(relay_map, homing, home_relay)
-                    assert ep.fleet is not None
-                    await ep.fleet.start()
+                    await ep._start_fleet(relay_map, homing, home_relay).start()
                 else:
                     await ep._relays.start(relay_addrs)
                 await ep.gather()
@@ -254,7 +255,7 @@ class Endpoint:
 
     def _start_fleet(
         self, relay_map: RelayMap, homing: HomingSettings | None, prefer: str | None
-    ) -> None:
+    ) -> RelayFleet:
         self.fleet = fleet = RelayFleet(
             self._relays,
             self.stun,
@@ -267,15 +268,12 @@ class Endpoint:
             connections=lambda: list(self._connections),
             on_displaced=self._displaced,
         )
-        self._dialer.resolve = fleet.resolve
-        self._dialer.peer_moved = fleet.peer_moved
+        self._dialer.resolve, self._dialer.peer_moved = fleet.resolve, fleet.peer_moved
+        return fleet
 
     def _replaced(self, relay: Address) -> None:
         if not self._relays.clients and self.fleet is None:
-            self._displaced(
-                f"another endpoint with this identity registered with relay {relay[0]}:"
-                f"{relay[1]}; this one is no longer reachable"
-            )
+            self._displaced(f"{DISPLACED} {relay[0]}:{relay[1]}; this one is no longer reachable")
 
     def _displaced(self, reason: str) -> None:
         """Another instance of our identity took our place: say so, then close (never stay
@@ -284,7 +282,7 @@ class Endpoint:
             return
         self.displaced = reason
         self._stats["displaced"] += 1
-        self._loop.create_task(self.close(f"displaced: {reason}"))
+        self._closer = self._loop.create_task(self.close(f"displaced: {reason}"))
 
     def _host_ips(self) -> list[str]:
         return host_ips(self._sock, self.network)

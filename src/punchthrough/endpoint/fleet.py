@@ -54,6 +54,8 @@ REROUTE_TIMEOUT: Final = 10.0
 LOOKUP_TIMEOUT: Final = 2.0
 #: Shortest sleep of the probe loop (a probe still outstanding when due is sent when it ends).
 MIN_TICK: Final = 0.01
+#: How a displacement is told (an endpoint's ``displaced`` reason starts with it).
+DISPLACED: Final = "another endpoint with this identity registered with relay"
 #: A visit no call has used for this long is left (its relay stops holding us).
 VISIT_IDLE: Final = 30.0
 
@@ -266,10 +268,7 @@ class RelayFleet:
         if client.close_code == RelayCloseCode.REPLACED and rid == self.home:
             self._stats["relay_replaced"] += 1
             self._event(f"displaced: another instance of this identity registered with {rid}")
-            self._on_displaced(
-                f"another endpoint with this identity registered with relay {rid}; "
-                "this one is no longer reachable"
-            )
+            self._on_displaced(f"{DISPLACED} {rid}; this one is no longer reachable")
             return
         self._stats["relay_lost"] += 1
         if info is not None:

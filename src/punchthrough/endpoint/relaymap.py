@@ -161,6 +161,13 @@ def _addr_id(addr: Address) -> str:
     return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
 
 
+def fleet_map(specs: Sequence[RelaySpec]) -> RelayMap | None:
+    """A relay map when every relay is given with an id (``"r1=IP:PORT"``), else None."""
+    if specs and all(isinstance(r, str) and "=" in r for r in specs):
+        return RelayMap.from_specs(list(specs))
+    return None
+
+
 def parse_peer_address(text: str) -> tuple[PeerId, str | None]:
     """``pt1...`` or ``pt1...@relay-id`` -> (peer id, relay id hint or None)."""
     peer_text, sep, hint = text.strip().partition("@")
