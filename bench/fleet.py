@@ -8,11 +8,13 @@
   RelayRegister, which waits for the directory write), lookups/s of a peer homed on another
   relay (RelayLookup through the relay, answered from the directory), lookup latency p50/p95;
   and the raw directory operations per second.
+- ``fleet_cores``: forwarded packets/s of N relay processes against one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 from typing import Any
@@ -195,3 +197,76 @@ if __name__ == "__main__":
         )
     else:
         print(json.dumps(bench_fleet_directory(), indent=2))
+
+
+_GENERATOR = """
+import asyncio, json, sys
+sys.path.insert(0, sys.argv[4])
+from relay_load import offer_load
+r = asyncio.run(offer_load((sys.argv[1], int(sys.argv[2])), int(sys.argv[3]), int(sys.argv[3]) * 2))
+print(json.dumps({"sent": r.sent, "delivered": r.delivered, "elapsed": r.elapsed}))
+"""
+
+
+def bench_fleet_cores(max_relays: int = 2) -> dict[str, Any]:
+    """Forwarded packets/s of N relay processes against one: each relay driven by its own load
+    generator process (``relay_load.offer_load``: two registered clients, 160-byte frames),
+    offered rate per relay raised until a relay loses more than 1 %."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = str(Path(__file__).resolve().parent)
+    out: dict[str, Any] = {
+        "how": "N relay processes (asyncio) on loopback, one generator process per relay, all "
+        f"on this machine's {os.cpu_count()} cores: the generators compete with the relays for "
+        "CPU, so N > cores/2 cannot scale here; figure = summed forwarded frames/s at the "
+        "highest offered rate where every relay lost <= 1 %"
+    }
+    for n in range(1, max_relays + 1):
+        ports = []
+        procs = []
+        for _ in range(n):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind(("127.0.0.1", 0))
+                ports.append(s.getsockname()[1])
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "punchthrough", "relay", "--listen",
+                     f"127.0.0.1:{ports[-1]}", "--pps", "1000000", "--bps", "1000000000",
+                     "--stats-interval", "0", "--no-uvloop"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )
+            )  # fmt: skip
+        try:
+            time.sleep(1.5)
+            best = 0.0
+            runs = []
+            for per_relay in (5_000, 10_000, 15_000, 20_000, 25_000, 30_000, 40_000):
+                argv = [sys.executable, "-c", _GENERATOR, "127.0.0.1"]
+                gens = [
+                    subprocess.Popen(
+                        [*argv, str(p), str(per_relay), here], stdout=subprocess.PIPE, text=True
+                    )
+                    for p in ports
+                ]
+                results = [json.loads(g.communicate(timeout=120)[0]) for g in gens]
+                total = sum(r["delivered"] / r["elapsed"] for r in results)
+                worst = max(1 - r["delivered"] / r["sent"] for r in results)
+                runs.append({"offered_per_relay": per_relay, "forwarded_pps_total": round(total),
+                             "worst_loss": round(worst, 4)})  # fmt: skip
+                if worst > 0.01:
+                    break
+                best = max(best, total)
+            out[f"relays_{n}"] = {"max_forwarded_pps_under_1pct_loss": round(best), "runs": runs}
+        finally:
+            for p in procs:
+                p.terminate()
+                try:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+    return out

@@ -30,6 +30,8 @@ What is measured today (the foundation issue):
   carrying a relayed call dies: p50/p95 recovery and frames lost over 200 seeded trials.
 - ``fleet_directory.json`` (bench/fleet.py): one relay's registrations/s and lookups/s with the
   directory in a real redis-server vs in memory, lookup latency p50/p95, raw directory ops/s.
+- ``fleet_cores.json`` (bench/fleet.py): forwarded packets/s of N relay processes (one per
+  core) against one, each driven by its own load generator process.
 - ``aioice_lab.json`` (root; bench/aioice_lab.py): aioice against ours on the same lab hosts,
   every UDP NAT pair (``--aioice-subset``: 7 of them): which pairs each gets direct, how fast.
 
@@ -274,6 +276,7 @@ def main() -> None:
         ("attack", lambda: attack.bench_attack(_free_udp_port())),
         ("fleet_failover_sim", fleet.bench_fleet_failover_sim),
         ("fleet_directory", fleet.bench_fleet_directory),
+        ("fleet_cores", fleet.bench_fleet_cores),
     ]
     if os.geteuid() == 0:
         jobs.append(("netcheck_lab", lambda: bench_netcheck_lab(args.trials)))
