@@ -26,6 +26,10 @@ What is measured today (the foundation issue):
 - ``attack.json`` (bench/attack.py): the relay under the issue-12 floods on loopback (junk
   Initials 3,000/s, 370-attribute STUN requests 1,000/s): registration time and a 50 pps relayed
   call's frame loss, against no attack.
+- ``forged_frames.json`` (bench/forged_frames.py): the per-frame cost of the frame-token check
+  in the relay's hot path, and (root) a call under 10,000/s forged-source SEND and DATA frames.
+- ``relay_memory.json`` (bench/relay_memory.py): the relay's heap (tracemalloc, simulator) under
+  12,000 half-open QUIC Initials with Retry on load and never, and per registered client.
 - ``fleet_failover_sim.json`` (bench/fleet.py): a relay fleet in the simulator, the relay
   carrying a relayed call dies: p50/p95 recovery and frames lost over 200 seeded trials.
 - ``fleet_directory.json`` (bench/fleet.py): one relay's registrations/s and lookups/s with the
@@ -262,7 +266,9 @@ def main() -> None:
     import birthday
     import connect_lab
     import fleet
+    import forged_frames
     import hardnat_sim
+    import relay_memory
     import relay_vs_coturn
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -274,6 +280,8 @@ def main() -> None:
         ("birthday", birthday.bench_birthday),
         ("hardnat_sim", hardnat_sim.bench_hardnat_sim),
         ("attack", lambda: attack.bench_attack(_free_udp_port())),
+        ("relay_memory", relay_memory.bench_relay_memory),
+        ("forged_frames", forged_frames.bench_forged_frames),
         ("fleet_failover_sim", fleet.bench_fleet_failover_sim),
         ("fleet_directory", fleet.bench_fleet_directory),
         ("fleet_cores", fleet.bench_fleet_cores),

@@ -20,6 +20,7 @@ from punchthrough.endpoint.config import quic_configuration
 from punchthrough.identity import Identity, PeerId
 from punchthrough.netio import Address
 from punchthrough.relay import RelayServer
+from punchthrough.relay.frames import FRAME_DATA, FRAME_TOKEN_BYTES, PEER_ID_BYTES
 from punchthrough.sim import Host, Link, World, profile, run
 
 RELAY: Address = ("198.51.100.20", 3478)
@@ -78,21 +79,47 @@ def real_forge(identity: Identity) -> Forge:
     return forge
 
 
-async def _flood(attacker: Endpoint, target: PeerId, forge: Forge, duration: float) -> int:
-    """Send ``forge()`` through the relay to ``target`` FLOOD_PER_S times a second, for at most
-    ``duration`` seconds (a bounded loop)."""
+#: Sends one attack packet to the victim.
+Deliver = Callable[[bytes], None]
+
+
+def through_relay(attacker: Endpoint, target: PeerId) -> Deliver:
+    """Mallory's packets as SEND frames through the relay she registered with."""
     client = attacker.relays[RELAY]
+    return lambda packet: client.send(target, packet)
+
+
+def spoofing_the_relay(world: World, mallory: Host, victim: Endpoint) -> Deliver:
+    """Mallory's packets straight to the victim's public mapping, from the relay's address,
+    each as a DATA frame from a fresh sender id (so no per-sender cap applies) with a guessed
+    frame token: what an off-path attacker who learned the mapping can do."""
+    rng = random.Random(67)
+    mapping = victim.relays[RELAY].observed_address
+
+    def deliver(packet: bytes) -> None:
+        frame = bytes([FRAME_DATA]) + rng.randbytes(PEER_ID_BYTES + FRAME_TOKEN_BYTES) + packet
+        world.send_spoofed(mallory, RELAY, mapping, frame)
+
+    return deliver
+
+
+async def _flood(deliver: Deliver, forge: Forge, duration: float) -> int:
+    """Send ``forge()`` FLOOD_PER_S times a second, for at most ``duration`` seconds (a
+    bounded loop)."""
     sent = 0
     for _ in range(int(FLOOD_PER_S * duration)):
         for packet in forge():
-            client.send(target, packet)
+            deliver(packet)
             sent += 1
         await asyncio.sleep(1.0 / FLOOD_PER_S)
     return sent
 
 
-async def _call_under_attack(make_forge: Callable[[], Forge] | None) -> dict[str, Any]:
-    """A calls B (both behind NATs) while M (registered at the same relay) floods B."""
+async def _call_under_attack(
+    make_forge: Callable[[], Forge] | None, *, spoof: bool = False
+) -> dict[str, Any]:
+    """A calls B (both behind NATs) while M (registered at the same relay) floods B: through
+    the relay, or (``spoof``) straight to B's mapping from the relay's address."""
     world = World()
     relay_host = world.add_host("relay", RELAY[0], link=WAN_LINK)
     relay = await RelayServer.start(relay_host, [RELAY])
@@ -114,7 +141,12 @@ async def _call_under_attack(make_forge: Callable[[], Forge] | None) -> dict[str
             flood = None
             if make_forge is not None:
                 duration = FLOOD_LEAD + CALL_S + 1.0
-                flood = asyncio.ensure_future(_flood(em, eb.peer_id, make_forge(), duration))
+                deliver = (
+                    spoofing_the_relay(world, mallory, eb)
+                    if spoof
+                    else through_relay(em, eb.peer_id)
+                )
+                flood = asyncio.ensure_future(_flood(deliver, make_forge(), duration))
                 await asyncio.sleep(FLOOD_LEAD)
             server = asyncio.ensure_future(serve_endpoint(eb))
             try:
@@ -125,6 +157,7 @@ async def _call_under_attack(make_forge: Callable[[], Forge] | None) -> dict[str
             if flood is not None:
                 result["flood_sent"] = await flood
             result["b_stats"] = eb.stats
+            result["b_relay_stats"] = eb.relays[RELAY].stats
             return result
     finally:
         await relay.close()
@@ -165,3 +198,17 @@ def test_real_initials_from_one_sender_do_not_block_other_callers() -> None:
     assert stats["dropped_incoming_unauthenticated"] >= cfg.pending_per_peer
     assert stats.get("dropped_incoming_backlog", 0) == 0
     assert stats["accepted"] == 1
+
+
+def test_real_initials_forged_from_the_relays_address_take_no_slot() -> None:
+    """The forged-source variant of finding 1: real Initials under fresh sender ids, sent to
+    B's mapping from the relay's address, filled the 32 slots B keeps per relay (20/s against
+    32 slots held 3 s each) and kept a real caller out. The relay's DATA frames now carry B's
+    frame token; these carry a guess and are dropped before admission sees them."""
+    baseline = _baseline()
+    attacked = run(_call_under_attack(lambda: real_forge(_identity(66)), spoof=True), seed=5)
+    _assert_call_unharmed(attacked, baseline)
+    assert attacked["b_relay_stats"]["dropped_bad_token"] == attacked["flood_sent"]
+    stats = attacked["b_stats"]
+    assert stats["incoming"] == 1  # only the legitimate caller reached admission
+    assert stats.get("dropped_incoming_relay_limit", 0) == 0

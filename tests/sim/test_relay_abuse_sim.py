@@ -10,6 +10,12 @@ import pytest
 from punchthrough.identity import Identity
 from punchthrough.netio import Address
 from punchthrough.relay import RelayClient, RelayLookupRefused, RelayServer
+from punchthrough.relay.frames import (
+    FRAME_TOKEN_BYTES,
+    NOTICE_UNKNOWN_DESTINATION,
+    encode_data,
+    encode_notice,
+)
 from punchthrough.signal import RELAY_RATE_LIMITED
 from punchthrough.sim import World, run
 from punchthrough.stun import Message, MessageClass, Method, encode
@@ -29,6 +35,8 @@ REGISTER_TARGET = 0.100
 #: client); bounded: FLOOD_SECONDS of virtual time.
 FLOOD_SECONDS = 1.5
 FORGED = int(FORGED_PER_SECOND * FLOOD_SECONDS)
+#: Frames of each kind forged with the relay's source address (bounded).
+FORGED_FRAMES = 50
 
 
 def forged_initial(rng: random.Random) -> bytes:
@@ -172,3 +180,53 @@ def test_a_stun_flood_is_limited_and_shown_in_the_relays_stats() -> None:
     stats = run(go(), seed=1)
     assert stats["stun_rate_limited"] == flood - RateLimit().burst, stats
     assert stats["stun"] >= RateLimit().burst + 1, stats
+
+
+def test_frames_forged_from_the_relays_address_reach_nothing() -> None:
+    """DATA and NOTICE frames sent to a client's mapping from the relay's address with a
+    guessed frame token are dropped and counted by the client; the relay's own still arrive."""
+    rng = random.Random(3)
+
+    async def go() -> tuple[dict[str, int], list[bytes], list[int]]:
+        w = World(0)
+        server = await RelayServer.start(w.add_host("relay", RELAY[0]), [RELAY])
+        socks, muxes, clients = [], [], []
+        for ip in ("203.0.113.1", "203.0.113.2"):
+            sock = await w.add_host(ip, ip).bind()
+            mux = DatagramMux(sock)
+            socks.append(sock)
+            muxes.append(mux)
+            clients.append(await RelayClient.connect(mux, RELAY, Identity.generate(), timeout=5))
+        alice, bob = clients
+        payloads: list[bytes] = []
+        notices: list[int] = []
+        bob.set_receiver(lambda _peer, payload: payloads.append(payload))
+        bob.set_notice_handler(lambda code, _peer: notices.append(code))
+        mallory = w.add_host("mallory", "192.0.2.66")
+        guess = rng.randbytes(FRAME_TOKEN_BYTES)
+        for _ in range(FORGED_FRAMES):
+            w.send_spoofed(
+                mallory, RELAY, bob.observed_address, encode_data(alice.peer_id, guess, b"x")
+            )
+            w.send_spoofed(
+                mallory,
+                RELAY,
+                bob.observed_address,
+                encode_notice(NOTICE_UNKNOWN_DESTINATION, alice.peer_id, guess),
+            )
+        alice.send(bob.peer_id, b"real")
+        await asyncio.sleep(0.1)
+        stats = bob.stats
+        for client in clients:
+            await client.close()
+        for mux, sock in zip(muxes, socks, strict=True):
+            mux.close()
+            sock.close()
+        await server.close()
+        return stats, payloads, notices
+
+    stats, payloads, notices = run(go(), seed=0)
+    assert payloads == [b"real"]
+    assert notices == []
+    assert stats["dropped_bad_token"] == 2 * FORGED_FRAMES
+    assert stats["frames_received"] == 1

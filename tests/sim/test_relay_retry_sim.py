@@ -10,8 +10,9 @@ from aioquic.quic.connection import QuicConnection
 
 from punchthrough.identity import Identity
 from punchthrough.netio import Address
-from punchthrough.relay import RelayClient, RelayLimits, RelayServer
+from punchthrough.relay import RelayClient, RelayError, RelayLimits, RelayServer
 from punchthrough.relay.frames import RELAY_ALPN
+from punchthrough.relay.limits import CONNECTION_BYTES
 from punchthrough.sim import World, run
 from punchthrough.transport import DatagramMux
 
@@ -156,3 +157,52 @@ def test_one_ipv6_64_is_capped_like_one_ip() -> None:
     stats = run(go(), seed=0)
     assert stats["connections"] == PER_IP
     assert stats["initials_over_limit"] == SAME_64 - PER_IP
+
+
+def test_a_full_relay_refuses_new_clients_and_keeps_serving_its_own() -> None:
+    """``RelayLimits.memory_budget``: a relay whose budget holds three connections registers
+    three clients, refuses the fourth with a clear client-side timeout (no state on the relay)
+    and still forwards between the three."""
+    limits = RelayLimits(memory_budget=3 * CONNECTION_BYTES + CONNECTION_BYTES // 2)
+    assert limits.connection_cap == 3
+
+    async def go() -> tuple[dict[str, int], list[bytes], int]:
+        w = World(0)
+        server = await RelayServer.start(w.add_host("relay", RELAY[0]), [RELAY], limits=limits)
+        socks, muxes, clients = [], [], []
+        for i in range(4):
+            sock = await w.add_host(f"c{i}", f"203.0.113.{i + 1}").bind()
+            mux = DatagramMux(sock)
+            socks.append(sock)
+            muxes.append(mux)
+            try:
+                client = await RelayClient.connect(mux, RELAY, Identity.generate(), timeout=3)
+            except RelayError:
+                continue
+            clients.append(client)
+        got: list[bytes] = []
+        clients[1].set_receiver(lambda _peer, payload: got.append(payload))
+        clients[0].send(clients[1].peer_id, b"still served")
+        await asyncio.sleep(0.1)
+        held = len(server._control.connections)
+        stats = server.stats
+        for client in clients:
+            await client.close()
+        for mux, sock in zip(muxes, socks, strict=True):
+            mux.close()
+            sock.close()
+        await server.close()
+        assert len(clients) == 3
+        return stats, got, held
+
+    stats, got, held = run(go(), seed=0)
+    assert held == 3
+    assert stats["registrations"] == 3
+    assert stats["initials_over_limit"] >= 1  # the fourth client's Initials, each refused
+    assert got == [b"still served"]
+
+
+def test_memory_budget_is_checked() -> None:
+    with pytest.raises(ValueError, match="memory_budget"):
+        RelayLimits(memory_budget=CONNECTION_BYTES - 1)
+    assert RelayLimits().connection_cap == RelayLimits().max_connections

@@ -42,21 +42,35 @@ class RelayProc:
 
 
 def start_relay(relay_id: str, url: str, tmp: Path) -> RelayProc:
-    metrics = free_tcp_port()
-    cfg = tmp / f"{relay_id}.toml"
-    # the config file carries the fleet settings; the command line the rest
-    cfg.write_text(f'relay_id = "{relay_id}"\ndirectory = "{url}"\nmetrics = "{HOST}:{metrics}"\n')
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((HOST, 0))
-        port = s.getsockname()[1]
-    argv = [sys.executable, "-m", "punchthrough", "relay", "--listen", f"{HOST}:{port}"]
-    argv += ["--config", str(cfg), "--json-stats", "--stats-interval", "0", "--no-uvloop"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    line = json.loads(proc.stdout.readline())
-    assert line["event"] == "listening" and line["relay_id"] == relay_id
-    host, _, port = line["addresses"][0].rpartition(":")
-    return RelayProc(relay_id, proc, (host, int(port)), PeerId.parse(line["peer_id"]), metrics)
+    """A relay process; ports are probed free first, so a lost race is retried (bounded)."""
+    errors = []
+    for attempt in range(3):
+        metrics = free_tcp_port()
+        cfg = tmp / f"{relay_id}.toml"
+        # the config file carries the fleet settings; the command line the rest
+        cfg.write_text(
+            f'relay_id = "{relay_id}"\ndirectory = "{url}"\nmetrics = "{HOST}:{metrics}"\n'
+        )
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        argv = [sys.executable, "-m", "punchthrough", "relay", "--listen", f"{HOST}:{port}"]
+        argv += ["--config", str(cfg), "--json-stats", "--stats-interval", "0", "--no-uvloop"]
+        log = tmp / f"{relay_id}-{attempt}.log"
+        with log.open("w") as err:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True)
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        if first:
+            line = json.loads(first)
+            assert line["event"] == "listening" and line["relay_id"] == relay_id
+            host, _, port_text = line["addresses"][0].rpartition(":")
+            addr = (host, int(port_text))
+            return RelayProc(relay_id, proc, addr, PeerId.parse(line["peer_id"]), metrics)
+        proc.wait(timeout=5)
+        proc.stdout.close()
+        errors.append(log.read_text()[-1000:])
+    raise AssertionError(f"relay {relay_id} did not start: {errors}")
 
 
 @pytest.fixture

@@ -16,27 +16,35 @@ from punchthrough.relay import (
     encode_data,
     encode_notice,
 )
-from punchthrough.relay.frames import data_header_ok
+from punchthrough.relay.frames import data_header_ok, encode_send
 from punchthrough.transport.demux import PacketKind, classify
 
 PEER = Identity.from_private_bytes(bytes(range(32))).peer_id
+TOKEN = bytes(range(100, 108))
 
 
 def test_data_round_trip_and_layout() -> None:
-    frame = encode_data(PEER, b"inner quic packet")
-    assert frame[0] == 0x10 and frame[1:33] == PEER.raw and frame[33:] == b"inner quic packet"
+    frame = encode_data(PEER, TOKEN, b"inner quic packet")
+    assert frame[0] == 0x10 and frame[1:33] == PEER.raw
+    assert frame[33:41] == TOKEN and frame[41:] == b"inner quic packet"
     assert classify(frame) is PacketKind.RELAY
-    assert decode_frame(frame) == DataFrame(PEER, b"inner quic packet")
+    assert decode_frame(frame) == DataFrame(PEER, TOKEN, b"inner quic packet")
     assert data_header_ok(frame)
-    big = encode_data(PEER.raw, b"x" * MAX_RELAY_PAYLOAD)
-    assert decode_frame(big) == DataFrame(PEER, b"x" * MAX_RELAY_PAYLOAD)
+    big = encode_data(PEER.raw, TOKEN, b"x" * MAX_RELAY_PAYLOAD)
+    assert decode_frame(big) == DataFrame(PEER, TOKEN, b"x" * MAX_RELAY_PAYLOAD)
 
 
-def test_notice_round_trip() -> None:
-    frame = encode_notice(1, PEER)
-    assert frame == b"\x11\x01" + PEER.raw
+def test_send_has_the_data_layout_under_its_own_type() -> None:
+    frame = encode_send(PEER, TOKEN, b"inner")
+    assert frame == b"\x12" + PEER.raw + TOKEN + b"inner"
+
+
+def test_notice_round_trip_and_never_longer_than_the_shortest_send() -> None:
+    frame = encode_notice(1, PEER, TOKEN)
+    assert frame == b"\x11\x01" + PEER.raw + TOKEN
     assert classify(frame) is PacketKind.RELAY
-    assert decode_frame(frame) == NoticeFrame(1, PEER)
+    assert decode_frame(frame) == NoticeFrame(1, PEER, TOKEN)
+    assert len(frame) <= len(encode_send(PEER, TOKEN, b"x"))
 
 
 @pytest.mark.parametrize(
@@ -44,10 +52,10 @@ def test_notice_round_trip() -> None:
     [
         b"",
         b"\x10",
-        b"\x10" + bytes(32),  # header only, no payload
-        b"\x10" + bytes(33 + MAX_RELAY_PAYLOAD),  # one byte too many
-        b"\x11\x01" + bytes(31),  # truncated notice
-        b"\x11\x01" + bytes(33),  # notice with trailing byte
+        b"\x10" + bytes(40),  # header only, no payload
+        b"\x10" + bytes(41 + MAX_RELAY_PAYLOAD),  # one byte too many
+        b"\x11\x01" + bytes(39),  # truncated notice
+        b"\x11\x01" + bytes(41),  # notice with trailing byte
         b"\x12" + bytes(40),  # reserved type
         b"\x13" + bytes(40),
         b"\x00" + bytes(40),  # not a relay frame at all
@@ -61,13 +69,15 @@ def test_malformed_frames_raise_the_typed_error(data: bytes) -> None:
 
 def test_encoder_refuses_what_the_relay_would_drop() -> None:
     with pytest.raises(RelayFrameError):
-        encode_data(PEER, b"")
+        encode_data(PEER, TOKEN, b"")
     with pytest.raises(RelayFrameError):
-        encode_data(PEER, b"x" * (MAX_RELAY_PAYLOAD + 1))
+        encode_data(PEER, TOKEN, b"x" * (MAX_RELAY_PAYLOAD + 1))
     with pytest.raises(RelayFrameError):
-        encode_data(b"short", b"x")
+        encode_data(b"short", TOKEN, b"x")
     with pytest.raises(RelayFrameError):
-        encode_notice(256, PEER)
+        encode_data(PEER, b"short", b"x")
+    with pytest.raises(RelayFrameError):
+        encode_notice(256, PEER, TOKEN)
     assert issubclass(RelayFrameError, ValueError)
 
 
@@ -79,9 +89,9 @@ def check_decode(data: bytes) -> None:
         return
     if isinstance(frame, DataFrame):
         assert data_header_ok(data)
-        assert encode_data(frame.peer_id, frame.payload) == data
+        assert encode_data(frame.peer_id, frame.token, frame.payload) == data
     else:
-        assert encode_notice(frame.code, frame.peer_id) == data
+        assert encode_notice(frame.code, frame.peer_id, frame.token) == data
 
 
 @given(st.binary(max_size=1600))

@@ -55,6 +55,13 @@ def relay(
         bool | None,
         typer.Option("--uvloop/--no-uvloop", help="Use uvloop (default: if installed)."),
     ] = None,
+    memory_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--memory-budget",
+            help="MB of memory for client connections (~0.1 MB each); full: new clients refused.",
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="TOML settings file (options win over it).")
     ] = None,
@@ -92,6 +99,7 @@ def relay(
     pps = float(pick(pps, 2000.0, cfg, "pps"))
     bps = float(pick(bps, 4_000_000.0, cfg, "bps"))
     drain_grace = float(pick(drain_grace, 2.0, cfg, "drain_grace"))
+    memory_budget = pick(memory_budget, None, cfg, "memory_budget")
     fleet_opts = fleet_options(cfg, relay_id, directory, directory_ttl, advertise, metrics)
     addresses = parse_addresses(listen)
     if not addresses:
@@ -110,6 +118,7 @@ def relay(
             packet_burst=max(pps, 1.0),
             bytes_per_second=bps,
             byte_burst=max(bps, 1500.0),
+            memory_budget=None if memory_budget is None else int(memory_budget * 1e6),
             shutdown_grace=drain_grace,
         )
     except ValueError as exc:

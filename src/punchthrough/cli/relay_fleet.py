@@ -45,6 +45,7 @@ CONFIG_KEYS: Final = frozenset(
         "advertise",
         "metrics",
         "drain_grace",
+        "memory_budget",
     }
 )
 

@@ -27,6 +27,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable
+from hmac import compare_digest
 from typing import Final
 
 from aioquic.quic.configuration import QuicConfiguration
@@ -42,6 +43,8 @@ from punchthrough.relay.frames import (
     FRAME_NOTICE,
     MAX_DATA_FRAME,
     NOTICE_LENGTH,
+    PEER_ID_BYTES,
+    PEER_ID_END,
     RELAY_ALPN,
     encode_send,
 )
@@ -94,7 +97,8 @@ class RelayClient:
         self._notice_handler: NoticeHandler | None = None
         self._peers: dict[bytes, PeerId] = {}
         self._observed: Address | None = None
-        #: What our SEND frames carry (the relay's ``RelayRegistered.frame_token``).
+        #: What our SEND frames carry and the relay's DATA and NOTICE frames to us must carry
+        #: (the relay's ``RelayRegistered.frame_token``; nothing matches it before then).
         self._frame_token = b""
         self._control: tuple[asyncio.StreamReader, QuicStreamWriter] | None = None
         self._control_lock = asyncio.Lock()
@@ -349,21 +353,29 @@ class RelayClient:
         return peer
 
     def _on_datagram(self, data: bytes, addr: Address) -> None:
+        """A relay frame from the relay's address: used only if it carries our frame token
+        (anyone who knows our public mapping can send from the relay's address)."""
         n = len(data)
         kind = data[0] if n else -1
         if kind == FRAME_DATA and DATA_HEADER_LENGTH < n <= MAX_DATA_FRAME:
+            if not compare_digest(data[PEER_ID_END:DATA_HEADER_LENGTH], self._frame_token):
+                self._stats["dropped_bad_token"] += 1
+                return
             self._stats["frames_received"] += 1
             self._stats["bytes_received"] += n - DATA_HEADER_LENGTH
             receiver = self._receiver
             if receiver is None:
                 self._stats["dropped_no_receiver"] += 1
                 return
-            receiver(self._peer(data[1:DATA_HEADER_LENGTH]), data[DATA_HEADER_LENGTH:])
+            receiver(self._peer(data[1:PEER_ID_END]), data[DATA_HEADER_LENGTH:])
         elif kind == FRAME_NOTICE and n == NOTICE_LENGTH:
+            if not compare_digest(data[2 + PEER_ID_BYTES :], self._frame_token):
+                self._stats["dropped_bad_token"] += 1
+                return
             self._stats["notices_received"] += 1
             handler = self._notice_handler
             if handler is not None:
-                handler(data[1], self._peer(data[2:NOTICE_LENGTH]))
+                handler(data[1], self._peer(data[2 : 2 + PEER_ID_BYTES]))
         else:
             self._stats["malformed"] += 1
 

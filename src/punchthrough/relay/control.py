@@ -197,7 +197,7 @@ class ControlPlane:
             self._refuse("quic_unknown")
             return
         if (
-            len(self.connections) >= self.limits.max_connections
+            len(self.connections) >= self.limits.connection_cap
             or self._per_ip[address_prefix(addr[0])] >= self.limits.max_connections_per_ip
         ):
             self._refuse("initials_over_limit")
@@ -362,9 +362,7 @@ class ControlPlane:
                 if isinstance(msg, RelayRegister):
                     reply = self._register(ctl, msg)
                     if self.fleet is not None and isinstance(reply, RelayRegistered):
-                        # reachable across the fleet when registered: the directory write
-                        # first (bounded; a directory outage only delays the answer)
-                        await self.fleet.flush(DIRECTORY_TIMEOUT)
+                        await self.fleet.flush(DIRECTORY_TIMEOUT)  # in the directory first
                 elif isinstance(msg, RelayLookup):
                     reply = await self._lookup(ctl.registration, msg)
                 elif isinstance(msg, Ping):
@@ -449,6 +447,7 @@ class ControlPlane:
                 limiter=ClientLimiter(self.limits, self._loop.time()),
                 frame_token=os.urandom(FRAME_TOKEN_BYTES),
                 owner=ctl,
+                visitor=msg.visitor,
             )
             for old in self.registry.add(reg):
                 self._displaced(old)
@@ -458,16 +457,12 @@ class ControlPlane:
                 ctl.timer.cancel()
                 ctl.timer = None
             self._stats["registrations"] += 1
-            reg.visitor = msg.visitor
-            if self.fleet is not None and not reg.visitor:
-                self.fleet.registered(reg)
             log.info("relay: %s registered from %s:%d", msg.peer_id.short, *ctl.address)
         registration = ctl.registration
         assert registration is not None  # made just above, or this connection's earlier one
-        if registration.visitor and not msg.visitor:  # a visitor made this relay its home
-            registration.visitor = False
-            if self.fleet is not None:
-                self.fleet.registered(registration)
+        registration.visitor = registration.visitor and msg.visitor  # a visit may become home
+        if self.fleet is not None and not registration.visitor:
+            self.fleet.registered(registration)  # published (relay.fleet), not for visitors
         return RelayRegistered(
             peer_id=msg.peer_id,
             observed_ip=ctl.address[0],

@@ -2,8 +2,9 @@
 
 * SEND frames are accepted only from a registered address and with that registration's frame
   token (a forged source address alone costs the client nothing: no rate-limit tokens, no
-  forwarding); the source peer id stamped on the forwarded DATA frame is the registration's.
-  Payloads are never decrypted or inspected.
+  forwarding); the source peer id stamped on the forwarded DATA frame is the registration's,
+  and the frame carries the *destination's* token so that its client can tell it from one
+  forged with the relay's address. Payloads are never decrypted or inspected.
 * Each client has packet and byte token buckets (:class:`~punchthrough.relay.limits.
   ClientLimiter`). NOTICE replies go only to registered senders, at most one per dropped frame
   (never amplifying: a NOTICE is 34 bytes, a DATA frame at least 34) and rate limited.
@@ -18,12 +19,12 @@ from hmac import compare_digest
 
 from punchthrough.netio import Address, DatagramSocket
 from punchthrough.relay.frames import (
-    DATA_HEADER_LENGTH,
     FRAME_DATA,
     FRAME_SEND,
     MAX_SEND_FRAME,
     NOTICE_RATE_LIMITED,
     NOTICE_UNKNOWN_DESTINATION,
+    PEER_ID_END,
     SEND_HEADER_LENGTH,
     encode_notice,
 )
@@ -67,7 +68,7 @@ class Forwarder:
                 stats["malformed"] += 1
                 src.stats["malformed"] += 1
                 return
-            if not compare_digest(data[DATA_HEADER_LENGTH:SEND_HEADER_LENGTH], src.frame_token):
+            if not compare_digest(data[PEER_ID_END:SEND_HEADER_LENGTH], src.frame_token):
                 # From the client's address but not from the client: nothing is charged to it.
                 stats["dropped_bad_token"] += 1
                 return
@@ -78,7 +79,7 @@ class Forwarder:
             cstats["frames_in"] += 1
             cstats["bytes_in"] += size
             now = now_fn()
-            dest_raw = data[1:DATA_HEADER_LENGTH]
+            dest_raw = data[1:PEER_ID_END]
             if not src.limiter.allow_frame(now, size):
                 stats["dropped_rate"] += 1
                 cstats["dropped_rate"] += 1
@@ -99,7 +100,7 @@ class Forwarder:
                 payload = filtered
             out_sock = sock if dest.local == local else self._sockets.get(dest.local, sock)
             try:
-                out_sock.sendto(prefix + src.raw + payload, dest.address)
+                out_sock.sendto(prefix + src.raw + dest.frame_token + payload, dest.address)
             except OSError:
                 stats["send_errors"] += 1
                 return
@@ -117,7 +118,7 @@ class Forwarder:
         if sock is None or sock.closed:
             return
         try:
-            sock.sendto(encode_notice(code, peer_raw), reg.address)
+            sock.sendto(encode_notice(code, peer_raw, reg.frame_token), reg.address)
         except OSError:
             self._stats["send_errors"] += 1
             return

@@ -3,17 +3,21 @@
 Wire format (first byte in 16-19, the range the socket multiplexer routes to the relay; see
 :mod:`punchthrough.transport.demux`)::
 
-    0x10 DATA    | peer id (32 raw bytes) | payload (1..MAX_RELAY_PAYLOAD bytes)
-    0x11 NOTICE  | code (1 byte) | peer id (32 raw bytes)          exactly 34 bytes
+    0x10 DATA    | peer id (32 raw bytes) | frame token (8) | payload (1..MAX_RELAY_PAYLOAD)
+    0x11 NOTICE  | code (1 byte) | peer id (32 raw bytes) | frame token (8)   exactly 42 bytes
     0x12 SEND    | peer id (32 raw bytes) | frame token (8) | payload (1..MAX_RELAY_PAYLOAD)
 
-Client -> relay is SEND: the *destination* peer id and the frame token the relay gave this
-registration (``RelayRegistered.frame_token``), so that a frame forged with a registered
-client's source address is dropped before it costs that client anything (issue 12, finding 3:
-a source address alone proves nothing). Relay -> client is DATA: the *source* peer id, stamped
-by the relay from the sender's registration (never trusted from the sender). The payload is
-one opaque, end-to-end encrypted inner packet. NOTICE is relay -> client only. Anything else
-in 16-19, and anything shorter than its header, is malformed.
+Every frame carries the frame token of the registration it belongs to, the secret the relay
+gave that client on the control connection (``RelayRegistered.frame_token``): a source address
+alone proves nothing (issue 12). Client -> relay is SEND: the *destination* peer id and the
+sender's token, so a frame forged with a registered client's source address is dropped before
+it costs that client anything (finding 3). Relay -> client is DATA (the *source* peer id,
+stamped by the relay from the sender's registration, never trusted from the sender) and
+NOTICE, both with the *recipient's* token, so a frame forged with the relay's source address
+(an off-path attacker who knows a peer's public mapping) is dropped by the client before it
+takes an incoming-connection slot or ends a call (finding 1, its forged-source variant). The
+payload is one opaque, end-to-end encrypted inner packet. Anything else in 16-19, and anything
+shorter than its header, is malformed.
 
 The relay's hot path (``relay.forward``) builds no objects: it checks a SEND frame's length,
 type and token inline and slices. The object API (:func:`decode_frame`,
@@ -37,18 +41,20 @@ FRAME_NOTICE: Final = 0x11
 FRAME_SEND: Final = 0x12
 #: Raw Ed25519 public key = peer id (RFC 8032 section 5.1.5).
 PEER_ID_BYTES: Final = 32
-#: Type byte + peer id.
-DATA_HEADER_LENGTH: Final = 1 + PEER_ID_BYTES
-#: Type byte + code byte + peer id.
-NOTICE_LENGTH: Final = 2 + PEER_ID_BYTES
 #: A registration's frame token: 64 random bits, which an off-path sender cannot guess (a 2^-64
 #: chance per forged frame). It is not a MAC: someone on the path to the relay sees it, and
 #: could already drop or delay that client's packets anyway.
 FRAME_TOKEN_BYTES: Final = 8
-#: Type byte + peer id + frame token.
-SEND_HEADER_LENGTH: Final = DATA_HEADER_LENGTH + FRAME_TOKEN_BYTES
+#: Where a frame's peer id ends and its token starts (type byte + peer id).
+PEER_ID_END: Final = 1 + PEER_ID_BYTES
+#: Type byte + peer id + frame token: the header of SEND and of DATA.
+SEND_HEADER_LENGTH: Final = PEER_ID_END + FRAME_TOKEN_BYTES
+DATA_HEADER_LENGTH: Final = SEND_HEADER_LENGTH
+#: Type byte + code byte + peer id + frame token: never longer than the shortest SEND
+#: (header + 1 byte), so a NOTICE answering a frame never amplifies it.
+NOTICE_LENGTH: Final = 2 + PEER_ID_BYTES + FRAME_TOKEN_BYTES
 #: Largest inner packet: QUIC packets are <= 1200 bytes on our connections (RFC 9000 section
-#: 14: we never raise max_datagram_size), plus headroom; 33 + 1400 stays under a 1500-byte MTU
+#: 14: we never raise max_datagram_size), plus headroom; 41 + 1400 stays under a 1500-byte MTU
 #: with IPv6 (40) and UDP (8) headers.
 MAX_RELAY_PAYLOAD: Final = 1400
 MAX_DATA_FRAME: Final = DATA_HEADER_LENGTH + MAX_RELAY_PAYLOAD
@@ -65,6 +71,7 @@ _SEND_PREFIX: Final = bytes([FRAME_SEND])
 @dataclass(frozen=True, slots=True)
 class DataFrame:
     peer_id: PeerId
+    token: bytes
     payload: bytes
 
 
@@ -72,38 +79,46 @@ class DataFrame:
 class NoticeFrame:
     code: int
     peer_id: PeerId
+    token: bytes
 
 
 Frame = DataFrame | NoticeFrame
 
 
-def encode_data(peer_id: PeerId | bytes, payload: bytes) -> bytes:
-    """One DATA frame. Raises :class:`RelayFrameError` for an empty or oversize payload."""
+def _peer_and_token(peer_id: PeerId | bytes, token: bytes) -> bytes:
     raw = peer_id.raw if isinstance(peer_id, PeerId) else peer_id
     if len(raw) != PEER_ID_BYTES:
         raise RelayFrameError(f"a peer id is {PEER_ID_BYTES} bytes, got {len(raw)}")
+    if len(token) != FRAME_TOKEN_BYTES:
+        raise RelayFrameError(f"a frame token is {FRAME_TOKEN_BYTES} bytes, got {len(token)}")
+    return raw + token
+
+
+def _check_payload(payload: bytes) -> None:
     if not payload:
-        raise RelayFrameError("a DATA frame carries a packet; the payload is empty")
+        raise RelayFrameError("a relay frame carries a packet; the payload is empty")
     if len(payload) > MAX_RELAY_PAYLOAD:
         raise RelayFrameError(f"payload of {len(payload)} bytes exceeds {MAX_RELAY_PAYLOAD}")
-    return _DATA_PREFIX + raw + payload
+
+
+def encode_data(peer_id: PeerId | bytes, token: bytes, payload: bytes) -> bytes:
+    """One DATA frame (relay -> client): ``payload`` from ``peer_id``, under the recipient's
+    frame token. Raises :class:`RelayFrameError` for an empty or oversize payload."""
+    _check_payload(payload)
+    return _DATA_PREFIX + _peer_and_token(peer_id, token) + payload
 
 
 def encode_send(peer_id: PeerId | bytes, token: bytes, payload: bytes) -> bytes:
     """One SEND frame (client -> relay): ``payload`` to ``peer_id``, under our frame token."""
-    if len(token) != FRAME_TOKEN_BYTES:
-        raise RelayFrameError(f"a frame token is {FRAME_TOKEN_BYTES} bytes, got {len(token)}")
-    data = encode_data(peer_id, payload)
-    return _SEND_PREFIX + data[1:DATA_HEADER_LENGTH] + token + data[DATA_HEADER_LENGTH:]
+    _check_payload(payload)
+    return _SEND_PREFIX + _peer_and_token(peer_id, token) + payload
 
 
-def encode_notice(code: int, peer_id: PeerId | bytes) -> bytes:
-    raw = peer_id.raw if isinstance(peer_id, PeerId) else peer_id
-    if len(raw) != PEER_ID_BYTES:
-        raise RelayFrameError(f"a peer id is {PEER_ID_BYTES} bytes, got {len(raw)}")
+def encode_notice(code: int, peer_id: PeerId | bytes, token: bytes) -> bytes:
+    """One NOTICE (relay -> client) about ``peer_id``, under the recipient's frame token."""
     if not 0 <= code <= 255:
         raise RelayFrameError(f"notice code {code} does not fit one byte")
-    return bytes([FRAME_NOTICE, code]) + raw
+    return bytes([FRAME_NOTICE, code]) + _peer_and_token(peer_id, token)
 
 
 def data_header_ok(data: bytes) -> bool:
@@ -122,10 +137,14 @@ def decode_frame(data: bytes) -> Frame:
         if len(data) > MAX_DATA_FRAME:
             raise RelayFrameError(f"DATA frame of {len(data)} bytes exceeds {MAX_DATA_FRAME}")
         return DataFrame(
-            PeerId(bytes(data[1:DATA_HEADER_LENGTH])), bytes(data[DATA_HEADER_LENGTH:])
+            PeerId(bytes(data[1:PEER_ID_END])),
+            bytes(data[PEER_ID_END:DATA_HEADER_LENGTH]),
+            bytes(data[DATA_HEADER_LENGTH:]),
         )
     if kind == FRAME_NOTICE:
         if len(data) != NOTICE_LENGTH:
             raise RelayFrameError(f"NOTICE frame is {NOTICE_LENGTH} bytes, got {len(data)}")
-        return NoticeFrame(data[1], PeerId(bytes(data[2:NOTICE_LENGTH])))
+        return NoticeFrame(
+            data[1], PeerId(bytes(data[2 : 2 + PEER_ID_BYTES])), bytes(data[2 + PEER_ID_BYTES :])
+        )
     raise RelayFrameError(f"unknown relay frame type 0x{kind:02x}")

@@ -14,6 +14,11 @@ from typing import Final, Literal
 #: IPv6 addresses counted together: RFC 4291 section 2.5.1 gives every subnet a /64 and
 #: RFC 6177 hands sites at least that much, so one host can use 2**64 source addresses.
 IPV6_PREFIX_LEN: Final = 64
+#: Heap held by one relay control connection, half-open or registered (aioquic's
+#: QuicConnection plus ours): 95-99 KB measured by ``bench/relay_memory.py`` (tracemalloc,
+#: simulator: 12,000 half-open Initials and 200 idle registered clients), rounded up. What
+#: ``RelayLimits.memory_budget`` is divided by.
+CONNECTION_BYTES: Final = 100_000
 
 
 def address_prefix(ip: str) -> str:
@@ -109,6 +114,11 @@ class RelayLimits:
     retry: Literal["load", "always", "never"] = "load"
     #: How long close() waits for CONNECTION_CLOSE to go out before dropping connections.
     shutdown_grace: float = 0.5
+    #: Memory for control connections in bytes, or None for ``max_connections`` alone: the
+    #: relay holds at most ``memory_budget // CONNECTION_BYTES`` of them (see
+    #: :attr:`connection_cap`). Per client the rest is bounded too: its stream data by
+    #: ``relay.control.CONTROL_RECEIVE_BUFFER``, its frames by the rate limits (never queued).
+    memory_budget: int | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -134,6 +144,16 @@ class RelayLimits:
             raise ValueError("max_clients and max_connections(_per_ip) must be >= 1")
         if self.retry not in ("load", "always", "never"):
             raise ValueError("retry must be 'load', 'always' or 'never'")
+        if self.memory_budget is not None and self.memory_budget < CONNECTION_BYTES:
+            raise ValueError(f"memory_budget must be >= {CONNECTION_BYTES} bytes (one connection)")
+
+    @property
+    def connection_cap(self) -> int:
+        """Most control connections (registered or not): ``max_connections``, lowered to what
+        ``memory_budget`` holds at ``CONNECTION_BYTES`` each."""
+        if self.memory_budget is None:
+            return self.max_connections
+        return min(self.max_connections, self.memory_budget // CONNECTION_BYTES)
 
     @property
     def keepalive_ms(self) -> int:

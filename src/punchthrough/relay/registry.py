@@ -34,7 +34,8 @@ class Registration:
     local: Address
     registered_at: float
     limiter: ClientLimiter
-    #: Every SEND frame from this registration carries it (``relay.frames.FRAME_TOKEN_BYTES``).
+    #: Every SEND frame from this registration and every DATA and NOTICE frame to it carries it
+    #: (``relay.frames.FRAME_TOKEN_BYTES``).
     frame_token: bytes = b""
     stats: Counter[str] = field(default_factory=Counter)
     #: Opaque handle of the owning control connection (set by the server).

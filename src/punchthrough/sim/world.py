@@ -199,6 +199,11 @@ class World:
             return
         self._route(host.realm, host.link, host.name, src, dst, data)
 
+    def send_spoofed(self, host: Host, src: Address, dst: Address, data: bytes) -> None:
+        """Send ``data`` from ``host`` with any source address ``src``: what a raw socket lets
+        an attacker do where the network does no ingress filtering (RFC 2827)."""
+        self._send_from_host(host, src, dst, data)
+
     def add_drop_rule(self, rule: Callable[[Address, Address], bool]) -> Callable[[], None]:
         """Drop every public-internet packet for which ``rule(src, dst)`` is true (a cut link,
         an ``nft drop`` rule); returns a function that removes the rule again (the cut heals)."""
