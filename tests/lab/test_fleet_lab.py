@@ -17,9 +17,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -171,6 +173,22 @@ def _result(proc: subprocess.Popen[bytes], timeout: float = 60) -> dict[str, Any
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
+def _wait_event(proc: subprocess.Popen[bytes], event: str, timeout: float) -> None:
+    """Read ``proc``'s JSON lines until one is ``event`` (bounded)."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if json.loads(line.decode()).get("event") == event:
+            return
+    raise AssertionError(f"no {event!r} event within {timeout} s")
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -205,16 +223,20 @@ def test_sigkill_of_the_relay_carrying_a_call_the_call_continues(fleet: Fleet) -
         listener, ident = _listen(fleet, 0, "r2", f"listen-kill-{i}")
         try:
             caller = _connect(fleet, 1, "r1", ident, FAILOVER_CALL_S, f"call-kill-{i}")
+            _wait_event(listener, "accepted", timeout=30)  # the call is up
             with contextlib.suppress(subprocess.TimeoutExpired):
-                caller.wait(timeout=KILL_AFTER_S)  # the call is up and running by then
+                caller.wait(timeout=KILL_AFTER_S)  # and has been running a while
             assert caller.poll() is None, "the call ended before the relay was killed"
             fleet.kill("r2")  # the callee's home: the relay carrying the call
             result = _result(caller)
         finally:
             _stop(listener)
         changes = result["path_changes"]
-        # the same QUIC connection: one session, moved relay -> relay under it
-        assert any(c["from"] == "relay" and c["to"] == "relay" for c in changes), changes
+        # the same QUIC connection: one session, never closed, moved off the dead relay under it
+        assert result["closed_early"] is None, result
+        assert any(
+            c["from_path"] == f"relay {RELAYS['r2']}:{PORT}" and c["to"] == "relay" for c in changes
+        ), changes
         assert result["frames_received"] > result["frames_sent"] // 2, result
         runs.append(
             {
