@@ -147,3 +147,38 @@ async def test_drained_relay_call_continues_on_the_same_connection() -> None:
                 assert await asyncio.wait_for(conn.recv_datagram(), 5) == b"back"
                 assert not conn.closed and not inc.closed  # the same QUIC connection
                 assert ea.stats["relay_reroutes"] >= 1 and eb.stats["relay_reroutes"] >= 1
+
+
+async def test_rehome_while_the_old_relay_lives_moves_the_call_by_notice() -> None:
+    """The callee moves home with its old relay still up (a policy decision, not a failure):
+    it leaves the old relay, the caller's next frames there get "unknown destination", and
+    the caller follows (``peer_moved``) under the same connection."""
+    async with fleet() as (servers, directory):
+        a, b = Identity.generate(), Identity.generate()
+        async with Endpoint.bind(a, relay_map=relay_map(servers), config=RELAY_ONLY) as ea:
+            mb = relay_map(servers, skip=ea.home_relay)
+            async with Endpoint.bind(b, relay_map=mb, config=RELAY_ONLY, host=HOST) as eb:
+                accept = asyncio.ensure_future(eb.accept())
+                conn = await ea.connect(b.peer_id, timeout=5)
+                inc = await asyncio.wait_for(accept, 5)
+                assert eb.fleet is not None
+                old = eb.home_relay
+                old_path = Path.relay(eb.fleet.home_address)  # type: ignore[arg-type]
+                eb.fleet.policy.down(old, asyncio.get_running_loop().time())  # type: ignore[arg-type]
+                eb.fleet._wake.set()
+                await wait_until(lambda: eb.home_relay not in (None, old))
+                for _ in range(50):  # a call keeps sending; the NOTICE comes back on a frame
+                    conn.send_datagram(b"x")
+                    if conn.paths.current != old_path:
+                        break
+                    await asyncio.sleep(0.02)
+                assert conn.paths.current != old_path
+                assert ea.stats["relay_unknown_destination"] >= 1
+                conn.send_datagram(b"after")
+                while (got := await asyncio.wait_for(inc.recv_datagram(), 5)) == b"x":
+                    pass
+                assert got == b"after" and not conn.closed and not inc.closed
+                entry = await directory.lookup(b.peer_id)
+                assert (
+                    entry is not None and entry.relay_id == eb.home_relay
+                )  # the directory follows
