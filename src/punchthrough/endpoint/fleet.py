@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Final
 
@@ -54,6 +54,8 @@ REROUTE_TIMEOUT: Final = 10.0
 LOOKUP_TIMEOUT: Final = 2.0
 #: Shortest sleep of the probe loop (a probe still outstanding when due is sent when it ends).
 MIN_TICK: Final = 0.01
+#: Fleet events kept for inspection (``RelayFleet.events``).
+MAX_EVENTS: Final = 256
 #: How a displacement is told (an endpoint's ``displaced`` reason starts with it).
 DISPLACED: Final = "another endpoint with this identity registered with relay"
 #: A visit no call has used for this long is left (its relay stops holding us).
@@ -97,8 +99,8 @@ class RelayFleet:
         self.home: str | None = None
         #: Relay addresses we visit -> loop time a call last used them.
         self.visits: dict[Address, float] = {}
-        #: ``(loop time, what happened)``: re-homes, relays lost, calls moved.
-        self.events: list[tuple[float, str]] = []
+        #: ``(loop time, what happened)``: re-homes, relays lost, calls moved (the latest ones).
+        self.events: deque[tuple[float, str]] = deque(maxlen=MAX_EVENTS)
         #: Loop time of each relay's last probe (the interval depends on whether it is in use).
         self._last_probe: dict[str, float] = {}
         self._probing: set[str] = set()
