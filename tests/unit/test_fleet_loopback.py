@@ -182,3 +182,34 @@ async def test_rehome_while_the_old_relay_lives_moves_the_call_by_notice() -> No
                 assert (
                     entry is not None and entry.relay_id == eb.home_relay
                 )  # the directory follows
+
+
+async def test_direct_call_is_not_disturbed_when_its_relay_drains() -> None:
+    async with fleet() as (servers, _directory):
+        a, b = Identity.generate(), Identity.generate()
+        async with Endpoint.bind(a, relay_map=relay_map(servers), host=HOST) as ea:
+            mb = relay_map(servers, skip=ea.home_relay)
+            async with Endpoint.bind(b, relay_map=mb, host=HOST) as eb:
+                accept = asyncio.ensure_future(eb.accept())
+                conn = await ea.connect(b.peer_id, timeout=5)
+                inc = await asyncio.wait_for(accept, 5)
+                await wait_until(lambda: conn.path == "direct" and inc.path == "direct")
+                changes = len(conn.path_changes)
+                victim = servers[int(eb.home_relay[1:]) - 1]  # type: ignore[index]
+                drained = asyncio.ensure_future(victim.close(code=RelayCloseCode.DRAINING))
+                for i in range(50):  # 1 s at 50 pps across the drain
+                    conn.send_datagram(i.to_bytes(2, "big"))
+                    await asyncio.sleep(0.02)
+                await drained
+                got = set()
+                while len(got) < 50:
+                    got.add(int.from_bytes(await asyncio.wait_for(inc.recv_datagram(), 2), "big"))
+                assert conn.path == "direct" and len(conn.path_changes) == changes
+                await wait_until(lambda: eb.home_relay != victim_id(servers, victim))
+                # the relay fallback of the call moved off the drained relay, in the background
+                dead = Path.relay(victim.addresses[0])
+                await wait_until(lambda: not conn.paths.has(dead) and not inc.paths.has(dead))
+
+
+def victim_id(servers: list[RelayServer], victim: RelayServer) -> str:
+    return f"r{servers.index(victim) + 1}"
