@@ -213,3 +213,26 @@ async def test_direct_call_is_not_disturbed_when_its_relay_drains() -> None:
 
 def victim_id(servers: list[RelayServer], victim: RelayServer) -> str:
     return f"r{servers.index(victim) + 1}"
+
+
+async def test_home_relay_restarting_is_registered_with_again() -> None:
+    directory = MemoryDirectory()
+    limits = RelayLimits(shutdown_grace=0.05)
+    server = await RelayServer.start(
+        NET, [(HOST, 0)], limits=limits, fleet=FleetConfig("r1", directory)
+    )
+    addr = server.addresses[0]
+    m = RelayMap([RelayInfo("r1", (addr,))])
+    try:
+        async with Endpoint.bind(Identity.generate(), relay_map=m, host=HOST) as ep:
+            first = ep.relays[addr]
+            await server.close()  # a restart: our registration is gone
+            await wait_until(lambda: first.closed and addr not in ep.relays)
+            server = await RelayServer.start(
+                NET, [addr], limits=limits, fleet=FleetConfig("r1", directory)
+            )
+            await wait_until(lambda: addr in ep.relays and not ep.relays[addr].closed)
+            assert ep.home_relay == "r1" and ep.relays[addr] is not first
+            await wait_until(lambda: len(directory) == 1)
+    finally:
+        await server.close()

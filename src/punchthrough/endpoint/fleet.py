@@ -109,6 +109,8 @@ class RelayFleet:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
+        #: Another instance of our identity took our home registration: stop for good.
+        self.displaced = False
 
     # -- state ----------------------------------------------------------------------------
     @property
@@ -148,7 +150,7 @@ class RelayFleet:
         self._main = self._loop.create_task(self._run())
 
     async def _run(self) -> None:
-        while not self._is_closed():
+        while not self._is_closed() and not self.displaced:
             now = self._loop.time()
             wake_at = now + self.settings.probe_interval
             for rid in self.map.ids():
@@ -163,14 +165,36 @@ class RelayFleet:
                 wake_at = min(wake_at, now + interval)
                 self._spawn(self._probe(rid))
             decision = self.policy.decide(now)
+            if self.displaced:
+                return
             if decision is not None and decision.to != self.home:
-                with contextlib.suppress(RelayError, OSError):
-                    await self._make_home(decision.to, decision.reason)
+                await self._try_home(decision.to, decision.reason)
+            elif self.home is not None and self._home_lost():
+                # our registration is gone but the relay answers again (it restarted, or
+                # nothing better is up): register there again
+                await self._try_home(self.home, "registering again")
             await self._leave_idle_visits(now)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(MIN_TICK, wake_at - self._loop.time())):
                     await self._wake.wait()
+
+    def _home_lost(self) -> bool:
+        addr = self.home_address
+        client = self._relays.clients.get(addr) if addr is not None else None
+        home = self.home
+        return (
+            (client is None or client.closed)
+            and home is not None
+            and not (self.policy.health[home].down)
+        )
+
+    async def _try_home(self, rid: str, reason: str) -> None:
+        try:
+            await self._make_home(rid, reason)
+        except (RelayError, OSError) as exc:
+            log.info("relay %s did not take us: %s", rid, exc)
+            self.policy.down(rid, self._loop.time())  # until a probe is answered again
 
     async def close(self) -> None:
         tasks = [*self._tasks, *self._reroutes.values()]
@@ -268,6 +292,7 @@ class RelayFleet:
         rid = info.id if info is not None else f"{addr[0]}:{addr[1]}"
         why = client.close_reason or "connection lost"
         if client.close_code == RelayCloseCode.REPLACED and rid == self.home:
+            self.displaced = True  # never take it back: two instances would fight forever
             self._stats["relay_replaced"] += 1
             self._event(f"displaced: another instance of this identity registered with {rid}")
             self._on_displaced(f"{DISPLACED} {rid}; this one is no longer reachable")
