@@ -11,8 +11,9 @@ STAMP  := $(VENV)/.installed
 # independent RFC 5780 STUN server and classifier, miniupnpd for NAT-PMP/PCP/UPnP, and procps
 # (sysctl) for router namespaces; iptables (NFQUEUE rule) plus libnetfilter-queue-dev and
 # build-essential (to build the NetfilterQueue package) for the lab's userspace delay (no netem).
+# redis-server: the relay fleet's shared directory, run for real by its tests, bench and lab.
 APT_PACKAGES := python3-venv nftables iproute2 conntrack coturn miniupnpd-nftables procps \
-	iptables libnetfilter-queue-dev build-essential
+	iptables libnetfilter-queue-dev build-essential redis-server
 
 .PHONY: all setup venv system-deps demo test test-fast bench lint clean
 

@@ -32,11 +32,14 @@ from punchthrough.endpoint.admission import Admission
 from punchthrough.endpoint.config import EndpointConfig
 from punchthrough.endpoint.connection import Connection
 from punchthrough.endpoint.dialer import Dialer
-from punchthrough.endpoint.errors import EndpointClosed
+from punchthrough.endpoint.errors import Displaced, EndpointClosed
+from punchthrough.endpoint.fleet import DISPLACED, RelayFleet
 from punchthrough.endpoint.gather import Gatherer, host_ips
+from punchthrough.endpoint.homing import HomingSettings
 from punchthrough.endpoint.netwatch import NetworkWatch, WatchedSocket
 from punchthrough.endpoint.peerauth import Admit, AllowCallback
 from punchthrough.endpoint.portmapping import MainSocketMapping
+from punchthrough.endpoint.relaymap import RelayMap, fleet_map
 from punchthrough.endpoint.relays import RelaySet, RelaySpec, parse_relay
 from punchthrough.endpoint.router import PacketRouter
 from punchthrough.identity import Identity, PeerId
@@ -95,6 +98,12 @@ class Endpoint:
         self.network = network
         self._closed = False
         self._stats: Counter[str] = Counter()
+        #: Why this endpoint was displaced (another instance of its identity took its relay
+        #: registration; it then closes itself), or None.
+        self.displaced: str | None = None
+        #: The relay fleet (home relay, visits, failover) when bound with a ``relay_map``.
+        self.fleet: RelayFleet | None = None
+        self._closer: asyncio.Task[None] | None = None  # the close after a displacement
         #: Insertion-ordered (not a set hashed by id): closing goes in the same order every run.
         self._connections: dict[Connection, None] = {}
         closed = self._is_closed
@@ -133,6 +142,7 @@ class Endpoint:
             incoming=self._admission.incoming,
             is_relay=lambda addr: addr in self._relays.clients,
         )
+        self._relays.on_replaced = self._replaced
         self.mux.add_stun_handler(self.stun.handle_datagram)
         self.mux.add_stun_handler(self._router.stun_check)
         self._dialer = Dialer(
@@ -180,6 +190,9 @@ class Endpoint:
         config: EndpointConfig | None = None,
         gateway: str | None = None,
         upnp: bool = False,
+        relay_map: RelayMap | None = None,
+        homing: HomingSettings | None = None,
+        home_relay: str | None = None,
     ) -> _Binding:
         """Bind the main socket, map it on the gateway, register with every relay, gather.
 
@@ -194,8 +207,15 @@ class Endpoint:
         The mapping is made *before* the relays register, so that the address they observe is
         the one the mapping keeps. ``stun``: servers whose observed addresses become
         server-reflexive candidates (and tell whether our NAT maps endpoint-independently).
+
+        ``relay_map``: a relay fleet (``endpoint.relaymap``) sharing a directory, instead of
+        ``relays``: we register with the nearest relay only (our home, by measured RTT), call
+        peers by id through their home relays, and move home and calls when a relay fails
+        (``endpoint.fleet``; ``homing`` tunes when; ``home_relay`` names the first home).
+        ``relays=["r1=198.51.100.31:3478", ...]`` (every one with an id) is a fleet too.
         """
-        relay_addrs = [parse_relay(r) for r in relays]
+        relay_map = relay_map or fleet_map(relays)
+        relay_addrs = [] if relay_map else [parse_relay(r) for r in relays]
         stun_addrs = [parse_relay(s) for s in stun]
 
         async def make() -> Endpoint:
@@ -217,7 +237,10 @@ class Endpoint:
                 if gateway is not None:
                     port_ = ep._sock.local_address[1]
                     await ep._mapping.start(net, gateway, port_, ep._host_ips(), upnp=upnp)
-                await ep._relays.start(relay_addrs)
+                if relay_map is not None:
+                    await ep._start_fleet(relay_map, homing, home_relay).start()
+                else:
+                    await ep._relays.start(relay_addrs)
                 await ep.gather()
                 ep._watch.start()
             except BaseException:
@@ -229,6 +252,37 @@ class Endpoint:
 
     def _is_closed(self) -> bool:
         return self._closed
+
+    def _start_fleet(
+        self, relay_map: RelayMap, homing: HomingSettings | None, prefer: str | None
+    ) -> RelayFleet:
+        self.fleet = fleet = RelayFleet(
+            self._relays,
+            self.stun,
+            relay_map,
+            self._stats,
+            settings=homing,
+            relay_timeout=self.config.relay_timeout,
+            prefer=prefer,
+            is_closed=self._is_closed,
+            connections=lambda: list(self._connections),
+            on_displaced=self._displaced,
+        )
+        self._dialer.resolve, self._dialer.peer_moved = fleet.resolve, fleet.peer_moved
+        return fleet
+
+    def _replaced(self, relay: Address) -> None:
+        if not self._relays.clients and self.fleet is None:
+            self._displaced(f"{DISPLACED} {relay[0]}:{relay[1]}; this one is no longer reachable")
+
+    def _displaced(self, reason: str) -> None:
+        """Another instance of our identity took our place: say so, then close (never stay
+        up unreachable). ``accept()``/``connect()`` raise :class:`Displaced` from now on."""
+        if self.displaced is not None or self._closed:
+            return
+        self.displaced = reason
+        self._stats["displaced"] += 1
+        self._closer = self._loop.create_task(self.close(f"displaced: {reason}"))
 
     def _host_ips(self) -> list[str]:
         return host_ips(self._sock, self.network)
@@ -265,11 +319,19 @@ class Endpoint:
         :class:`ConnectTimeout` (after ``timeout``, default ``config.connect_timeout``) or
         :class:`EndpointClosed`.
         """
+        if self.displaced is not None:
+            raise Displaced(self.displaced)
         return await self._dialer.connect(peer_id, timeout)
 
     async def accept(self) -> Connection:
-        """The next authenticated, allowed incoming connection; :class:`EndpointClosed` at end."""
-        return await self._admission.accept()
+        """The next authenticated, allowed incoming connection; :class:`EndpointClosed` at end
+        (:class:`Displaced` when another instance of our identity took our place)."""
+        try:
+            return await self._admission.accept()
+        except EndpointClosed:
+            if self.displaced is not None:
+                raise Displaced(self.displaced) from None
+            raise
 
     def __aiter__(self) -> AsyncIterator[Connection]:
         return self._iterate()
@@ -357,6 +419,18 @@ class Endpoint:
         return self._relays.registered()
 
     @property
+    def home_relay(self) -> str | None:
+        """Our home relay's id in a fleet (None without a relay map)."""
+        return self.fleet.home if self.fleet is not None else None
+
+    @property
+    def address(self) -> str:
+        """How peers reach us: our peer id, with ``@home-relay`` in a fleet (a dialer then
+        skips the directory lookup)."""
+        home = self.home_relay
+        return f"{self.peer_id}@{home}" if home else str(self.peer_id)
+
+    @property
     def relays(self) -> dict[Address, RelayClient]:
         return dict(self._relays.clients)
 
@@ -391,6 +465,8 @@ class Endpoint:
             for task in watchers:
                 task.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)
+            if self.fleet is not None:
+                await self.fleet.close()
             await self._relays.close()
             await self._mapping.close()
         finally:

@@ -92,6 +92,11 @@ class RelaySet:
         #: Relays we are registered with right now.
         self.clients: dict[Address, RelayClient] = {}
         self._tasks: dict[Address, asyncio.Task[None]] = {}
+        #: Relay identities to verify, by address (a relay map's keys).
+        self.pins: dict[Address, PeerId] = {}
+        #: Called when a relay closed our registration because another instance of our
+        #: identity took it over (the endpoint decides whether it is displaced for good).
+        self.on_replaced: Callable[[Address], None] | None = None
 
     def registered(self) -> list[Address]:
         """Relays we are registered with, in the caller's order."""
@@ -127,14 +132,36 @@ class RelaySet:
         if not self.clients:
             raise NoRelay("no relay registered us: " + "; ".join(errors))
 
-    async def _connect(self, addr: Address) -> RelayClient:
+    async def _connect(self, addr: Address, *, visitor: bool = False) -> RelayClient:
         return await RelayClient.connect(
             self._mux,
             addr,
             self._identity,
             timeout=self._config.relay_timeout,
             nat_keepalive=self._config.nat_keepalive,
+            relay_peer_id=self.pins.get(addr),
+            visitor=visitor,
         )
+
+    async def join(self, addr: Address, *, visitor: bool = False) -> RelayClient:
+        """Register with one more relay, unsupervised: a relay fleet (``endpoint.fleet``)
+        decides itself what losing it means."""
+        client = await self._connect(addr, visitor=visitor)
+        if self._is_closed():
+            await client.close()
+            raise EndpointClosed("endpoint closed")
+        if addr not in self.specs:
+            self.specs.append(addr)
+        self._attach(addr, client)
+        return client
+
+    async def leave(self, addr: Address) -> None:
+        """End our registration with ``addr`` (joined with :meth:`join`)."""
+        client = self.clients.pop(addr, None)
+        if addr in self.specs:
+            self.specs.remove(addr)
+        if client is not None:
+            await client.close()
 
     async def _register(self, addr: Address) -> None:
         client = await self._connect(addr)
@@ -179,6 +206,8 @@ class RelaySet:
                         *addr,
                     )
                     self._stats["relay_replaced"] += 1
+                    if self.on_replaced is not None:
+                        self.on_replaced(addr)
                     return
                 log.warning(
                     "lost relay %s:%d (%s); re-registering", *addr, client.close_reason or ""
