@@ -439,11 +439,14 @@ PACED_S: Final = 5.0
 TICK: Final = 0.001
 
 Pair = tuple[socket.socket, tuple[str, int], bytes, socket.socket]
+#: First byte of coturn's ChannelData on channel 0x4000 (RFC 8656 section 12.4).
+CHANNEL_DATA_FIRST: Final = 0x40
 
 
-def _paced(pairs: list[Pair], pid: int) -> dict[str, Any]:
+def _paced(pairs: list[Pair], pid: int, first: int) -> dict[str, Any]:
     """Send every pair's frame at CALL_PPS, phases spread over the frame interval; count at
-    the receivers (epoll); the server's CPU over the window. Runs on LOAD_CPU."""
+    the receivers (epoll) what starts with ``first`` (a forwarded frame, not the server's
+    keepalives); the server's CPU over the window. Runs on LOAD_CPU."""
     import select
     import threading
 
@@ -464,10 +467,11 @@ def _paced(pairs: list[Pair], pid: int) -> dict[str, Any]:
                     sock = receivers[fd]
                     while True:
                         try:
-                            sock.recv(2048)
+                            data = sock.recv(2048)
                         except BlockingIOError:
                             break
-                        counted[0] += 1
+                        if data and data[0] == first:
+                            counted[0] += 1
         finally:
             ep.close()
 
@@ -513,7 +517,7 @@ def paced_ours(flags: list[str], calls: int = CALLS) -> dict[str, Any]:
     from punchthrough.identity import Identity
     from punchthrough.netio.batched import BatchedUdpSocket
     from punchthrough.relay import RelayClient
-    from punchthrough.relay.frames import encode_send
+    from punchthrough.relay.frames import FRAME_DATA, encode_send
     from punchthrough.transport import DatagramMux
 
     proc, port = _start_relay(SERVER_CPU, flags)
@@ -545,7 +549,7 @@ def paced_ours(flags: list[str], calls: int = CALLS) -> dict[str, Any]:
             loop = asyncio.get_running_loop()
             for sock in socks:
                 loop.remove_reader(sock._fd)
-            return await asyncio.to_thread(_paced, pairs, proc.pid)
+            return await asyncio.to_thread(_paced, pairs, proc.pid, FRAME_DATA)
         finally:
             for obj in reversed(others):
                 res = obj.close()
@@ -585,7 +589,7 @@ def paced_coturn(calls: int = CALLS) -> dict[str, Any]:
             relayed = _turn_relay_address(b, ("127.0.0.1", port))
             _turn_channel(b, ("127.0.0.1", port), a.getsockname())
             pairs.append((a, relayed, bytes(PAYLOAD), b))
-        return _paced(pairs, proc.pid)
+        return _paced(pairs, proc.pid, CHANNEL_DATA_FIRST)
     finally:
         for s in socks:
             s.close()

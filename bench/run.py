@@ -33,6 +33,12 @@ What is measured today (the foundation issue):
   core and CPU-s per million packets; 1 vs 2 relay processes; 500 paced calls x 50 pps.
 - ``relay_memory.json`` (bench/relay_memory.py): the relay's heap (tracemalloc, simulator) under
   12,000 half-open QUIC Initials with Retry on load and never, and per registered client.
+- ``fleet_failover_sim.json`` (bench/fleet.py): a relay fleet in the simulator, the relay
+  carrying a relayed call dies: p50/p95 recovery and frames lost over 200 seeded trials.
+- ``fleet_directory.json`` (bench/fleet.py): one relay's registrations/s and lookups/s with the
+  directory in a real redis-server vs in memory, lookup latency p50/p95, raw directory ops/s.
+- ``fleet_cores.json`` (bench/fleet.py): forwarded packets/s of N relay processes (one per
+  core) against one, each driven by its own load generator process.
 - ``aioice_lab.json`` (root; bench/aioice_lab.py): aioice against ours on the same lab hosts,
   every UDP NAT pair (``--aioice-subset``: 7 of them): which pairs each gets direct, how fast.
 
@@ -269,6 +275,7 @@ def main() -> None:
     import attack
     import birthday
     import connect_lab
+    import fleet
     import forged_frames
     import hardnat_sim
     import relay_memory
@@ -289,6 +296,9 @@ def main() -> None:
         ("relay_memory", relay_memory.bench_relay_memory),
         ("relay_saturation", relay_saturation.bench_relay_saturation),
         ("forged_frames", forged_frames.bench_forged_frames),
+        ("fleet_failover_sim", fleet.bench_fleet_failover_sim),
+        ("fleet_directory", fleet.bench_fleet_directory),
+        ("fleet_cores", fleet.bench_fleet_cores),
         ("relay_stream", relay_stream.bench_relay_stream),
     ]
     if os.geteuid() == 0:

@@ -186,3 +186,38 @@ def test_gso_sends_runs_of_equal_datagrams_as_one_message_and_they_arrive_apart(
         a.close()
         b.close()
         c.close()
+
+
+@needs_mmsg
+def test_a_run_the_kernel_will_not_segment_goes_out_one_by_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A GSO refusal (here: more segments than the kernel takes, EINVAL) switches GSO off and
+    still delivers the run, datagram by datagram: no frame is lost to it."""
+    a, b = _pair()
+    for s in (a, b):  # 300 datagrams queued at once
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    try:
+        if not mmsg.gso_supported(b):
+            pytest.skip("no UDP_SEGMENT in this kernel")
+        monkeypatch.setattr(mmsg, "GSO_MAX_SEGMENTS", 1000)
+        runs = 300  # the kernel takes 64 (128 since Linux 6.x)
+        for i in range(runs):
+            a.sendto(b"seg %03d" % i, b.getsockname())
+        rb = mmsg.RecvBatch(socket.AF_INET, count=runs)
+        n = 0
+        for _ in range(100):
+            n = rb.recv(b)
+            if n:
+                break
+        assert n == runs
+        sb = mmsg.SendBatch(rb, gso=True)
+        for i in range(runs):
+            sb.add(i, rb.lengths[i], rb.source(i))
+        assert sb._messages == 1
+        assert sb.flush(b) == (runs, 0)
+        assert not sb.gso
+        assert [a.recv(100) for _ in range(runs)] == [b"seg %03d" % i for i in range(runs)]
+    finally:
+        a.close()
+        b.close()

@@ -4,7 +4,11 @@ that streams voice-sized datagram frames to it and reports what came back.
 Thin wrappers: the echo logic is :func:`punchthrough.apps.echo.run_echo_session` /
 :func:`punchthrough.apps.echo.serve_endpoint`, which the simulator runs on virtual time.
 Exit codes: 0 success, 1 connection failed (one-line reason on stderr), 2 bad arguments,
-3 (``connect``) the call ran but lost more frames than ``--max-loss`` allows.
+3 (``connect``) the call ran but lost more frames than ``--max-loss`` allows, 4 (``listen``)
+displaced: another endpoint with the same identity registered and took over.
+
+A relay fleet (``--relay-map FILE``, or ``--relay ID=IP:PORT``): register with the nearest
+relay only and call peers by id through their home relays (``endpoint.fleet``).
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ import typer
 from punchthrough.apps.echo import run_echo_session, serve_endpoint
 from punchthrough.endpoint import Connection, Endpoint, EndpointConfig, EndpointError
 from punchthrough.endpoint.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_RELAY_TIMEOUT
-from punchthrough.endpoint.relayspec import parse_relay_entry
+from punchthrough.endpoint.relaymap import RelayMap, RelayMapError, parse_peer_address
+from punchthrough.endpoint.relayspec import names_transports, parse_relay_entry
 from punchthrough.identity import Identity, IdentityError, InvalidPeerId, PeerId
 from punchthrough.netio import Address, UdpNetwork
 
 EXIT_FAILED = 1
 EXIT_BAD_ARGS = 2
 EXIT_LOSSY = 3
+EXIT_DISPLACED = 4
 #: ``connect --max-loss`` default (percent of frames sent): a 50 pps call that loses more than
 #: 1 frame in 20 is not a working call, while a relay -> direct switch loses none and a path
 #: that dies mid-call and falls back loses about 11 frames in 0.4 s (2% of a 10 s call).
@@ -43,12 +49,19 @@ _RELAY = typer.Option(
     "--relay",
     help="Relay (repeatable; at least one): HOST:PORT (UDP), optionally with its TLS/WebSocket "
     "transports and identity, comma-separated: "
-    "'HOST:3478,tls://HOST:443,wss://HOST/relay,id=pt1...'.",
+    "'HOST:3478,tls://HOST:443,wss://HOST/relay,id=pt1...'. ID=IP:PORT: a relay fleet (home "
+    "relay by RTT, peers called through their home relays).",
 )
 _PROXY = typer.Option(
     "--proxy",
     help="HTTP proxy for the relays' TLS/WebSocket transports (http://[user:pass@]host:port); "
     "default: HTTPS_PROXY/https_proxy unless NO_PROXY names the relay.",
+)
+_RELAY_MAP = typer.Option(
+    "--relay-map", help="Relay fleet map file (JSON or TOML: id, addresses, key, region)."
+)
+_HOME_RELAY = typer.Option(
+    "--home-relay", help="Fleet: start homed on this relay id (default: the nearest by RTT)."
 )
 _STUN = typer.Option(
     "--stun",
@@ -84,20 +97,34 @@ def _fail(reason: str, as_json: bool) -> typer.Exit:
     return typer.Exit(EXIT_FAILED)
 
 
+def _fleet(relay: list[str] | None, relay_map: Path | None) -> RelayMap | None:
+    """A relay map from ``--relay-map``, or from ``--relay ID=IP:PORT`` arguments."""
+    try:
+        if relay_map is not None:
+            return RelayMap.load(relay_map)
+        if relay and all("=" in r and not names_transports(r) for r in relay):
+            return RelayMap.from_specs(relay)
+    except RelayMapError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--relay-map/--relay") from None
+    if relay and any("=" in r and not names_transports(r) for r in relay):
+        raise typer.BadParameter("give every --relay as ID=IP:PORT, or none", param_hint="--relay")
+    return None
+
+
 def _load(
-    identity: Path, relay: list[str] | None, stun: list[str] | None
+    identity: Path, relay: list[str] | None, stun: list[str] | None, fleet: bool = False
 ) -> tuple[Identity, list[str], list[str]]:
     try:
         ident = Identity.load(identity)
     except IdentityError as exc:
         raise typer.BadParameter(str(exc), param_hint="--identity") from None
-    relays = list(relay or [])
+    relays = [] if fleet else list(relay or [])
     for text in relays:
         try:
             parse_relay_entry(text)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--relay") from None
-    if not relays:
+    if not relays and not fleet:
         raise typer.BadParameter(
             "give at least one relay with --relay IP:PORT", param_hint="--relay"
         )
@@ -128,9 +155,15 @@ def listen(
     upnp: Annotated[bool, _UPNP] = False,
     relay_timeout: Annotated[float, _RELAY_TIMEOUT] = DEFAULT_RELAY_TIMEOUT,
     proxy: Annotated[str | None, _PROXY] = None,
+    relay_map: Annotated[Path | None, _RELAY_MAP] = None,
+    home_relay: Annotated[str | None, _HOME_RELAY] = None,
 ) -> None:
-    """Accept calls through the relay(s) until SIGINT/SIGTERM; print each caller's peer id."""
-    ident, relays, stuns = _load(identity, relay, stun)
+    """Accept calls through the relay(s) until SIGINT/SIGTERM; print each caller's peer id.
+
+    Exits 4 if another endpoint with the same identity registers and displaces this one.
+    """
+    fleet = _fleet(relay, relay_map)
+    ident, relays, stuns = _load(identity, relay, stun, fleet is not None)
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -149,6 +182,8 @@ def listen(
                     config=EndpointConfig(relay_timeout=relay_timeout, relay_proxy=proxy),
                     gateway=gateway,
                     upnp=upnp,
+                    relay_map=fleet,
+                    home_relay=home_relay,
                 )
             except (EndpointError, OSError) as exc:
                 raise _fail(f"cannot listen: {exc}", as_json) from None
@@ -160,6 +195,8 @@ def listen(
                         "peer_id": str(ep.peer_id),
                         "local": _addr(ep.local_address),
                         "relays": [_addr(a) for a in ep.relay_addresses],
+                        "home_relay": ep.home_relay,
+                        "address": ep.address,
                         "observed": observed,
                         "relay_transports": {_addr(a): t for a, t in ep.relay_transports.items()},
                         "echo": echo,
@@ -204,6 +241,11 @@ def listen(
                 await asyncio.gather(server, stopper, return_exceptions=True)
             finally:
                 await ep.close("listener shutting down")
+            if ep.displaced is not None:
+                if as_json:
+                    _out({"event": "displaced", "reason": ep.displaced}, True)
+                typer.echo(f"error: displaced: {ep.displaced}", err=True)
+                return EXIT_DISPLACED
             _out({"event": "stopped"} if as_json else "stopped", as_json)
             return 0
         finally:
@@ -250,8 +292,12 @@ def connect(
     gateway: Annotated[str | None, _GATEWAY] = None,
     upnp: Annotated[bool, _UPNP] = False,
     proxy: Annotated[str | None, _PROXY] = None,
+    relay_map: Annotated[Path | None, _RELAY_MAP] = None,
+    home_relay: Annotated[str | None, _HOME_RELAY] = None,
 ) -> None:
     """Call PEER_ID (which runs `listen --echo`), stream numbered 160-byte frames, report.
+
+    In a relay fleet PEER_ID may carry its home relay: pt1...@RELAY_ID (no lookup then).
 
     The call starts on the relay and moves to a direct path when one is found.
     --json reports path, direct_ms, strategy and the traversal report.
@@ -263,10 +309,12 @@ def connect(
       3  connected, but more than --max-loss percent of the frames lost
     """
     try:
-        peer = PeerId.parse(peer_id)
-    except InvalidPeerId as exc:
+        parse_peer_address(peer_id)
+    except (InvalidPeerId, ValueError) as exc:
         raise typer.BadParameter(str(exc), param_hint="PEER_ID") from None
-    ident, relays, stuns = _load(identity, relay, stun)
+    peer: PeerId | str = peer_id if "@" in peer_id else PeerId.parse(peer_id)
+    fleet = _fleet(relay, relay_map)
+    ident, relays, stuns = _load(identity, relay, stun, fleet is not None)
 
     async def main() -> dict[str, object]:
         loop = asyncio.get_running_loop()
@@ -285,6 +333,8 @@ def connect(
                 config=config,
                 gateway=gateway,
                 upnp=upnp,
+                relay_map=fleet,
+                home_relay=home_relay,
             )
         except (EndpointError, OSError) as exc:
             raise _fail(f"connection failed: {exc}", as_json) from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from punchthrough.endpoint.config import EndpointConfig
 from punchthrough.endpoint.connection import Connection
@@ -23,11 +23,15 @@ from punchthrough.endpoint.errors import (
     NoRelay,
     PeerUnreachable,
 )
+from punchthrough.endpoint.relaymap import parse_peer_address
 from punchthrough.endpoint.relays import RelaySet
 from punchthrough.identity import PeerId
 from punchthrough.netio import Address
 from punchthrough.relay import NOTICE_RATE_LIMITED, NOTICE_UNKNOWN_DESTINATION
 from punchthrough.transport.path import Path
+
+#: A relay fleet's choice of relay for a call: ``(peer, relay id hint) -> relay address``.
+Resolver = Callable[[PeerId, str | None], Awaitable[Address]]
 
 
 class Dialer:
@@ -49,17 +53,32 @@ class Dialer:
         self._is_closed = is_closed
         self._dialing: dict[PeerId, set[Connection]] = {}
         self._tried: dict[Connection, set[Address]] = {}
+        #: Set by a relay fleet (``endpoint.fleet``): where to call a peer, and what to do
+        #: when a relay says a peer of a live call is not there any more.
+        self.resolve: Resolver | None = None
+        self.peer_moved: Callable[[Address, PeerId], None] | None = None
 
     async def connect(self, peer_id: PeerId | str, timeout: float | None) -> Connection:
         """See :meth:`Endpoint.connect`."""
         if self._is_closed():
             raise EndpointClosed("endpoint is closed")
-        peer = peer_id if isinstance(peer_id, PeerId) else PeerId.parse(peer_id)
-        registered = self._relays.registered()
-        relay = registered[0] if registered else None
+        hint: str | None = None
+        if isinstance(peer_id, PeerId):
+            peer = peer_id
+        else:
+            peer, hint = parse_peer_address(peer_id)  # "pt1...@relay-id": a home-relay hint
+        timeout = self._config.connect_timeout if timeout is None else timeout
+        if self.resolve is not None:
+            try:
+                async with asyncio.timeout(timeout):
+                    relay: Address | None = await self.resolve(peer, hint)
+            except TimeoutError:
+                raise ConnectTimeout(f"no relay for {peer.short} within {timeout:g} s") from None
+        else:
+            registered = self._relays.registered()
+            relay = registered[0] if registered else None
         if relay is None:
             raise NoRelay("not registered with any relay" if self._relays.specs else "no relays")
-        timeout = self._config.connect_timeout if timeout is None else timeout
         conn = self._new_connection(peer)
         conn.paths.add(Path.relay(relay), self._relays.sender(relay, peer))
         self._tried[conn] = {relay}
@@ -105,6 +124,9 @@ class Dialer:
             self._stats["relay_notice_unknown"] += 1
             return
         self._stats["relay_unknown_destination"] += 1
+        if self.peer_moved is not None and peer not in self._dialing:
+            self.peer_moved(relay, peer)  # a live call's peer left that relay (fleet)
+            return
         for conn in list(self._dialing.get(peer, ())):
             current = conn.paths.current
             if current is None or current != Path.relay(relay):

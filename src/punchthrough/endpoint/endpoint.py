@@ -23,25 +23,27 @@ The endpoint is also what every connection's traversal agent uses for direct pat
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Sequence
 from types import TracebackType
 from typing import Any
 
+from punchthrough.endpoint import relayspec
 from punchthrough.endpoint.admission import Admission
 from punchthrough.endpoint.config import EndpointConfig
 from punchthrough.endpoint.connection import Connection
 from punchthrough.endpoint.dialer import Dialer
-from punchthrough.endpoint.errors import EndpointClosed
+from punchthrough.endpoint.errors import Displaced, EndpointClosed
+from punchthrough.endpoint.fleet import DISPLACED, RelayFleet
 from punchthrough.endpoint.gather import Gatherer, host_ips
+from punchthrough.endpoint.homing import HomingSettings
 from punchthrough.endpoint.netwatch import NetworkWatch, WatchedSocket
 from punchthrough.endpoint.peerauth import Admit, AllowCallback
 from punchthrough.endpoint.portmapping import MainSocketMapping
-from punchthrough.endpoint.relaylink import RelayLinks, TransportChange
+from punchthrough.endpoint.relaymap import RelayMap, fleet_map
 from punchthrough.endpoint.relays import RelaySet, RelaySpec, parse_relay
-from punchthrough.endpoint.relayspec import RelayEntry, parse_relay_entry, resolve_entry
 from punchthrough.endpoint.router import PacketRouter
+from punchthrough.endpoint.transports import RelayTransports
 from punchthrough.identity import Identity, PeerId
 from punchthrough.nat.probe import PROBE_RTO
 from punchthrough.netio import Address, DatagramSocket, Network, UdpNetwork
@@ -79,7 +81,7 @@ class _Binding:
             await self._endpoint.close()
 
 
-class Endpoint:
+class Endpoint(RelayTransports):
     """This peer on the network: accepts and makes end-to-end authenticated connections."""
 
     def __init__(
@@ -98,6 +100,12 @@ class Endpoint:
         self.network = network
         self._closed = False
         self._stats: Counter[str] = Counter()
+        #: Why this endpoint was displaced (another instance of its identity took its relay
+        #: registration; it then closes itself), or None.
+        self.displaced: str | None = None
+        #: The relay fleet (home relay, visits, failover) when bound with a ``relay_map``.
+        self.fleet: RelayFleet | None = None
+        self._closer: asyncio.Task[None] | None = None  # the close after a displacement
         #: Insertion-ordered (not a set hashed by id): closing goes in the same order every run.
         self._connections: dict[Connection, None] = {}
         closed = self._is_closed
@@ -136,6 +144,7 @@ class Endpoint:
             incoming=self._admission.incoming,
             is_relay=lambda addr: addr in self._relays.clients,
         )
+        self._relays.on_replaced = self._replaced
         self.mux.add_stun_handler(self.stun.handle_datagram)
         self.mux.add_stun_handler(self._router.stun_check)
         self._dialer = Dialer(
@@ -156,9 +165,7 @@ class Endpoint:
             port_mapper=lambda: self._mapping.mapper,
             agents=self._router.ufrags.values,
             is_closed=closed,
-            udp_unanswered=lambda: (
-                self._relays.links is not None and self._relays.links.udp_unanswered()
-            ),
+            udp_unanswered=self._relays.udp_unanswered,
         )
         self._watch = NetworkWatch(
             self._local,
@@ -186,6 +193,9 @@ class Endpoint:
         config: EndpointConfig | None = None,
         gateway: str | None = None,
         upnp: bool = False,
+        relay_map: RelayMap | None = None,
+        homing: HomingSettings | None = None,
+        home_relay: str | None = None,
     ) -> _Binding:
         """Bind the main socket, map it on the gateway, register with every relay, gather.
 
@@ -200,22 +210,28 @@ class Endpoint:
         The mapping is made *before* the relays register, so that the address they observe is
         the one the mapping keeps. ``stun``: servers whose observed addresses become
         server-reflexive candidates (and tell whether our NAT maps endpoint-independently).
+
+        ``relay_map``: a relay fleet (``endpoint.relaymap``) sharing a directory, instead of
+        ``relays``: we register with the nearest relay only (our home, by measured RTT), call
+        peers by id through their home relays, and move home and calls when a relay fails
+        (``endpoint.fleet``; ``homing`` tunes when; ``home_relay`` names the first home).
+        ``relays=["r1=198.51.100.31:3478", ...]`` (every one with an id) is a fleet too.
         """
-        entries = [parse_relay_entry(r) for r in relays]  # ValueError now, not at await
-        stun_entries = [parse_relay_entry(s) for s in stun]  # HOST:PORT; names resolved below
-        if any(e.udp is None or e.streams or e.pin for e in stun_entries):
-            raise ValueError("a STUN server is HOST:PORT (UDP)")
+        # naming transports ("HOST:PORT,tls://...,id=...") is not a fleet spec ("r1=IP:PORT")
+        named = any(map(relayspec.names_transports, relays))
+        relay_map = relay_map or (None if named else fleet_map(relays))
+        entries = [] if relay_map else relayspec.parse_relays(relays)
+        stuns = relayspec.parse_stun(stun)
 
         async def make() -> Endpoint:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            stun_addrs = [(await resolve_entry(e, family=family)).key for e in stun_entries]
+            stun_addrs = list(await relayspec.resolve_entries(stuns, host))
             net = network if network is not None else UdpNetwork()
             sock = await net.bind(host, port)
             try:
                 ep = cls(
                     identity,
                     sock,
-                    stun=[a for a in stun_addrs if a is not None],
+                    stun=stun_addrs,
                     config=config or EndpointConfig(),
                     allow=allow,
                     network=net,
@@ -227,7 +243,11 @@ class Endpoint:
                 if gateway is not None:
                     port_ = ep._sock.local_address[1]
                     await ep._mapping.start(net, gateway, port_, ep._host_ips(), upnp=upnp)
-                await ep._relays.start(await ep._relay_entries(entries, host))
+                if relay_map is not None:
+                    await ep._start_fleet(relay_map, homing, home_relay).start()
+                else:
+                    on_udp = ep._watch.relay_event
+                    await ep._relays.start(await ep._relays.use(entries, host, ep.stun, on_udp))
                 await ep.gather()
                 ep._watch.start()
             except BaseException:
@@ -240,27 +260,36 @@ class Endpoint:
     def _is_closed(self) -> bool:
         return self._closed
 
-    async def _relay_entries(self, entries: list[RelayEntry], host: str) -> list[Address]:
-        """Resolve the relay list; relays with TLS/WebSocket transports get ``RelayLinks``
-        (UDP-only lists run exactly as before). Returns the relays' keys."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        resolved = [await resolve_entry(e, family=family) for e in entries]
-        keyed = {e.key: e for e in resolved if e.key is not None}
-        if any(e.streams for e in resolved):
-            self._relays.links = RelayLinks(
-                keyed,
-                self.identity,
-                connect_udp=self._relays.connect_udp,
-                stun=self.stun,
-                relay_timeout=self.config.relay_timeout,
-                nat_keepalive=self.config.nat_keepalive,
-                proxy=self.config.relay_proxy,
-                current=self._relays.clients.get,
-                swap=self._relays.swap,
-                is_closed=self._is_closed,
-                on_network=lambda reason: self._watch.relay_event(reason),
-            )
-        return list(keyed)
+    def _start_fleet(
+        self, relay_map: RelayMap, homing: HomingSettings | None, prefer: str | None
+    ) -> RelayFleet:
+        self.fleet = fleet = RelayFleet(
+            self._relays,
+            self.stun,
+            relay_map,
+            self._stats,
+            settings=homing,
+            relay_timeout=self.config.relay_timeout,
+            prefer=prefer,
+            is_closed=self._is_closed,
+            connections=lambda: list(self._connections),
+            on_displaced=self._displaced,
+        )
+        self._dialer.resolve, self._dialer.peer_moved = fleet.resolve, fleet.peer_moved
+        return fleet
+
+    def _replaced(self, relay: Address) -> None:
+        if not self._relays.clients and self.fleet is None:
+            self._displaced(f"{DISPLACED} {relay[0]}:{relay[1]}; this one is no longer reachable")
+
+    def _displaced(self, reason: str) -> None:
+        """Another instance of our identity took our place: say so, then close (never stay
+        up unreachable). ``accept()``/``connect()`` raise :class:`Displaced` from now on."""
+        if self.displaced is not None or self._closed:
+            return
+        self.displaced = reason
+        self._stats["displaced"] += 1
+        self._closer = self._loop.create_task(self.close(f"displaced: {reason}"))
 
     def _host_ips(self) -> list[str]:
         return host_ips(self._sock, self.network)
@@ -297,11 +326,19 @@ class Endpoint:
         :class:`ConnectTimeout` (after ``timeout``, default ``config.connect_timeout``) or
         :class:`EndpointClosed`.
         """
+        if self.displaced is not None:
+            raise Displaced(self.displaced)
         return await self._dialer.connect(peer_id, timeout)
 
     async def accept(self) -> Connection:
-        """The next authenticated, allowed incoming connection; :class:`EndpointClosed` at end."""
-        return await self._admission.accept()
+        """The next authenticated, allowed incoming connection; :class:`EndpointClosed` at end
+        (:class:`Displaced` when another instance of our identity took our place)."""
+        try:
+            return await self._admission.accept()
+        except EndpointClosed:
+            if self.displaced is not None:
+                raise Displaced(self.displaced) from None
+            raise
 
     def __aiter__(self) -> AsyncIterator[Connection]:
         return self._iterate()
@@ -389,20 +426,20 @@ class Endpoint:
         return self._relays.registered()
 
     @property
+    def home_relay(self) -> str | None:
+        """Our home relay's id in a fleet (None without a relay map)."""
+        return self.fleet.home if self.fleet is not None else None
+
+    @property
+    def address(self) -> str:
+        """How peers reach us: our peer id, with ``@home-relay`` in a fleet (a dialer then
+        skips the directory lookup)."""
+        home = self.home_relay
+        return f"{self.peer_id}@{home}" if home else str(self.peer_id)
+
+    @property
     def relays(self) -> dict[Address, RelayClient]:
         return dict(self._relays.clients)
-
-    @property
-    def relay_transports(self) -> dict[Address, str]:
-        """What carries each registration now: ``udp``, ``tls`` or ``websocket``."""
-        return {a: c.transport for a, c in self._relays.clients.items()}
-
-    @property
-    def relay_transport_changes(self) -> list[TransportChange]:
-        """Every move of a relay registration between transports, and why (``.relaylink``;
-        empty for relays that list only UDP)."""
-        links = self._relays.links
-        return list(links.changes) if links is not None else []
 
     @property
     def connections(self) -> list[Connection]:
@@ -435,6 +472,8 @@ class Endpoint:
             for task in watchers:
                 task.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)
+            if self.fleet is not None:
+                await self.fleet.close()
             await self._relays.close()
             await self._mapping.close()
         finally:

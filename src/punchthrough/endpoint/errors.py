@@ -61,3 +61,21 @@ class ConnectionClosed(EndpointError, ConnectionError):
         self.error_code = error_code
         text = f"connection closed: {reason or 'no reason given'}"
         super().__init__(f"{text} (by the peer)" if by_peer else text)
+
+
+class PeerLookupFailed(ConnectError):
+    """The relay fleet could not say where the peer lives (``code``: the relay's, e.g. 503
+    ``RELAY_UNAVAILABLE`` when the directory is down; ``reason`` says why)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"peer lookup failed: {code} {reason}".rstrip())
+
+
+class Displaced(EndpointClosed, ConnectionClosed):
+    """Another instance of this identity registered after us and took our place: this endpoint
+    is no longer reachable and stops (``accept()`` and ``connect()`` raise it)."""
+
+    def __init__(self, reason: str) -> None:
+        ConnectionClosed.__init__(self, reason)

@@ -20,9 +20,11 @@ from typing import Final
 from punchthrough.endpoint.config import EndpointConfig
 from punchthrough.endpoint.errors import EndpointClosed, NoRelay
 from punchthrough.endpoint.relaylink import RelayLinks
+from punchthrough.endpoint.relayspec import RelayEntry, resolve_entries
 from punchthrough.identity import Identity, PeerId
 from punchthrough.netio import Address
 from punchthrough.relay import RelayClient, RelayCloseCode, RelayError
+from punchthrough.stun import StunClient
 from punchthrough.transport.demux import DatagramMux
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,8 @@ RELAY_RETRY_MAX: Final = 30.0
 RelaySpec = Address | str
 #: ``(relay, sender peer id, payload)`` of a relayed DATA frame.
 DataHandler = Callable[[Address, PeerId, bytes], None]
+#: ``on_network(reason)``: a relay reachable over UDP again (re-gather).
+NetworkHook = Callable[[str], None]
 #: ``(relay, NOTICE code, peer id)``.
 NoticeHandler = Callable[[Address, int, PeerId], None]
 
@@ -93,6 +97,11 @@ class RelaySet:
         #: Relays we are registered with right now.
         self.clients: dict[Address, RelayClient] = {}
         self._tasks: dict[Address, asyncio.Task[None]] = {}
+        #: Relay identities to verify, by address (a relay map's keys).
+        self.pins: dict[Address, PeerId] = {}
+        #: Called when a relay closed our registration because another instance of our
+        #: identity took it over (the endpoint decides whether it is displaced for good).
+        self.on_replaced: Callable[[Address], None] | None = None
         #: Relays with TLS/WebSocket transports register through it (``.relaylink``: happy
         #: eyeballs, back to UDP, UDP lost mid-call); set by the endpoint.
         self.links: RelayLinks | None = None
@@ -131,12 +140,12 @@ class RelaySet:
         if not self.clients:
             raise NoRelay("no relay registered us: " + "; ".join(errors))
 
-    async def _connect(self, addr: Address) -> RelayClient:
-        if self.links is not None and self.links.handles(addr):
+    async def _connect(self, addr: Address, *, visitor: bool = False) -> RelayClient:
+        if self.links is not None and self.links.handles(addr) and not visitor:
             return await self.links.connect(addr)
-        return await self.connect_udp(addr)
+        return await self.connect_udp(addr, visitor=visitor)
 
-    async def connect_udp(self, addr: Address) -> RelayClient:
+    async def connect_udp(self, addr: Address, *, visitor: bool = False) -> RelayClient:
         """A registration with ``addr`` over UDP, from the endpoint's main socket."""
         return await RelayClient.connect(
             self._mux,
@@ -144,7 +153,29 @@ class RelaySet:
             self._identity,
             timeout=self._config.relay_timeout,
             nat_keepalive=self._config.nat_keepalive,
+            relay_peer_id=self.pins.get(addr),
+            visitor=visitor,
         )
+
+    async def join(self, addr: Address, *, visitor: bool = False) -> RelayClient:
+        """Register with one more relay, unsupervised: a relay fleet (``endpoint.fleet``)
+        decides itself what losing it means."""
+        client = await self._connect(addr, visitor=visitor)
+        if self._is_closed():
+            await client.close()
+            raise EndpointClosed("endpoint closed")
+        if addr not in self.specs:
+            self.specs.append(addr)
+        self._attach(addr, client)
+        return client
+
+    async def leave(self, addr: Address) -> None:
+        """End our registration with ``addr`` (joined with :meth:`join`)."""
+        client = self.clients.pop(addr, None)
+        if addr in self.specs:
+            self.specs.remove(addr)
+        if client is not None:
+            await client.close()
 
     async def _register(self, addr: Address) -> None:
         client = await self._connect(addr)
@@ -153,6 +184,33 @@ class RelaySet:
             raise EndpointClosed("endpoint closed")
         self._attach(addr, client)
         self._tasks[addr] = self._loop.create_task(self._supervise(addr, client))
+
+    async def use(
+        self, entries: list[RelayEntry], host: str, stun: StunClient, on_network: NetworkHook
+    ) -> list[Address]:
+        """Resolve a relay list (``.relayspec``); relays with TLS/WebSocket transports get
+        :class:`RelayLinks` (UDP-only lists run exactly as before). Returns the relays' keys,
+        for :meth:`start`."""
+        keyed = await resolve_entries(entries, host)
+        if any(e.streams for e in keyed.values()):
+            self.links = RelayLinks(
+                keyed,
+                self._identity,
+                connect_udp=self.connect_udp,
+                stun=stun,
+                relay_timeout=self._config.relay_timeout,
+                nat_keepalive=self._config.nat_keepalive,
+                proxy=self._config.relay_proxy,
+                current=self.clients.get,
+                swap=self.swap,
+                is_closed=self._is_closed,
+                on_network=on_network,
+            )
+        return list(keyed)
+
+    def udp_unanswered(self) -> bool:
+        """Every relay that lists UDP carries us over TCP: UDP is blocked (``.relaylink``)."""
+        return self.links is not None and self.links.udp_unanswered()
 
     def swap(self, addr: Address, client: RelayClient) -> None:
         """``client`` (another transport, ``.relaylink``, which then closes the old one)
@@ -202,6 +260,8 @@ class RelaySet:
                         *addr,
                     )
                     self._stats["relay_replaced"] += 1
+                    if self.on_replaced is not None:
+                        self.on_replaced(addr)
                     return
                 log.warning(
                     "lost relay %s:%d (%s); re-registering", *addr, client.close_reason or ""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from punchthrough.identity import InvalidPeerId, PeerId
@@ -95,6 +96,13 @@ def parse_relay_entry(spec: str | Address | RelayEntry) -> RelayEntry:
     return RelayEntry(udp=udp, streams=tuple(streams), pin=pin)
 
 
+def names_transports(spec: object) -> bool:
+    """Whether ``spec`` is an entry in this module's syntax with more than a UDP address
+    (``,`` or ``://``): never a fleet's ``ID=IP:PORT`` (``endpoint.relaymap``), though both
+    may contain ``=``."""
+    return isinstance(spec, str) and ("," in spec or "://" in spec)
+
+
 def is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -128,3 +136,23 @@ async def resolve_entry(entry: RelayEntry, *, family: int = socket.AF_INET) -> R
         first = entry.streams[0]
         key = await resolve_host(first.host, first.port, family=socket.AF_UNSPEC)
     return replace(entry, udp=udp, key=key)
+
+
+def parse_relays(specs: Sequence[str | Address | RelayEntry]) -> list[RelayEntry]:
+    """A relay list (each entry as :func:`parse_relay_entry`)."""
+    return [parse_relay_entry(s) for s in specs]
+
+
+def parse_stun(specs: Sequence[str | Address]) -> list[RelayEntry]:
+    """STUN servers: ``HOST:PORT`` each (UDP; names resolved by :func:`resolve_entries`)."""
+    entries = [parse_relay_entry(s) for s in specs]
+    if any(e.udp is None or e.streams or e.pin for e in entries):
+        raise ValueError("a STUN server is HOST:PORT (UDP)")
+    return entries
+
+
+async def resolve_entries(entries: Sequence[RelayEntry], host: str) -> dict[Address, RelayEntry]:
+    """Every entry resolved, by key, for a main socket bound to ``host`` (its family)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    resolved = [await resolve_entry(e, family=family) for e in entries]
+    return {e.key: e for e in resolved if e.key is not None}

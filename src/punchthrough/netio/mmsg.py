@@ -183,8 +183,9 @@ class RecvBatch:
 #: datagrams of ``gso_size`` bytes to one destination, built and routed once by the kernel.
 SOL_UDP: Final = 17
 UDP_SEGMENT: Final = 103
-#: The kernel's UDP_MAX_SEGMENTS (include/linux/udp.h), and the most bytes one message may
-#: carry: an IPv4 datagram's 65,535 less the IP and UDP headers (65,507), rounded down.
+#: The kernel's UDP_MAX_SEGMENTS (include/linux/udp.h; 64, 128 in newer kernels: we use the
+#: lower), and the most bytes one message may carry: an IPv4 datagram's 65,535 less the IP and
+#: UDP headers (65,507), rounded down.
 GSO_MAX_SEGMENTS: Final = 64
 GSO_MAX_BYTES: Final = 65_000
 #: Errors that mean "this path cannot segment" (no checksum offload: EIO): GSO is switched off.
@@ -309,7 +310,25 @@ class SendBatch:
                 done += n
                 continue
             if self._segments[done] > 1 and ctypes.get_errno() in _GSO_ERRORS:
-                self.gso = False
-            failed += self._segments[done]
+                self.gso = False  # this path cannot segment: send that run one by one
+                ok = self._send_apart(sock, done)
+                sent += ok
+                failed += self._segments[done] - ok
+            else:
+                failed += self._segments[done]
             done += 1  # the first unsent one is refused: skip it, send the rest
         return sent, failed
+
+    def _send_apart(self, sock: socket.socket, m: int) -> int:
+        """Send message ``m``'s segments as separate datagrams; how many went."""
+        at = m * SOCKADDR_IN6
+        dest = decode_sockaddr(self._names_view[at : at + self.salen])
+        ok = 0
+        for seg in range(self._first[m], self._first[m] + self._segments[m]):
+            address, length = _IOV_FMT.unpack_from(self._iovs, seg * _IOV)
+            try:
+                sock.sendto(ctypes.string_at(address, length), dest)
+                ok += 1
+            except OSError:
+                pass
+        return ok

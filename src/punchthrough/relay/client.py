@@ -110,6 +110,8 @@ class RelayClient:
         self.close_code: int | None = None
         #: The relay's identity (from its certificate), known after the handshake.
         self.relay_peer_id: PeerId | None = None
+        #: Registered as a visitor of a relay fleet (``connect(visitor=True)``).
+        self.visitor = False
         self._stats: Counter[str] = Counter(
             dict.fromkeys(
                 (
@@ -148,6 +150,7 @@ class RelayClient:
         relay_peer_id: PeerId | None = None,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         nat_keepalive: float | None = None,
+        visitor: bool = False,
     ) -> RelayClient:
         """Open the control connection through ``mux``, register, return when registered.
 
@@ -156,11 +159,13 @@ class RelayClient:
         :class:`RelayTimeout`, :class:`RelayRegistrationError` (the relay said no) or
         :class:`RelayError`/:class:`RelayClosed`. ``nat_keepalive``: seconds between STUN
         keepalives of our NAT's binding (``None``: none, only the QUIC PINGs every
-        ``keepalive_ms``).
+        ``keepalive_ms``). ``visitor``: a relay fleet's visit (not published as our home;
+        :meth:`make_home` changes that).
         """
         if nat_keepalive is not None and nat_keepalive <= 0:
             raise ValueError("nat_keepalive must be positive")
         self = cls(mux, relay_addr, identity, idle_timeout, nat_keepalive)
+        self.visitor = visitor
         try:
             async with asyncio.timeout(timeout):
                 await self._register(relay_peer_id)
@@ -188,7 +193,7 @@ class RelayClient:
         self.relay_peer_id = control_client.relay_peer_id(conn, relay_peer_id)
         reader, writer = self._driver.open_stream()
         answer = await control_client.register(
-            reader, writer, conn, self._identity, self._loop.time
+            reader, writer, conn, self._identity, self._loop.time, visitor=self.visitor
         )
         if answer is None:
             raise RelayClosed(f"relay closed the control stream ({self.close_reason or 'eof'})")
@@ -201,6 +206,24 @@ class RelayClient:
         self._arm_keepalive()
         if self._nat is not None:
             self._nat.start()
+
+    async def make_home(self, *, timeout: float = 5.0) -> None:
+        """A visit becomes our home: register again on this connection, not as a visitor."""
+        if self._control is None or self._driver is None or self.closed:
+            raise RelayClosed("not connected to the relay")
+        reader, writer = self._control
+        async with self._control_lock:
+            try:
+                async with asyncio.timeout(timeout):
+                    answer = await control_client.register(
+                        reader, writer, self._driver.connection, self._identity, self._loop.time
+                    )
+            except TimeoutError:
+                raise RelayTimeout(f"relay did not answer within {timeout} s") from None
+        if answer is None:
+            raise RelayClosed("relay closed the control stream")
+        control_client.registered(answer, self._identity)
+        self.visitor = False
 
     async def lookup(self, peer_id: PeerId, *, timeout: float = 5.0) -> tuple[Address, ...]:
         """Relay addresses where ``peer_id`` is registered, as this relay knows (empty: none).

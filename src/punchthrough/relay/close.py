@@ -24,3 +24,5 @@ class RelayCloseCode(enum.IntEnum):
     REGISTER_TIMEOUT = 0x103
     #: The relay is shutting down.
     SHUTDOWN = 0x104
+    #: The relay is draining (SIGTERM, ``relay.drain``): move to another relay now.
+    DRAINING = 0x105

@@ -50,6 +50,8 @@ from punchthrough.identity import (
 )
 from punchthrough.netio import Address, DatagramSocket
 from punchthrough.relay.close import RelayCloseCode
+from punchthrough.relay.directory import DIRECTORY_TIMEOUT, DirectoryUnavailable
+from punchthrough.relay.fleet import FleetLink
 from punchthrough.relay.frames import FRAME_TOKEN_BYTES, RELAY_ALPN
 from punchthrough.relay.limits import ClientLimiter, RelayLimits, TokenBucket, address_prefix
 from punchthrough.relay.registry import LocalRegistry, Registration
@@ -59,6 +61,7 @@ from punchthrough.signal import (
     RELAY_CONFLICT,
     RELAY_RATE_LIMITED,
     RELAY_UNAUTHORIZED,
+    RELAY_UNAVAILABLE,
     Message,
     Ping,
     Pong,
@@ -169,6 +172,8 @@ class ControlPlane:
         self._retry = RetryGate(
             limits.retry, self._new_conn_bucket, stats, lambda: len(self._half_open)
         )
+        #: The fleet directory (None: this relay answers lookups for its own clients only).
+        self.fleet: FleetLink | None = None
 
     def _quic_config(self) -> QuicConfiguration:
         cfg = QuicConfiguration(
@@ -315,6 +320,8 @@ class ControlPlane:
         reg, ctl.registration = ctl.registration, None
         if reg is not None and self.registry.remove(reg):
             self._stats["clients_forgotten"] += 1
+            if self.fleet is not None and not reg.visitor:
+                self.fleet.unregistered(reg)
             log.info("relay: %s at %s:%d unregistered", reg.peer_id.short, *reg.address)
 
     def _displaced(self, reg: Registration) -> None:
@@ -354,8 +361,10 @@ class ControlPlane:
                     break
                 if isinstance(msg, RelayRegister):
                     reply = self._register(ctl, msg)
+                    if self.fleet is not None and isinstance(reply, RelayRegistered):
+                        await self.fleet.flush(DIRECTORY_TIMEOUT)  # in the directory first
                 elif isinstance(msg, RelayLookup):
-                    reply = self._lookup(ctl.registration, msg)
+                    reply = await self._lookup(ctl.registration, msg)
                 elif isinstance(msg, Ping):
                     ms = int(self._loop.time() * 1000)
                     reply = Pong(nonce=msg.nonce, echo_sent_at_ms=msg.sent_at_ms, sent_at_ms=ms)
@@ -373,7 +382,7 @@ class ControlPlane:
         if ctl.driver is not None and not ctl.driver.closed:
             ctl.driver.close(CLOSE_NORMAL, "control stream ended")
 
-    def _lookup(self, reg: Registration | None, msg: RelayLookup) -> Message:
+    async def _lookup(self, reg: Registration | None, msg: RelayLookup) -> Message:
         """Where ``msg.peer_id`` is registered, within the client's lookup budget.
 
         Over budget the answer is ``RelayError`` 429, which clients already raise as
@@ -388,7 +397,13 @@ class ControlPlane:
             return RelayErrorMsg(code=RELAY_RATE_LIMITED, reason="lookup rate limited")
         self._stats["lookups"] += 1
         reg.stats["lookups"] += 1
-        locs = self.registry.locate(msg.peer_id)
+        if self.fleet is None:
+            locs = self.registry.locate(msg.peer_id)
+        else:
+            try:
+                locs = await self.fleet.locate(msg.peer_id)
+            except DirectoryUnavailable as exc:
+                return RelayErrorMsg(code=RELAY_UNAVAILABLE, reason=str(exc)[:200])
         return RelayLookupResult(
             peer_id=msg.peer_id,
             found=bool(locs),
@@ -432,6 +447,7 @@ class ControlPlane:
                 limiter=ClientLimiter(self.limits, self._loop.time()),
                 frame_token=os.urandom(FRAME_TOKEN_BYTES),
                 owner=ctl,
+                visitor=msg.visitor,
             )
             for old in self.registry.add(reg):
                 self._displaced(old)
@@ -444,6 +460,9 @@ class ControlPlane:
             log.info("relay: %s registered from %s:%d", msg.peer_id.short, *ctl.address)
         registration = ctl.registration
         assert registration is not None  # made just above, or this connection's earlier one
+        registration.visitor = registration.visitor and msg.visitor  # a visit may become home
+        if self.fleet is not None and not registration.visitor:
+            self.fleet.registered(registration)  # published (relay.fleet), not for visitors
         return RelayRegistered(
             peer_id=msg.peer_id,
             observed_ip=ctl.address[0],
@@ -452,13 +471,14 @@ class ControlPlane:
             frame_token=registration.frame_token,
         )
 
-    async def close(self) -> None:
+    async def close(self, code: RelayCloseCode = CLOSE_SHUTDOWN) -> None:
         """CONNECTION_CLOSE on every control connection, a grace period, then release all."""
+        reason = "relay draining" if code == RelayCloseCode.DRAINING else "relay shutting down"
         try:
             controls = list(self.connections)
             drivers = [c.driver for c in controls if c.driver is not None]
             for d in drivers:
-                d.close(CLOSE_SHUTDOWN, "relay shutting down")
+                d.close(code, reason)
             if drivers and self.limits.shutdown_grace > 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.limits.shutdown_grace):

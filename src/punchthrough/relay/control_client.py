@@ -74,6 +74,8 @@ async def register(
     conn: QuicConnection,
     identity: Identity,
     clock: Callable[[], float],
+    *,
+    visitor: bool = False,
 ) -> Message | None:
     """Send ``RelayRegister`` for ``identity`` over ``conn``; the reply, as :func:`request`."""
     signature = sign_exporter(identity, channel_binding(conn), context=RELAY_REGISTER_CONTEXT)
@@ -81,6 +83,7 @@ async def register(
         peer_id=identity.peer_id,
         timestamp_ms=max(0, int(clock() * 1000)),
         signature=signature,
+        visitor=visitor,
     )
     return await request(reader, writer, msg)
 

@@ -43,6 +43,8 @@ class Registration:
     fast: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
     #: Opaque handle of the owning control connection (set by the server).
     owner: object | None = None
+    #: Registered as a visitor (relay fleet): not published in the directory.
+    visitor: bool = False
 
     @property
     def raw(self) -> bytes:

@@ -25,8 +25,10 @@ from typing import Final
 from punchthrough.identity import Identity, PeerId
 from punchthrough.netio import Address, DatagramSocket, Network, UdpNetwork
 from punchthrough.netio.batched import BatchedUdpSocket
+from punchthrough.relay.close import RelayCloseCode
 from punchthrough.relay.control import ControlPlane
 from punchthrough.relay.fastpath import FastForwarder
+from punchthrough.relay.fleet import FLEET_STAT_KEYS, FleetConfig, FleetLink
 from punchthrough.relay.forward import Forwarder, PayloadFilter
 from punchthrough.relay.limits import RelayLimits
 from punchthrough.relay.listen import MAX_BIND_ATTEMPTS, bind_listen, norm_address
@@ -90,6 +92,7 @@ class RelayServer:
         identity: Identity,
         limits: RelayLimits,
         payload_filter: PayloadFilter | None = None,
+        fleet: FleetConfig | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._sockets = sockets
@@ -107,6 +110,13 @@ class RelayServer:
         self._forwarder = Forwarder(sockets, self.registry, self._stats, payload_filter)
         self._fast: list[FastForwarder] = []
         self._payload_filter = payload_filter
+        #: In a fleet: the directory link (relay.fleet); None for a lone relay.
+        self.fleet: FleetLink | None = None
+        if fleet is not None:
+            self._stats.update(dict.fromkeys(FLEET_STAT_KEYS, 0))
+            self.fleet = fleet.link(self._primaries, self.registry, self._stats)
+            self._control.fleet = self.fleet
+            self.fleet.start()
         self._closing = False
         self._closed = False
         #: Sockets added by :meth:`attach_socket` (stream listeners), whose stats we add.
@@ -134,6 +144,10 @@ class RelayServer:
             raise ValueError(f"a socket is already attached at {local}")
         self._sockets[local] = sock
         self._attached[local] = sock
+        # a lookup answers a stream client's relay as the relay's (first) public address, never
+        # the hub's key (a registry alias, as for any socket whose public address differs)
+        public = list(self.fleet.entry.addresses) if self.fleet is not None else []
+        self.registry._public.setdefault(local, (public or self._primaries)[0])
         self._serve_on(local, sock, primary=True)
 
     def address_gone(self, address: Address) -> None:
@@ -161,6 +175,7 @@ class RelayServer:
         payload_filter: PayloadFilter | None = None,
         software: str | None = None,
         fast_path: bool | None = None,
+        fleet: FleetConfig | None = None,
     ) -> RelayServer:
         """Bind every address and start serving.
 
@@ -171,6 +186,7 @@ class RelayServer:
         ``fast_path``: on the kernel's network (:class:`UdpNetwork`), bind the primary sockets
         as :class:`BatchedUdpSocket` and forward SEND frames in batches (:mod:`.fastpath`);
         None (the default) means yes there, and the ordinary path on any other network.
+        ``fleet``: this relay's id and the shared directory (``relay.fleet``).
         """
         if fast_path is None:
             fast_path = isinstance(network, UdpNetwork)
@@ -196,6 +212,7 @@ class RelayServer:
                     identity or Identity.generate(),
                     limits or RelayLimits(),
                     payload_filter,
+                    fleet,
                 )
             except OSError as exc:
                 last_error = exc
@@ -279,15 +296,19 @@ class RelayServer:
         self._control.accept(data, addr, local=local)
 
     # -- shutdown --------------------------------------------------------------------------
-    async def close(self) -> None:
-        """Close every control connection (CONNECTION_CLOSE), then every socket. Idempotent."""
+    async def close(self, *, code: RelayCloseCode = RelayCloseCode.SHUTDOWN) -> None:
+        """Close every control connection (CONNECTION_CLOSE with ``code``: ``DRAINING`` tells
+        clients to move to another relay now), then every socket. Idempotent."""
         if self._closing:
             while not self._closed:
                 await asyncio.sleep(0.01)
             return
         self._closing = True
         try:
-            await self._control.close()
+            await self._control.close(code)
+            if self.fleet is not None:
+                # the control close queued a withdraw per client: flushed (bounded), then stop
+                await self.fleet.close(withdraw=False)
         finally:
             for mux in self._muxes.values():
                 mux.close()

@@ -84,6 +84,7 @@ RELAY_CONFLICT: Final = 409  # peer id registered by another connection
 RELAY_UPGRADE_REQUIRED: Final = 426  # unsupported signal version
 RELAY_RATE_LIMITED: Final = 429
 RELAY_INTERNAL: Final = 500
+RELAY_UNAVAILABLE: Final = 503  # the fleet directory cannot be reached (relay.directory)
 
 
 def _check_ip(value: str | None, field: str) -> None:
@@ -294,6 +295,10 @@ class RelayRegister(Message, tag="relay-register", frozen=True, kw_only=True):
     peer_id: PeerId
     timestamp_ms: Millis
     signature: Signature
+    #: A visit (relay fleet): reachable here for calls through this relay, but this is not our
+    #: home, so the relay does not publish us in the fleet directory. Sent again on the same
+    #: connection with ``False``, it makes this relay our home.
+    visitor: bool = False
 
 
 class RelayRegistered(Message, tag="relay-registered", frozen=True, kw_only=True):
