@@ -32,6 +32,7 @@ from punchthrough.endpoint.admission import Admission
 from punchthrough.endpoint.config import EndpointConfig
 from punchthrough.endpoint.connection import Connection
 from punchthrough.endpoint.dialer import Dialer
+from punchthrough.endpoint.dualstack import bind_host
 from punchthrough.endpoint.errors import EndpointClosed
 from punchthrough.endpoint.gather import Gatherer, host_ips
 from punchthrough.endpoint.netwatch import NetworkWatch, WatchedSocket
@@ -173,7 +174,7 @@ class Endpoint:
         relays: Sequence[RelaySpec] = (),
         stun: Sequence[RelaySpec] = (),
         network: Network | None = None,
-        host: str = "0.0.0.0",
+        host: str | None = None,
         port: int = 0,
         allow: AllowCallback | None = None,
         *,
@@ -194,13 +195,15 @@ class Endpoint:
         The mapping is made *before* the relays register, so that the address they observe is
         the one the mapping keeps. ``stun``: servers whose observed addresses become
         server-reflexive candidates (and tell whether our NAT maps endpoint-independently).
+        ``host``: the main socket's IP; by default one dual-stack socket (``::``) when the
+        network has IPv6, else ``0.0.0.0`` (:func:`punchthrough.endpoint.dualstack.bind_host`).
         """
         relay_addrs = [parse_relay(r) for r in relays]
         stun_addrs = [parse_relay(s) for s in stun]
 
         async def make() -> Endpoint:
             net = network if network is not None else UdpNetwork()
-            sock = await net.bind(host, port)
+            sock = await net.bind(bind_host(net, host), port)
             try:
                 ep = cls(
                     identity,

@@ -97,6 +97,13 @@ def _norm(addr: Address) -> Address:
     return (_norm_ip(addr[0]), addr[1])
 
 
+def _version(ip: str) -> int:
+    try:
+        return ipaddress.ip_address(ip).version
+    except ValueError:
+        return 0
+
+
 def _encoded_size(attr: Attribute, txid: bytes) -> int:
     if isinstance(attr, Fingerprint):
         return ATTRIBUTE_HEADER_LENGTH + 4
@@ -109,7 +116,8 @@ class StunServerCore:
 
     ``listen`` are the primary addresses. With ``alt_ip``, ``alt_ports`` maps each primary port
     to its alternate port (default: port + 1) and the server runs RFC 5780 on the four-address
-    set per port; RFC 5780 needs one primary IP (ValueError otherwise).
+    set per port; RFC 5780 needs one primary IP (ValueError otherwise). A dual-stack server
+    adds listen addresses of the other family, which answer plain STUN (no OTHER-ADDRESS).
 
     ``rate_limit`` (None: no limit) is per source; ``clock`` is its time source, by default the
     running event loop's (virtual in the simulator), else ``time.monotonic``.
@@ -138,8 +146,13 @@ class StunServerCore:
         self._alt_ip = _norm_ip(alt_ip) if alt_ip is not None else None
         self._primary_ip: str | None = None
         self._other_port: dict[int, int] = {}
+        #: Dual stack: listen addresses of the other family than ``alt_ip`` answer plain STUN.
+        self._plain: list[Address] = []
         if self._alt_ip is not None:
-            ips = {ip for ip, _ in self._listen}
+            version = ipaddress.ip_address(self._alt_ip).version
+            self._plain = [a for a in self._listen if _version(a[0]) != version]
+            rfc5780 = [a for a in self._listen if _version(a[0]) == version]
+            ips = {ip for ip, _ in rfc5780} or {ip for ip, _ in self._listen}
             if len(ips) != 1:
                 raise ValueError("RFC 5780 mode needs exactly one primary IP among listen addrs")
             self._primary_ip = ips.pop()
@@ -152,7 +165,7 @@ class StunServerCore:
                 raise ValueError("primary and alternate IP must be the same family")
             if self._alt_ip == self._primary_ip:
                 raise ValueError("alternate IP must differ from the primary IP")
-            for _, port in self._listen:
+            for _, port in rfc5780:
                 alt = (alt_ports or {}).get(port, port + 1)
                 if port == 0 or not 0 < alt <= MAX_PORT or alt == port:
                     raise ValueError(f"invalid port pair {port}/{alt}")
@@ -171,7 +184,10 @@ class StunServerCore:
         if self._alt_ip is None or self._primary_ip is None:
             return list(self._listen)
         out: list[Address] = []
-        for _, port in self._listen:
+        for ip, port in self._listen:
+            if (ip, port) in self._plain:
+                out.append((ip, port))
+                continue
             alt = self._other_port[port]
             for ip in (self._primary_ip, self._alt_ip):
                 out.extend([(ip, port), (ip, alt)])
