@@ -36,6 +36,7 @@ RELAY_ALT_IP = "198.51.100.21"
 STUN_PORT = 3478
 #: IPv6 servers (documentation prefix, RFC 3849), added only when a peer has IPv6.
 STUN6 = "2001:db8:100::1"
+STUN6_ALT = "2001:db8:100::2"
 RELAY6: Address = ("2001:db8:100::20", 3478)
 
 
@@ -175,12 +176,15 @@ async def _scenario(
     tl = Timeline(loop.time())
     servers: list[Any] = []
     try:
-        stun_host = world.add_host("stun", STUN_PRIMARY, STUN_ALT, *([STUN6] * ipv6), link=wan)
+        v6_ips = [STUN6, STUN6_ALT] if ipv6 else []
+        stun_host = world.add_host("stun", STUN_PRIMARY, STUN_ALT, *v6_ips, link=wan)
         servers.append(
             await StunServer.start(stun_host, [(STUN_PRIMARY, STUN_PORT)], alt_ip=STUN_ALT)
         )
         if ipv6:
-            servers.append(await StunServer.start(stun_host, [(STUN6, STUN_PORT)]))
+            servers.append(
+                await StunServer.start(stun_host, [(STUN6, STUN_PORT)], alt_ip=STUN6_ALT)
+            )
         for i, ip in enumerate(STUN_EXTRA):
             extra = world.add_host(f"stun{i + 2}", ip, link=wan)
             servers.append(await StunServer.start(extra, [(ip, STUN_PORT)]))
@@ -201,10 +205,8 @@ async def _scenario(
 
         async def check(name: str, host: Host) -> dict[str, Any]:
             stack = stacks[0] if name == "alice" else stacks[1]
-            if stack == "ipv6":
-                report = await run_netcheck(host, [(STUN6, STUN_PORT)], bind_host="::")
-            else:
-                report = await run_netcheck(host, stun_list)
+            v6 = [(STUN6, STUN_PORT)] if stack != "ipv4" else []
+            report = await run_netcheck(host, [*stun_list, *v6] if stack != "ipv6" else v6)
             tl.add(
                 loop.time(),
                 name,

@@ -382,6 +382,9 @@ class StunServer:
             )
             return cls(core, sockets)
 
+        # Dual stack: listen addresses of the other family than alt_ip answer plain STUN.
+        plain = [a for a in listen if _version(a[0]) != _version(alt_ip)]
+        listen = [a for a in listen if a not in plain] or listen
         if alt_port is not None and len(listen) != 1:
             raise ValueError("alt_port can only be given with a single listen address")
         if len({ip for ip, _ in listen}) != 1:
@@ -392,6 +395,9 @@ class StunServer:
         for _ in range(attempts):
             sockets = {}
             try:
+                for host, port in plain:
+                    sock = await network.bind(host, port)
+                    sockets[_norm(sock.local_address)] = sock
                 core = await cls._bind_rfc5780(
                     network,
                     listen,
@@ -401,6 +407,7 @@ class StunServer:
                     software,
                     amplification_factor,
                     rate_limit,
+                    plain=[a for a in sockets if a[0] in {ip for ip, _ in plain}],
                 )
             except OSError as exc:
                 last_error = exc
@@ -425,6 +432,8 @@ class StunServer:
         software: str | None,
         amplification_factor: float,
         rate_limit: RateLimit | None,
+        *,
+        plain: Sequence[Address] = (),
     ) -> StunServerCore:
         primary_ip = listen[0][0]
         alt_ip = _norm_ip(alt_ip)
@@ -442,7 +451,7 @@ class StunServer:
             ports.append(bound)
             alt_ports[bound] = alt
         return StunServerCore(
-            [(primary_ip, p) for p in ports],
+            [*((primary_ip, p) for p in ports), *plain],
             alt_ip,
             alt_ports,
             software=software,
