@@ -100,6 +100,7 @@ def _make_backend(
         duration=lab_backend.DEFAULT_DURATION_S if duration is None else duration,
         pps=pps,
         requested_rtt_ms=rtt,
+        ipv6=ipv6,
     )
     return lab, lab_backend.DEFAULT_TRIALS
 
@@ -175,8 +176,6 @@ def matrix(
         raise typer.Exit(EXIT_BAD_ARGS)
     if ipv6 not in IPV6_MODES:
         raise typer.BadParameter(f"choose from {', '.join(IPV6_MODES)}", param_hint="--ipv6")
-    if ipv6 != "none" and backend != "sim":
-        raise typer.BadParameter("the lab backend is IPv4 only", param_hint="--ipv6")
     runner, default_trials = _make_backend(backend, rtt, duration, pps, seed, jitter, loss, ipv6)
     n_trials = trials or default_trials
     out.mkdir(parents=True, exist_ok=True)
