@@ -1,6 +1,6 @@
 """IPv6 in the simulator: the issue's headline cells, many trials (``make bench`` style).
 
-Usage: python bench/ipv6_sim.py [--trials 200] [--jobs 2] [--out bench/results/ipv6-sim.json]
+Usage: python bench/ipv6_sim.py [--trials 200] [--jobs 2] [--out bench/results/ipv6_sim.json]
 
 Cells (seed 1, trial k uses seed 1_000_000 + k, 10 s calls at 50 frames/s, 40 ms direct RTT):
 
@@ -57,21 +57,12 @@ def one(args: tuple[str, int]) -> dict[str, Any]:
     }
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--trials", type=int, default=200)
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--out", default="bench/results/ipv6-sim.json")
-    args = ap.parse_args()
-    work = [(name, k) for name in CELLS for k in range(args.trials)]
-    with ProcessPoolExecutor(args.jobs) as pool:
+def bench_ipv6_sim(trials: int = 200, jobs: int = 2) -> dict[str, Any]:
+    """The cells above, ``trials`` each (what ``make bench`` records in ipv6_sim.json)."""
+    work = [(name, k) for name in CELLS for k in range(trials)]
+    with ProcessPoolExecutor(jobs) as pool:
         rows = list(pool.map(one, work, chunksize=4))
-    doc: dict[str, Any] = {
-        "backend": "sim",
-        "trials_per_cell": args.trials,
-        "how": HOW,
-        "cells": {},
-    }
+    doc: dict[str, Any] = {"backend": "sim", "trials_per_cell": trials, "how": HOW, "cells": {}}
     for name in CELLS:
         mine = [r for r in rows if r["cell"] == name]
         times = [r["direct_ms"] for r in mine if r["direct_ms"] is not None]
@@ -83,10 +74,20 @@ def main() -> int:
             "p50_direct_ms": statistics.median(times) if times else None,
             "max_direct_ms": max(times) if times else None,
         }
+    return doc
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=200)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--out", default="bench/results/ipv6_sim.json")
+    args = ap.parse_args()
+    doc = {"benchmark": "ipv6_sim", "results": bench_ipv6_sim(args.trials, args.jobs)}
     with open(args.out, "w") as f:
-        json.dump(doc, f, indent=1)
+        json.dump(doc, f, indent=2)
         f.write("\n")
-    json.dump(doc, sys.stdout, indent=1)
+    json.dump(doc, sys.stdout, indent=2)
     print()
     return 0
 

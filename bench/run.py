@@ -26,6 +26,9 @@ What is measured today (the foundation issue):
 - ``attack.json`` (bench/attack.py): the relay under the issue-12 floods on loopback (junk
   Initials 3,000/s, 370-attribute STUN requests 1,000/s): registration time and a 50 pps relayed
   call's frame loss, against no attack.
+- ``ipv6_sim.json`` (bench/ipv6_sim.py): IPv6 in the simulator, 200 trials per cell: random NATs
+  on both sides with IPv6 stateful firewalls (direct over IPv6?), the same pair IPv4 only, and
+  IPv6-only calling IPv4-only through the dual-stack relay.
 - ``aioice_lab.json`` (root; bench/aioice_lab.py): aioice against ours on the same lab hosts,
   every UDP NAT pair (``--aioice-subset``: 7 of them): which pairs each gets direct, how fast.
 
@@ -256,6 +259,7 @@ def main() -> None:
     import birthday
     import connect_lab
     import hardnat_sim
+    import ipv6_sim
     import relay_vs_coturn
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -266,6 +270,7 @@ def main() -> None:
         ("relay_vs_coturn", relay_vs_coturn.bench_relay_vs_coturn),
         ("birthday", birthday.bench_birthday),
         ("hardnat_sim", hardnat_sim.bench_hardnat_sim),
+        ("ipv6_sim", ipv6_sim.bench_ipv6_sim),
         ("attack", lambda: attack.bench_attack(_free_udp_port())),
     ]
     if os.geteuid() == 0:

@@ -16,7 +16,7 @@ from punchthrough.scenario.call import run_call_scenario
 
 DURATION = 3.0
 HOPELESS = ("apdm-random", "apdm-random")
-#: Trials of the headline cell here; the 200-trial figure is in bench/results/ipv6-sim.json.
+#: Trials of the headline cell here; the 200-trial figure is in bench/results/ipv6_sim.json.
 TRIALS = 4
 
 
