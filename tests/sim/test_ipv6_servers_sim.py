@@ -72,6 +72,7 @@ def test_netcheck_ipv6_unreachable_and_ipv6_only() -> None:
     assert r4["ipv6"]["reachable"] is False and r4["ipv6"]["errors"]
     assert r6["udp"] is True and r6["public_ip"] == "2001:db8:1::2"
     assert isinstance(r6["ipv6"], dict) and r6["ipv6"]["reachable"] is True
+    assert r6["ipv6"]["translated"] is False
     assert r6["ipv6"]["filtering"] == "address-and-port-dependent"
 
 

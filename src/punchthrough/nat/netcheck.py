@@ -43,7 +43,7 @@ from punchthrough.nat.classify import (
     classify_nat,
 )
 from punchthrough.nat.filtering import filter_wait, filtering_probes
-from punchthrough.nat.netcheck6 import BIND_IPV6, Ipv6Report, is_ipv6, run_netcheck6
+from punchthrough.nat.netcheck6 import BIND_IPV6, Ipv6Report, is_ipv6, run_netcheck6, translated
 from punchthrough.nat.probe import PROBE_RTO, sample_mappings
 from punchthrough.nat.summary import NatSummary, usable_protocols
 from punchthrough.netio import Address, DatagramSocket, Network
@@ -333,19 +333,19 @@ async def run_netcheck(
                 if task is not None and task.cancelling():
                     raise
         elif ok and not v4_servers:
-            report.ipv6 = ipv6_from_main(report)
+            report.ipv6 = ipv6_from_main(report, network)
         if ok:
             report.summary = _summary(report, sample_list, port_range)
         report.duration_ms = (loop.time() - started) * 1000.0
 
 
-def ipv6_from_main(report: NetcheckReport) -> Ipv6Report:
+def ipv6_from_main(report: NetcheckReport, network: Network) -> Ipv6Report:
     """The IPv6 section of a run that had IPv6 servers only (the main steps were IPv6)."""
     return Ipv6Report(
         reachable=report.udp,
         public_ip=report.public_ip,
         mapped_endpoints=list(report.mapped_endpoints),
-        translated=None,
+        translated=translated(network, report.public_ip),
         mapping=report.mapping,
         filtering=report.filtering,
         rfc5780_server=report.rfc5780_server,

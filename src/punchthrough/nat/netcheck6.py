@@ -65,6 +65,19 @@ class Ipv6Report:
         }
 
 
+def translated(network: Network, public_ip: str | None) -> bool | None:
+    """Whether ``public_ip`` is NOT one of the host's own addresses (NAT66 or NPTv6 in the
+    way); ``None`` when the network cannot list its addresses or nothing was seen."""
+    lister = getattr(network, "interface_addresses", None)
+    if public_ip is None or not callable(lister):
+        return None
+    try:
+        ours = {str(ip) for ip in lister()}
+    except OSError:
+        return None
+    return public_ip not in ours
+
+
 async def _binding(client: StunClient, dest: Address, timeout: float) -> BindingResult | None:
     try:
         return await client.binding(dest, timeout=timeout)
@@ -109,10 +122,7 @@ async def run_netcheck6(
         report.mapped_endpoints = [_fmt(s.mapped) for s in samples]
         report.public_ip = samples[0].mapped[0]
         report.mapping = classify_mapping(samples, Purpose.REPORT)
-        lister = getattr(network, "interface_addresses", None)
-        if callable(lister):
-            ours = {str(ip) for ip in lister()}
-            report.translated = report.public_ip not in ours
+        report.translated = translated(network, report.public_ip)
         if rfc5780 is None:
             report.errors.append("no IPv6 server sent OTHER-ADDRESS: IPv6 filtering is unknown")
             return report

@@ -14,8 +14,9 @@ Two hosts behind two such firewalls reach each other by a plain simultaneous ope
 outbound check opens its own firewall for the other's address, the first ones die at the far
 firewall, the retransmissions pass. No port prediction is needed: nothing is mapped.
 
-NPTv6 (RFC 6296) is not modelled: a prefix translation is stateless and endpoint-independent,
-so it would not change which pairs work, only which address the peer sees.
+NPTv6 (RFC 6296), a stateless prefix swap, is the router's job, not the firewall's:
+:meth:`punchthrough.sim.Nat.enable_ipv6` with ``npt_inside``. It is endpoint-independent, so it
+changes which address the peer must be given (the STUN-learned one), not which pairs can work.
 """
 
 from __future__ import annotations

@@ -325,11 +325,25 @@ class Nat:
         #: and the stateful firewall it applies to IPv6 (``None``: IPv6 passes unfiltered).
         self.ipv6_prefix: ipaddress.IPv6Network | None = None
         self.firewall: Firewall | None = None
+        #: NPTv6: the LAN's own prefix, swapped for ``ipv6_prefix`` at the box (None: none).
+        self.npt_inside: ipaddress.IPv6Network | None = None
 
-    def enable_ipv6(self, prefix: str, firewall: FirewallConfig | None) -> None:
+    def enable_ipv6(
+        self, prefix: str, firewall: FirewallConfig | None, *, npt_inside: str | None = None
+    ) -> None:
         """Route ``prefix`` (e.g. ``2001:db8:1::/64``) of the outer realm to this box, which
         forwards IPv6 without translation through ``firewall`` (a dual-stack home router:
-        NAT44 for IPv4, an RFC 6092 stateful firewall for IPv6)."""
+        NAT44 for IPv4, an RFC 6092 stateful firewall for IPv6).
+
+        ``npt_inside`` (e.g. ``fd00:1::/64``): NPTv6 (RFC 6296), the LAN's hosts are numbered
+        there and the box swaps that prefix for ``prefix`` both ways, statelessly (the
+        interface identifier is kept; RFC 6296's checksum-neutral adjustment is not modelled:
+        nothing here checksums)."""
+        if npt_inside is not None:
+            inside = ipaddress.IPv6Network(npt_inside)
+            if inside.prefixlen != ipaddress.IPv6Network(prefix).prefixlen:
+                raise ValueError("NPTv6 needs prefixes of the same length")
+            self.npt_inside = inside
         if self.ipv6_prefix is not None:
             raise ValueError(f"{self.name} already routes {self.ipv6_prefix}")
         net = ipaddress.IPv6Network(prefix)
@@ -339,6 +353,19 @@ class Nat:
         self.ipv6_prefix = net
         self.firewall = Firewall(firewall) if firewall is not None else None
         self.outer.routes.append((net, self))
+
+    def npt(self, ip: str, *, outbound: bool) -> str:
+        """NPTv6 of one address (unchanged without NPTv6 or outside the prefix)."""
+        if self.npt_inside is None or self.ipv6_prefix is None:
+            return ip
+        frm, to = (
+            (self.npt_inside, self.ipv6_prefix) if outbound else (self.ipv6_prefix, self.npt_inside)
+        )
+        addr = ipaddress.IPv6Address(ip)
+        if addr not in frm:
+            return ip
+        host_bits = int(addr) & int(frm.hostmask)
+        return str(ipaddress.IPv6Address(int(to.network_address) | host_bits))
 
     def add_host(self, name: str, *addresses: str, link: Link | None = None) -> Host:
         """A host on this NAT's LAN."""

@@ -351,10 +351,12 @@ class World:
                 self._trace(
                     TraceEvent(self.now, "fw-out", nat.name, src, dst, len(data), "new flow")
                 )
+        src = (nat.npt(src[0], outbound=True), src[1])
         self._route(nat.outer, nat.link, nat.name, src, dst, data)
 
     def _arrive_router6(self, nat: Nat, src: Address, dst: Address, data: bytes) -> None:
         """An IPv6 packet for a host behind ``nat``: its firewall decides."""
+        dst = (nat.npt(dst[0], outbound=False), dst[1])
         if dst[0] not in nat.inside.nodes and nat.inside.route6(dst[0]) is None:
             self._drop(nat.name, src, dst, len(data), f"no route to {dst[0]} in {nat.name}-lan")
             return
