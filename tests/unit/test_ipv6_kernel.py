@@ -96,3 +96,11 @@ def test_stun_server_on_both_families_rfc5780_on_ipv4() -> None:
             server.close()
 
     asyncio.run(go())
+
+
+def test_rfc5780_still_needs_a_primary_of_the_alternates_family() -> None:
+    async def go() -> None:
+        with pytest.raises(ValueError):
+            await StunServer.start(UdpNetwork(), [("127.0.0.1", 0)], alt_ip="::1")
+
+    asyncio.run(go())

@@ -56,6 +56,7 @@ from punchthrough.stun.constants import (
     ErrorCodes,
 )
 from punchthrough.stun.errors import StunDecodeError
+from punchthrough.stun.families import split_by_family
 from punchthrough.stun.message import Message, MessageClass, Method, decode_message, encode
 from punchthrough.stun.ratelimit import (
     DEFAULT_RATE_LIMIT,
@@ -95,13 +96,6 @@ def _norm_ip(ip: str) -> str:
 
 def _norm(addr: Address) -> Address:
     return (_norm_ip(addr[0]), addr[1])
-
-
-def _version(ip: str) -> int:
-    try:
-        return ipaddress.ip_address(ip).version
-    except ValueError:
-        return 0
 
 
 def _encoded_size(attr: Attribute, txid: bytes) -> int:
@@ -149,9 +143,7 @@ class StunServerCore:
         #: Dual stack: listen addresses of the other family than ``alt_ip`` answer plain STUN.
         self._plain: list[Address] = []
         if self._alt_ip is not None:
-            version = ipaddress.ip_address(self._alt_ip).version
-            self._plain = [a for a in self._listen if _version(a[0]) != version]
-            rfc5780 = [a for a in self._listen if _version(a[0]) == version]
+            rfc5780, self._plain = split_by_family(self._listen, self._alt_ip)
             ips = {ip for ip, _ in rfc5780} or {ip for ip, _ in self._listen}
             if len(ips) != 1:
                 raise ValueError("RFC 5780 mode needs exactly one primary IP among listen addrs")
@@ -382,9 +374,8 @@ class StunServer:
             )
             return cls(core, sockets)
 
-        # Dual stack: listen addresses of the other family than alt_ip answer plain STUN.
-        plain = [a for a in listen if _version(a[0]) != _version(alt_ip)]
-        listen = [a for a in listen if a not in plain] or listen
+        same, plain = split_by_family(listen, alt_ip)  # dual stack: `plain` answer plain STUN
+        listen, plain = (same, plain) if same else (listen, [])
         if alt_port is not None and len(listen) != 1:
             raise ValueError("alt_port can only be given with a single listen address")
         if len({ip for ip, _ in listen}) != 1:
