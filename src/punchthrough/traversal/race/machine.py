@@ -118,8 +118,7 @@ class Race:
         return {Stage(p.stage): p for p in plans}
 
     def remote_public_endpoint(self) -> Address | None:
-        """The peer's server-reflexive endpoint (what its endpoint-independent NAT shows all):
-        an IPv4 one when there is any (the hard stages work on the IPv4 NAT; IPv6 has none)."""
+        """The peer's server-reflexive endpoint, IPv4 when any (hard stages: the IPv4 NAT)."""
         srflx = sorted(a for a in self.remote_srflx if ":" not in a[0]) or sorted(self.remote_srflx)
         return srflx[0] if srflx else None
 
