@@ -32,6 +32,7 @@ from punchthrough.endpoint.admission import Admission
 from punchthrough.endpoint.config import EndpointConfig
 from punchthrough.endpoint.connection import Connection
 from punchthrough.endpoint.dialer import Dialer
+from punchthrough.endpoint.dualstack import bind_host
 from punchthrough.endpoint.errors import Displaced, EndpointClosed
 from punchthrough.endpoint.fleet import DISPLACED, RelayFleet
 from punchthrough.endpoint.gather import Gatherer, host_ips
@@ -183,7 +184,7 @@ class Endpoint:
         relays: Sequence[RelaySpec] = (),
         stun: Sequence[RelaySpec] = (),
         network: Network | None = None,
-        host: str = "0.0.0.0",
+        host: str | None = None,
         port: int = 0,
         allow: AllowCallback | None = None,
         *,
@@ -213,6 +214,8 @@ class Endpoint:
         peers by id through their home relays, and move home and calls when a relay fails
         (``endpoint.fleet``; ``homing`` tunes when; ``home_relay`` names the first home).
         ``relays=["r1=198.51.100.31:3478", ...]`` (every one with an id) is a fleet too.
+        ``host``: the main socket's IP; by default one dual-stack socket (``::``) when the
+        network has IPv6, else ``0.0.0.0`` (:func:`punchthrough.endpoint.dualstack.bind_host`).
         """
         relay_map = relay_map or fleet_map(relays)
         relay_addrs = [] if relay_map else [parse_relay(r) for r in relays]
@@ -220,7 +223,7 @@ class Endpoint:
 
         async def make() -> Endpoint:
             net = network if network is not None else UdpNetwork()
-            sock = await net.bind(host, port)
+            sock = await net.bind(bind_host(net, host), port)
             try:
                 ep = cls(
                     identity,

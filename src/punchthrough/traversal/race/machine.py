@@ -25,7 +25,7 @@ from punchthrough.netio import Address
 from punchthrough.signal import CheckStart, HardNatBirthdayStart, HardNatProbe
 from punchthrough.traversal.checks import CandidatePair
 from punchthrough.traversal.hardnat.birthday import BirthdayError, parse_birthday_start
-from punchthrough.traversal.hardnat.plan import Budget, StagePlan, plan_stages
+from punchthrough.traversal.hardnat.plan import Budget, StagePlan, plan_stages, relay_only
 from punchthrough.traversal.hardnat.prediction import (
     PredictionError,
     SequentialProbe,
@@ -72,6 +72,8 @@ class Race:
         self.remote_srflx: set[Address] = set()
         self.remote_mapped: set[Address] = set()
         self.have_remote = False
+        #: False when the peer offers only families we have no candidate in (set with them).
+        self.common_family = True
         #: Evidence from the peer's checks that it maps endpoint-dependently (prflx ports).
         self._remote_dependent = False
         self._remote_port_mapping = False
@@ -111,11 +113,13 @@ class Race:
     def plan(self) -> dict[Stage, StagePlan]:
         """The stages for this pair, from both NAT summaries (:func:`plan_stages`)."""
         plans = plan_stages(self.local_summary(), self.remote_view(), budget=self.budget)
+        if not self.common_family:
+            plans = relay_only(plans)
         return {Stage(p.stage): p for p in plans}
 
     def remote_public_endpoint(self) -> Address | None:
-        """The peer's server-reflexive endpoint (what its endpoint-independent NAT shows all)."""
-        srflx = sorted(self.remote_srflx)
+        """The peer's server-reflexive endpoint, IPv4 when any (hard stages: the IPv4 NAT)."""
+        srflx = sorted(a for a in self.remote_srflx if ":" not in a[0]) or sorted(self.remote_srflx)
         return srflx[0] if srflx else None
 
     def active(self, stage: Stage) -> bool:
