@@ -39,6 +39,9 @@ What is measured today (the foundation issue):
   directory in a real redis-server vs in memory, lookup latency p50/p95, raw directory ops/s.
 - ``fleet_cores.json`` (bench/fleet.py): forwarded packets/s of N relay processes (one per
   core) against one, each driven by its own load generator process.
+- ``ipv6_sim.json`` (bench/ipv6_sim.py): IPv6 in the simulator, 200 trials per cell: random NATs
+  on both sides with IPv6 stateful firewalls (direct over IPv6?), the same pair IPv4 only, and
+  IPv6-only calling IPv4-only through the dual-stack relay.
 - ``aioice_lab.json`` (root; bench/aioice_lab.py): aioice against ours on the same lab hosts,
   every UDP NAT pair (``--aioice-subset``: 7 of them): which pairs each gets direct, how fast.
 
@@ -278,6 +281,7 @@ def main() -> None:
     import fleet
     import forged_frames
     import hardnat_sim
+    import ipv6_sim
     import relay_memory
     import relay_saturation
     import relay_stream
@@ -292,6 +296,7 @@ def main() -> None:
         ("relay_vs_coturn", relay_vs_coturn.bench_relay_vs_coturn),
         ("birthday", birthday.bench_birthday),
         ("hardnat_sim", hardnat_sim.bench_hardnat_sim),
+        ("ipv6_sim", ipv6_sim.bench_ipv6_sim),
         ("attack", lambda: attack.bench_attack(_free_udp_port())),
         ("relay_memory", relay_memory.bench_relay_memory),
         ("relay_saturation", relay_saturation.bench_relay_saturation),

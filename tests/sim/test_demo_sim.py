@@ -105,3 +105,15 @@ def test_demo_says_why_a_call_cannot_start() -> None:
     res = runner.invoke(app, ["demo", "--nat-b", "udp-blocked", "--duration", "1"])
     assert res.exit_code == 1, res.output
     assert "the call could not start: no relay registered us" in res.output
+
+
+def test_demo_ipv6_both_goes_direct_over_ipv6() -> None:
+    args = ["demo", "--a", "apdm-random", "--b", "apdm-random", "--duration", "2"]
+    res = runner.invoke(app, [*args, "--ipv6", "both", "--json"])
+    assert res.exit_code == 0, res.output
+    call = json.loads(res.output)["call"]
+    assert call["family"] == "ipv6" and call["traversal"]["ipv4_alone"] == "relay"
+    table = runner.invoke(app, [*args, "--ipv6", "both"])
+    assert table.exit_code == 0 and "direct over IPv6" in table.output
+    bad = runner.invoke(app, [*args, "--ipv6", "maybe"])
+    assert bad.exit_code != 0

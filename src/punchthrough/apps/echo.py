@@ -174,6 +174,8 @@ async def run_echo_session(
         # which stage found the path: "port-mapping", "hole-punch", or None (relay only).
         "direct_ms": round((direct_at - t0) * 1000.0, 1) if direct_at is not None else None,
         "strategy": report.strategy,
+        # The direct path's address family ("ipv4" / "ipv6"), None on the relay.
+        "family": report.family,
         "traversal": traversal,
         "closed_early": closed.reason if closed is not None else None,
     }

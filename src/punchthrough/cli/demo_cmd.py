@@ -17,6 +17,7 @@ from rich.table import Table
 
 from punchthrough.cli.render import make_console
 from punchthrough.endpoint import EndpointError
+from punchthrough.matrix.profiles import stacks_for
 from punchthrough.scenario.call import run_call_scenario
 from punchthrough.sim.nat import PROFILES
 
@@ -69,8 +70,18 @@ def demo(
     ] = 10.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     trace: Annotated[bool, typer.Option(help="Also print the packet trace (long).")] = False,
+    ipv6: Annotated[
+        str,
+        typer.Option(
+            help="Which peers also have IPv6 behind a stateful firewall: none, both, a, b."
+        ),
+    ] = "none",
 ) -> None:
     """Two peers behind NATs in the simulator: netcheck, relay, a call, the move to direct."""
+    try:
+        stacks = stacks_for(ipv6)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--ipv6") from None
     for name in (nat_a, nat_b):
         if name not in PROFILES:
             raise typer.BadParameter(
@@ -78,7 +89,13 @@ def demo(
             )
     try:
         result = run_call_scenario(
-            nat_a, nat_b, seed=seed, duration=duration, one_way_ms=one_way_ms, trace=trace
+            nat_a,
+            nat_b,
+            seed=seed,
+            duration=duration,
+            one_way_ms=one_way_ms,
+            trace=trace,
+            stacks=stacks,
         )
     except EndpointError as exc:  # e.g. udp-blocked: the peer cannot even reach the relay
         typer.echo(f"demo: the call could not start: {exc}", err=True)
@@ -95,5 +112,8 @@ def demo(
         f"{call['frames_sent']}; connected after {call['connected_ms']} ms; "
         f"RTT p50 {call['rtt_ms']['p50']} ms (virtual time, {one_way_ms:g} ms one-way WAN links)"
     )
+    alone = call["traversal"].get("ipv4_alone_reason")
+    if call.get("family") == "ipv6":
+        console.print(f"direct over IPv6; {alone}" if alone else "direct over IPv6")
     if trace:
         console.print(result["trace"], markup=False, highlight=False)

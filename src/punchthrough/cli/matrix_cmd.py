@@ -32,7 +32,7 @@ from punchthrough.matrix import sim as sim_backend
 from punchthrough.matrix.backend import MatrixBackend
 from punchthrough.matrix.model import TrialResult, all_pairs, parse_pairs
 from punchthrough.matrix.plots import write_plots
-from punchthrough.matrix.profiles import BACKENDS, default_profiles, known_profiles
+from punchthrough.matrix.profiles import BACKENDS, IPV6_MODES, default_profiles, known_profiles
 from punchthrough.matrix.report_html import render_html
 from punchthrough.matrix.runner import MatrixRun, run_matrix, run_matrix_parallel
 
@@ -82,6 +82,7 @@ def _make_backend(
     seed: int,
     jitter: float = 0.0,
     loss: float = 0.0,
+    ipv6: str = "none",
 ) -> tuple[MatrixBackend, int]:
     """The backend and its default trials per cell."""
     if backend == "sim":
@@ -92,12 +93,14 @@ def _make_backend(
             seed=seed,
             jitter_ms=jitter,
             loss=loss / 100.0,
+            ipv6=ipv6,
         )
         return sim, sim_backend.DEFAULT_TRIALS
     lab = lab_backend.LabBackend(
         duration=lab_backend.DEFAULT_DURATION_S if duration is None else duration,
         pps=pps,
         requested_rtt_ms=rtt,
+        ipv6=ipv6,
     )
     return lab, lab_backend.DEFAULT_TRIALS
 
@@ -150,6 +153,13 @@ def matrix(
         typer.Option(min=0.0, max=50.0, help="Sim: loss percent on the peers' WAN links."),
     ] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print matrix.json on stdout.")] = False,
+    ipv6: Annotated[
+        str,
+        typer.Option(
+            help="Which peers also have IPv6 behind a stateful firewall: none, both, a "
+            "(the caller), b (the callee)."
+        ),
+    ] = "none",
 ) -> None:
     """Success-rate matrix across NAT pairs: how often each pair ends direct, how fast, how."""
     if backend not in BACKENDS:
@@ -164,7 +174,9 @@ def matrix(
     if backend == "lab" and os.geteuid() != 0:
         typer.echo("error: the lab backend needs root (network namespaces, nftables)", err=True)
         raise typer.Exit(EXIT_BAD_ARGS)
-    runner, default_trials = _make_backend(backend, rtt, duration, pps, seed, jitter, loss)
+    if ipv6 not in IPV6_MODES:
+        raise typer.BadParameter(f"choose from {', '.join(IPV6_MODES)}", param_hint="--ipv6")
+    runner, default_trials = _make_backend(backend, rtt, duration, pps, seed, jitter, loss, ipv6)
     n_trials = trials or default_trials
     out.mkdir(parents=True, exist_ok=True)
     err = make_console(stderr=True)

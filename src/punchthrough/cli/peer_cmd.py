@@ -68,7 +68,11 @@ _STUN = typer.Option(
     help="STUN server HOST:PORT (repeatable; names resolved): server-reflexive candidates, NAT "
     "mapping.",
 )
-_BIND = typer.Option("--bind", help="Local IP for the endpoint's socket.")
+_BIND = typer.Option(
+    "--bind",
+    help="Local IP for the endpoint's socket (default: '::', one dual-stack socket, when this "
+    "host has a global IPv6 address, else 0.0.0.0).",
+)
 _PORT = typer.Option("--port", min=0, max=65535, help="Local UDP port (0: any).")
 _JSON = typer.Option("--json", help="Machine-readable JSON output.")
 _GATEWAY = typer.Option(
@@ -149,7 +153,7 @@ def listen(
     stun: Annotated[list[str] | None, _STUN] = None,
     echo: Annotated[bool, typer.Option("--echo", help="Echo datagrams and streams back.")] = False,
     as_json: Annotated[bool, _JSON] = False,
-    bind: Annotated[str, _BIND] = "0.0.0.0",
+    bind: Annotated[str, _BIND] = "",
     port: Annotated[int, _PORT] = 0,
     gateway: Annotated[str | None, _GATEWAY] = None,
     upnp: Annotated[bool, _UPNP] = False,
@@ -287,7 +291,7 @@ def connect(
         ),
     ] = DEFAULT_MAX_LOSS,
     as_json: Annotated[bool, _JSON] = False,
-    bind: Annotated[str, _BIND] = "0.0.0.0",
+    bind: Annotated[str, _BIND] = "",
     port: Annotated[int, _PORT] = 0,
     gateway: Annotated[str | None, _GATEWAY] = None,
     upnp: Annotated[bool, _UPNP] = False,

@@ -61,6 +61,21 @@ def _mapped_text(report: Mapping[str, object]) -> str:
     return str(external)
 
 
+def _ipv6_text(v6: Mapping[str, object]) -> str:
+    if not v6.get("reachable"):
+        return "not reachable"
+    translated = v6.get("translated")
+    nat = (
+        "translated (NAT66/NPTv6)"
+        if translated is True
+        else "no NAT"
+        if translated is False
+        else ""
+    )
+    parts = [str(v6.get("public_ip")), nat, f"mapping {v6.get('mapping')}"]
+    return ", ".join(p for p in parts if p) + f", filtering {v6.get('filtering')}"
+
+
 def netcheck_table(report: Mapping[str, object], title: str = "netcheck") -> Table:
     """One report as a two-column table."""
     table = Table(title=title, show_header=False)
@@ -84,6 +99,9 @@ def netcheck_table(report: Mapping[str, object], title: str = "netcheck") -> Tab
         ("mapped endpoint", _mapped_text(report)),
         ("duration", f"{report.get('duration_ms')} ms"),
     ]
+    v6 = report.get("ipv6")
+    if isinstance(v6, Mapping):
+        rows.append(("IPv6", _ipv6_text(v6)))
     for name, value in rows:
         table.add_row(name, value)
     errors = report.get("errors")

@@ -33,6 +33,7 @@ from punchthrough.endpoint.admission import Admission
 from punchthrough.endpoint.config import EndpointConfig
 from punchthrough.endpoint.connection import Connection
 from punchthrough.endpoint.dialer import Dialer
+from punchthrough.endpoint.dualstack import bind_host
 from punchthrough.endpoint.errors import Displaced, EndpointClosed
 from punchthrough.endpoint.fleet import DISPLACED, RelayFleet
 from punchthrough.endpoint.gather import Gatherer, host_ips
@@ -186,7 +187,7 @@ class Endpoint(RelayTransports):
         relays: Sequence[RelaySpec] = (),
         stun: Sequence[RelaySpec] = (),
         network: Network | None = None,
-        host: str = "0.0.0.0",
+        host: str | None = None,
         port: int = 0,
         allow: AllowCallback | None = None,
         *,
@@ -216,22 +217,20 @@ class Endpoint(RelayTransports):
         peers by id through their home relays, and move home and calls when a relay fails
         (``endpoint.fleet``; ``homing`` tunes when; ``home_relay`` names the first home).
         ``relays=["r1=198.51.100.31:3478", ...]`` (every one with an id) is a fleet too.
+        ``host``: the main socket's IP; by default one dual-stack socket (``::``) when the
+        network has IPv6, else ``0.0.0.0`` (:func:`punchthrough.endpoint.dualstack.bind_host`).
         """
-        # naming transports ("HOST:PORT,tls://...,id=...") is not a fleet spec ("r1=IP:PORT")
-        named = any(map(relayspec.names_transports, relays))
-        relay_map = relay_map or (None if named else fleet_map(relays))
-        entries = [] if relay_map else relayspec.parse_relays(relays)
-        stuns = relayspec.parse_stun(stun)
+        relay_map, entries, stuns = relayspec.parse_lists(relays, stun, relay_map, fleet_map)
 
         async def make() -> Endpoint:
-            stun_addrs = list(await relayspec.resolve_entries(stuns, host))
             net = network if network is not None else UdpNetwork()
-            sock = await net.bind(host, port)
+            bound = bind_host(net, host)
+            sock = await net.bind(bound, port)
             try:
                 ep = cls(
                     identity,
                     sock,
-                    stun=stun_addrs,
+                    stun=list(await relayspec.resolve_entries(stuns, bound)),
                     config=config or EndpointConfig(),
                     allow=allow,
                     network=net,
@@ -247,7 +246,7 @@ class Endpoint(RelayTransports):
                     await ep._start_fleet(relay_map, homing, home_relay).start()
                 else:
                     on_udp = ep._watch.relay_event
-                    await ep._relays.start(await ep._relays.use(entries, host, ep.stun, on_udp))
+                    await ep._relays.start(await ep._relays.use(entries, bound, ep.stun, on_udp))
                 await ep.gather()
                 ep._watch.start()
             except BaseException:

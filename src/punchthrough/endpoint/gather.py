@@ -2,7 +2,10 @@
 
 One gather collects host candidates (local addresses), the mapped candidate (the gateway's port
 mapping) and server-reflexive ones: where each relay sees us (kept fresh by its keepalives, so
-no packet is sent for them) and one STUN Binding to each ``--stun`` server, all at once. Those
+no packet is sent for them) and one STUN Binding to each ``--stun`` server, all at once. On a
+dual-stack socket the STUN servers given by IPv6 address give IPv6 server-reflexive candidates
+(the same socket learns and later uses them); the NAT summary is about the IPv4 NAT, so only
+IPv4 samples feed it when there are any (an IPv6 firewall maps nothing). Those
 observations are also the samples of :func:`punchthrough.nat.classify.classify_nat`
 (``Purpose.PLAN``), which gives the NAT summary sent to peers.
 
@@ -23,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Final, cast, get_args
 
+from punchthrough.endpoint.dualstack import nat_samples, usable_ips
 from punchthrough.nat.behavior import Behavior, Sample
 from punchthrough.nat.classify import NatObservations, Purpose, classify_nat
 from punchthrough.nat.filtering import filter_wait, filtering_test
@@ -65,7 +69,7 @@ def host_ips(sock: DatagramSocket, network: Network | None) -> list[str]:
             ips = lister()
         except OSError:
             return []
-        return [str(ip) for ip in ips]
+        return usable_ips([str(ip) for ip in ips], local_ip)
     return []
 
 
@@ -147,7 +151,9 @@ class Gatherer:
         # every one on TLS/WebSocket because its UDP did not answer (endpoint.relaylink)
         unanswered = bool(self.stun_servers) or self._udp_unanswered()
         obs = NatObservations(
-            samples=samples, udp=bool(samples) or not unanswered, port_mapping=offered
+            samples=nat_samples(samples),
+            udp=bool(samples) or not unanswered,
+            port_mapping=offered,
         )
         summary = classify_nat(obs, Purpose.PLAN)
         mapping = _HINTS[summary.mapping]

@@ -22,12 +22,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from punchthrough.identity import InvalidPeerId, PeerId
 from punchthrough.netio import Address
 from punchthrough.relay.stream import StreamTarget, parse_stream_url
+
+#: A fleet's relay map (``endpoint.relaymap.RelayMap``), opaque here.
+M = TypeVar("M")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +142,20 @@ async def resolve_entry(entry: RelayEntry, *, family: int = socket.AF_INET) -> R
     return replace(entry, udp=udp, key=key)
 
 
+def parse_lists(
+    relays: Sequence[str | Address],
+    stun: Sequence[str | Address],
+    relay_map: M | None,
+    fleet_map: Callable[[Sequence[str | Address]], M | None],
+) -> tuple[M | None, list[RelayEntry], list[RelayEntry]]:
+    """``Endpoint.bind``'s lists: a fleet's relay map (given, or ``fleet_map(relays)`` when
+    the relays are ``ID=IP:PORT`` specs; an entry naming transports never is one), else the
+    relay entries; and the STUN servers. Raises ``ValueError`` (before any await)."""
+    named = any(map(names_transports, relays))
+    relay_map = relay_map or (None if named else fleet_map(relays))
+    return relay_map, ([] if relay_map else parse_relays(relays)), parse_stun(stun)
+
+
 def parse_relays(specs: Sequence[str | Address | RelayEntry]) -> list[RelayEntry]:
     """A relay list (each entry as :func:`parse_relay_entry`)."""
     return [parse_relay_entry(s) for s in specs]
@@ -152,7 +170,11 @@ def parse_stun(specs: Sequence[str | Address]) -> list[RelayEntry]:
 
 
 async def resolve_entries(entries: Sequence[RelayEntry], host: str) -> dict[Address, RelayEntry]:
-    """Every entry resolved, by key, for a main socket bound to ``host`` (its family)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    """Every entry resolved, by key, for a main socket bound to ``host`` (its family; both for
+    the dual-stack ``::``)."""
+    if host == "::":
+        family = socket.AF_UNSPEC
+    else:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
     resolved = [await resolve_entry(e, family=family) for e in entries]
     return {e.key: e for e in resolved if e.key is not None}

@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from punchthrough.traversal.race import DIRECT
+from punchthrough.traversal.family import IPV4, IPV6
+from punchthrough.traversal.pathchoice import pair_family
+from punchthrough.traversal.race import DIRECT, Stage
+from punchthrough.traversal.reasons import Why
 
 if TYPE_CHECKING:
     from punchthrough.traversal.agent import TraversalAgent
@@ -75,8 +78,23 @@ class TraversalReport:
     needed: list[str] = field(default_factory=list)
     upgrades: int = 0
     fallbacks: int = 0
+    #: The direct path's address family (``ipv4`` / ``ipv6``), ``None`` on the relay.
+    family: str | None = None
+    #: On a direct IPv6 path: what IPv4 alone would have given (``relay``: the IPv4 NATs
+    #: leave no direct path; ``direct``: an IPv4 pair answered too; ``unknown``), with why.
+    ipv4_alone: str | None = None
+    ipv4_alone_reason: str | None = None
 
     def to_json(self) -> dict[str, object]:
+        out = self._base_json()
+        if self.family is not None:
+            out["family"] = self.family
+        if self.ipv4_alone is not None:
+            out["ipv4_alone"] = self.ipv4_alone
+            out["ipv4_alone_reason"] = self.ipv4_alone_reason
+        return out
+
+    def _base_json(self) -> dict[str, object]:
         return {
             "path": self.path,
             "relay": self.relay,
@@ -89,6 +107,8 @@ class TraversalReport:
         }
 
 
+#: The connection's path kind when it is on a direct path (``Connection.path``).
+DIRECT_PATH: Final = "direct"
 #: Waterfall stages besides the relay, in the design's order.
 DIRECT_STAGES: Final = tuple(str(s) for s in DIRECT)
 
@@ -142,7 +162,7 @@ def build_report(
                 reason_code=None if not rec.reason else str(rec.why.code),
             )
         )
-    return TraversalReport(
+    report = TraversalReport(
         path=path,
         relay=relay,
         stages=stages,
@@ -152,3 +172,19 @@ def build_report(
         upgrades=agent.upgrades,
         fallbacks=agent.fallbacks,
     )
+    pair = agent.race.direct_pair
+    if path == DIRECT_PATH and pair is not None:
+        report.family = pair_family(pair)
+        if report.family == IPV6:
+            report.ipv4_alone, report.ipv4_alone_reason = _ipv4_alone(agent)
+    return report
+
+
+def _ipv4_alone(agent: TraversalAgent) -> tuple[str, str]:
+    """What IPv4 alone would have given this call, when it went direct over IPv6."""
+    if any(pair_family(p) == IPV4 for p in agent.engine.succeeded):
+        return "direct", "an IPv4 pair answered too; IPv6 was preferred"
+    plan = agent.race.plan()[Stage.RELAY]
+    if plan.code is Why.STAYS_ON_RELAY:
+        return "relay", f"IPv4 alone would have stayed on the relay: {plan.reason}"
+    return "unknown", "no IPv4 pair answered before the IPv6 path was chosen"

@@ -14,6 +14,7 @@ from typing import Any
 
 from punchthrough.lab import addresses as A
 from punchthrough.lab.addresses import Address
+from punchthrough.lab.ipv6 import host6
 from punchthrough.lab.natdiscovery import (
     DEFAULT_TIMEOUT as NATDISCOVERY_TIMEOUT,
 )
@@ -30,6 +31,9 @@ class HostSpec:
 
     profile: str
     options: RouterOptions = field(default_factory=RouterOptions)
+    #: Dual stack: the host also gets a global IPv6 address (2001:db8:n::2) behind its
+    #: router's stateful IPv6 firewall (:mod:`punchthrough.lab.ipv6`).
+    ipv6: bool = False
 
     def __post_init__(self) -> None:
         prof = get_profile(self.profile)
@@ -71,6 +75,11 @@ class Host:
     def ip(self) -> str:
         """The host's own address (private 10.0.n.2, or public 192.0.2.x for `open`)."""
         return A.open_host_ip(self.n) if not self.profile.nat else A.host_private_ip(self.n)
+
+    @property
+    def ip6(self) -> str | None:
+        """The host's global IPv6 address, or ``None`` (IPv4 only)."""
+        return host6(self.n) if self.spec.ipv6 else None
 
     @property
     def gateway(self) -> str:
@@ -174,6 +183,7 @@ class Host:
             "ns": self.ns,
             "router_ns": self.router_ns,
             "ip": self.ip,
+            **({"ip6": self.ip6} if self.ip6 else {}),
             "gateway": self.gateway,
             "subnet": self.subnet,
             "router_wan_ip": self.router_wan_ip,

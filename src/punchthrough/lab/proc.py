@@ -201,7 +201,7 @@ def wait_until(
 def udp_listening(ns: str, ip: str, port: int) -> bool:
     """True when something in `ns` has a UDP socket bound to ip:port (or the wildcard)."""
     out = run(["ss", "-H", "-uln"], ns=ns, check=False).stdout
-    wanted = {f"{ip}:{port}", f"0.0.0.0:{port}", f"*:{port}"}
+    wanted = {f"{ip}:{port}", f"0.0.0.0:{port}", f"*:{port}", f"[{ip}]:{port}", f"[::]:{port}"}
     return any(len(f := line.split()) >= 4 and f[3] in wanted for line in out.splitlines())
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from punchthrough.lab import addresses as A
 from punchthrough.lab.addresses import Address
+from punchthrough.lab.ipv6 import STUN6_ALT, STUN6_PRIMARY, bracket
 from punchthrough.lab.proc import (
     LabError,
     LabProcess,
@@ -196,6 +197,27 @@ class LabServers:
         self.stun_running = True
         self._save_state()
         return started
+
+    def start_stun_server6(self) -> LabProcess:
+        """Our STUN server over IPv6: RFC 5780 on {2001:db8:100::1, ::2} x {3478, 3479}."""
+        argv = [
+            sys.executable,
+            "-m",
+            "punchthrough",
+            "stun-server",
+            "--listen",
+            bracket(STUN6_PRIMARY, A.STUN_PORT),
+            "--alt-ip",
+            STUN6_ALT,
+        ]
+        proc = self.spawn(self.pub_ns, argv, name="stun6")
+        eps = [(ip, p) for ip in (STUN6_PRIMARY, STUN6_ALT) for p in (A.STUN_PORT, A.STUN_ALT_PORT)]
+        wait_until(
+            lambda: proc.alive() and all(udp_listening(self.pub_ns, *e) for e in eps),
+            timeout=SERVER_READY_TIMEOUT,
+            what=f"stun6 to listen on {eps}",
+        )
+        return proc
 
     # ---------------------------------------------------------------- probing
     def stun_probe(

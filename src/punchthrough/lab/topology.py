@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from punchthrough.lab import addresses as A
+from punchthrough.lab import ipv6 as V6
 from punchthrough.lab.host import Host, HostSpec
 from punchthrough.lab.namespaces import (
     PREFIX_RE,
@@ -145,6 +146,8 @@ class Lab(LabRouters):
             self.start_coturn()
         if self.want_stun_server:
             self.start_stun_server()
+            if any(h.spec.ipv6 for h in self.hosts):
+                self.start_stun_server6()
         for h in self.hosts:
             if h.spec.options.miniupnpd:
                 self.start_miniupnpd(h)
@@ -215,6 +218,22 @@ class Lab(LabRouters):
                 ],
             )
             self._configure_router(h)
+        if any(h.spec.ipv6 for h in self.hosts):
+            self._build_ipv6()
+
+    def _build_ipv6(self) -> None:
+        """Dual-stack routers and hosts (:mod:`punchthrough.lab.ipv6`): static addresses and
+        routes, forwarding, and each NAT router's stateful IPv6 firewall."""
+        six = [h for h in self.hosts if h.spec.ipv6]
+        self._ip_batch(self.pub_ns, V6.pub_commands([h.n for h in six]))
+        run(["sysctl", "-qw", *V6.FORWARDING_SYSCTLS], ns=self.pub_ns, what="pub IPv6")
+        for h in six:
+            self._ip_batch(h.router_ns, V6.router_commands(h.n))
+            self._ip_batch(h.ns, V6.host_commands(h.n))
+            run(["sysctl", "-qw", *V6.FORWARDING_SYSCTLS], ns=h.router_ns, what="router IPv6")
+            if h.profile.nat:  # `open`: no NAT on IPv4, no firewall on IPv6
+                fw = V6.firewall_ruleset()
+                run(["nft", "-f", "-"], ns=h.router_ns, input=fw, what="IPv6 firewall")
 
     def _ip_batch(self, ns: str | None, cmds: Sequence[str]) -> None:
         argv = ["ip", *(["-n", ns] if ns else []), "-batch", "-"]

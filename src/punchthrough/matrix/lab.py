@@ -31,8 +31,10 @@ from typing import IO, Any, Final
 from punchthrough.identity import Identity
 from punchthrough.lab import HostSpec, Lab, LabError, RouterOptions, router_delay_for_rtt
 from punchthrough.lab import addresses as A
+from punchthrough.lab.ipv6 import RELAY6, STUN6_PRIMARY, bracket
 from punchthrough.lab.proc import udp_listening, wait_until
 from punchthrough.matrix.model import TrialResult, trial_error, trial_from_call
+from punchthrough.matrix.profiles import stacks_for
 
 #: Our relay on the lab's relay address (team notes: 198.51.100.20:3478, RFC 5780 alt .21).
 RELAY: Final = (A.RELAY_PRIMARY, A.STUN_PORT)
@@ -80,6 +82,8 @@ class LabBackend:
     pps: float = 50.0
     requested_rtt_ms: float | None = None
     name: str = "lab"
+    #: ``--ipv6``: which peers are dual stack (:func:`punchthrough.matrix.profiles.stacks_for`).
+    ipv6: str = "none"
 
     @property
     def rtt_ms(self) -> float | None:
@@ -101,10 +105,19 @@ class LabBackend:
                 f"delayer; no netem on this kernel), so the peers' RTT is {rtt:g} ms on the "
                 f"direct and on the relayed path alike and {rtt / 2:g} ms to the relay"
             )
+        v6 = (
+            [
+                f"IPv6 ({self.ipv6}): dual-stack peers have 2001:db8:n::2 behind their router's "
+                "nftables inet stateful firewall (no delay on IPv6: the delayer is IPv4 only)"
+            ]
+            if self.ipv6 != "none"
+            else []
+        )
         return [
             delay,
             f"{self.duration:g} s calls at {self.pps:g} frames/s; a fresh relay, listener and "
             "caller per trial; conntrack flushed before each trial",
+            *v6,
         ]
 
     def __post_init__(self) -> None:
@@ -113,7 +126,7 @@ class LabBackend:
         self.prefixes: list[str] = []
 
     def cell(self, a: str, b: str) -> LabCell:
-        cell = LabCell(a, b, self.duration, self.pps, self.rtt_ms)
+        cell = LabCell(a, b, self.duration, self.pps, self.rtt_ms, stacks_for(self.ipv6))
         self.prefixes.append(cell.lab.prefix)
         return cell
 
@@ -122,12 +135,20 @@ class LabCell:
     """One pair's lab; a context manager whose value runs trials (``cell(k)``)."""
 
     def __init__(
-        self, a: str, b: str, duration: float, pps: float, rtt_ms: float | None = None
+        self,
+        a: str,
+        b: str,
+        duration: float,
+        pps: float,
+        rtt_ms: float | None = None,
+        stacks: tuple[str, str] = ("ipv4", "ipv4"),
     ) -> None:
         self.a, self.b = a, b
         self.duration, self.pps = duration, pps
+        self.stacks = stacks
         opts = RouterOptions(delay_ms=router_delay_for_rtt(rtt_ms) if rtt_ms else 0.0)
-        self.lab = Lab([HostSpec(a, opts), HostSpec(b, opts)], stun_server=True, coturn=False)
+        specs = [HostSpec(p, opts, ipv6=st == "dual") for p, st in ((a, stacks[0]), (b, stacks[1]))]
+        self.lab = Lab(specs, stun_server=True, coturn=False)
         self._callee: Identity | None = None
         self._keys: tuple[Path, Path] | None = None
 
@@ -174,9 +195,19 @@ class LabCell:
         caller_host, callee_host = lab.hosts[0], lab.hosts[1]
         for h in (caller_host, callee_host):
             h.router_run(["conntrack", "-F"], check=False)  # exit 1 when already empty
+        v6 = ["--listen", bracket(RELAY6, A.STUN_PORT)] if "dual" in self.stacks else []
         relay = lab.spawn(
             lab.pub_ns,
-            _cli("relay", "--listen", RELAY_TEXT, "--alt-ip", A.RELAY_ALT, "--stats-interval", "0"),
+            _cli(
+                "relay",
+                "--listen",
+                RELAY_TEXT,
+                *v6,
+                "--alt-ip",
+                A.RELAY_ALT,
+                "--stats-interval",
+                "0",
+            ),
             name=f"relay-{trial}",
         )
         try:
@@ -194,6 +225,9 @@ class LabCell:
         lab = self.lab
         caller_host, callee_host = lab.hosts[0], lab.hosts[1]
         stun = [arg for s in STUN for arg in ("--stun", s)]
+        stun6 = ["--stun", bracket(STUN6_PRIMARY, A.STUN_PORT)]
+        caller_stun = [*stun, *(stun6 if self.stacks[0] == "dual" else [])]
+        callee_stun = [*stun, *(stun6 if self.stacks[1] == "dual" else [])]
         listener = lab.spawn(
             callee_host.ns,
             _cli(
@@ -202,7 +236,7 @@ class LabCell:
                 str(self._keys[1]),
                 "--relay",
                 RELAY_TEXT,
-                *stun,
+                *callee_stun,
                 "--echo",
                 "--json",
             ),
@@ -223,7 +257,7 @@ class LabCell:
                     str(self._keys[0]),
                     "--relay",
                     RELAY_TEXT,
-                    *stun,
+                    *caller_stun,
                     "--duration",
                     f"{self.duration:g}",
                     "--pps",

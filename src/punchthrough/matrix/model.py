@@ -46,6 +46,10 @@ MS_DIGITS: Final = 1
 RATE_DIGITS: Final = 4
 
 
+#: ``family`` of a trial that went direct over IPv6.
+IPV6_FAMILY: Final = "ipv6"
+
+
 def trial_seed(seed: int, trial: int) -> int:
     """The simulator seed of trial ``trial`` (0-based) of a matrix run with base ``seed``.
 
@@ -98,12 +102,20 @@ class TrialResult:
     #: ``stage: status (reason)`` per traversal stage: why a trial did not go direct.
     stages: tuple[str, ...] = ()
     wall_s: float = 0.0
+    #: The direct path's address family (``ipv4`` / ``ipv6``), ``None`` on the relay.
+    family: str | None = None
 
     @property
     def direct(self) -> bool:
         return self.path == PATH_DIRECT
 
     def to_json(self) -> dict[str, Any]:
+        out = self._base_json()
+        if self.family == IPV6_FAMILY:  # IPv4-only rows stay as they were before IPv6
+            out["family"] = self.family
+        return out
+
+    def _base_json(self) -> dict[str, Any]:
         return {
             "a": self.a,
             "b": self.b,
@@ -235,6 +247,7 @@ def trial_from_call(
         birthday=_birthday(call),
         stages=_stages(call),
         wall_s=wall_s,
+        family=_text(call.get("family")) if path == PATH_DIRECT else None,
     )
 
 
@@ -301,6 +314,8 @@ class Cell:
     p95_direct_ms: float | None
     strategies: dict[str, int] = field(default_factory=dict)
     frames_lost: int = 0
+    #: Trials that ended direct over IPv6 (listed in the JSON only when there are any).
+    direct_ipv6: int = 0
 
     @property
     def success_rate(self) -> float:
@@ -322,7 +337,7 @@ class Cell:
             "p95_direct_ms": self.p95_direct_ms,
             "strategies": dict(self.strategies),
             "frames_lost": self.frames_lost,
-        }
+        } | ({"direct_ipv6": self.direct_ipv6} if self.direct_ipv6 else {})
 
 
 def aggregate_cell(a: str, b: str, trials: Sequence[TrialResult]) -> Cell:
@@ -344,6 +359,7 @@ def aggregate_cell(a: str, b: str, trials: Sequence[TrialResult]) -> Cell:
         # most common first, then by name: stable JSON for diffs
         strategies=dict(sorted(strategies.items(), key=lambda kv: (-kv[1], kv[0]))),
         frames_lost=sum(t.frames_lost for t in trials),
+        direct_ipv6=sum(1 for t in direct if t.family == IPV6_FAMILY),
     )
 
 

@@ -18,6 +18,7 @@ from typing import Final
 
 from punchthrough.matrix.backend import TrialRunner
 from punchthrough.matrix.model import TrialResult, trial_error, trial_from_call, trial_seed
+from punchthrough.matrix.profiles import stacks_for
 from punchthrough.scenario.call import run_call_scenario
 from punchthrough.sim.nat import PROFILES as SIM_PROFILES
 
@@ -65,6 +66,8 @@ class SimBackend:
     jitter_ms: float = 0.0
     loss: float = 0.0
     name: str = "sim"
+    #: ``--ipv6``: which peers are dual stack (:func:`punchthrough.matrix.profiles.stacks_for`).
+    ipv6: str = "none"
 
     @property
     def notes(self) -> list[str]:
@@ -75,7 +78,15 @@ class SimBackend:
             f" ms; {self.duration:g} s calls at {self.pps:g} frames/s; trial k of every cell "
             f"uses seed {self.seed}*{1_000_000}+k; peers' WAN links: jitter {self.jitter_ms:g} ms, "
             f"loss {self.loss:.1%}"
-        ]
+        ] + (
+            [
+                f"IPv6 ({self.ipv6}): dual-stack peers have a global IPv6 address behind an "
+                "RFC 6092 stateful firewall (none behind 'open'); STUN server and relay are "
+                "dual stack"
+            ]
+            if self.ipv6 != "none"
+            else []
+        )
 
     def run_trial(self, a: str, b: str, trial: int) -> TrialResult:
         seed = trial_seed(self.seed, trial)
@@ -90,6 +101,7 @@ class SimBackend:
                 one_way_ms=one_way_ms(self.rtt_ms),
                 jitter_ms=self.jitter_ms,
                 loss=self.loss,
+                stacks=stacks_for(self.ipv6),
             )
         except Exception as exc:  # a failed trial is a data point, not the end of the matrix
             return trial_error(

@@ -43,6 +43,7 @@ from punchthrough.nat.classify import (
     classify_nat,
 )
 from punchthrough.nat.filtering import filter_wait, filtering_probes
+from punchthrough.nat.netcheck6 import BIND_IPV6, Ipv6Report, is_ipv6, run_netcheck6, translated
 from punchthrough.nat.probe import PROBE_RTO, sample_mappings
 from punchthrough.nat.summary import NatSummary, usable_protocols
 from punchthrough.netio import Address, DatagramSocket, Network
@@ -88,8 +89,16 @@ class NetcheckReport:
     double_nat: bool | None = None
     #: The NAT as the stage planner sees it (None: the run failed). Not part of ``to_json``.
     summary: NatSummary | None = None
+    #: IPv6 (:mod:`punchthrough.nat.netcheck6`), when IPv6 STUN servers were given.
+    ipv6: Ipv6Report | None = None
 
     def to_json(self) -> dict[str, object]:
+        out = self._ipv4_json()
+        if self.ipv6 is not None:
+            out["ipv6"] = self.ipv6.to_json()
+        return out
+
+    def _ipv4_json(self) -> dict[str, object]:
         return {
             "udp": self.udp,
             "public_ip": self.public_ip,
@@ -214,6 +223,15 @@ async def run_netcheck(
     loop = asyncio.get_running_loop()
     started = loop.time()
     report = NetcheckReport()
+    v6_task: asyncio.Task[Ipv6Report] | None = None
+    v4_servers = [s for s in servers if not is_ipv6(s)]
+    if v4_servers and len(v4_servers) < len(servers):
+        # Dual stack: IPv6 on its own socket, alongside; the steps below are about IPv4.
+        v6 = [s for s in servers if is_ipv6(s)]
+        v6_task = asyncio.ensure_future(run_netcheck6(network, v6, timeout=timeout, rto=rto))
+        servers = v4_servers
+    elif not v4_servers and bind_host == "0.0.0.0":
+        bind_host = BIND_IPV6  # IPv6 servers only: the steps below are about IPv6
     sockets: list[DatagramSocket] = []
     clients: list[StunClient] = []
     portmap_task: asyncio.Task[None] | None = None
@@ -305,9 +323,33 @@ async def run_netcheck(
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise  # we are being cancelled ourselves: do not swallow it
+        if v6_task is not None:
+            if not ok:
+                v6_task.cancel()
+            try:
+                report.ipv6 = await v6_task
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+        elif ok and not v4_servers:
+            report.ipv6 = ipv6_from_main(report, network)
         if ok:
             report.summary = _summary(report, sample_list, port_range)
         report.duration_ms = (loop.time() - started) * 1000.0
+
+
+def ipv6_from_main(report: NetcheckReport, network: Network) -> Ipv6Report:
+    """The IPv6 section of a run that had IPv6 servers only (the main steps were IPv6)."""
+    return Ipv6Report(
+        reachable=report.udp,
+        public_ip=report.public_ip,
+        mapped_endpoints=list(report.mapped_endpoints),
+        translated=translated(network, report.public_ip),
+        mapping=report.mapping,
+        filtering=report.filtering,
+        rfc5780_server=report.rfc5780_server,
+    )
 
 
 def _summary(

@@ -1,7 +1,8 @@
 """The relay's listen sockets: the primary addresses, and in RFC 5780 mode the alternates.
 
 With ``alt_ip`` every primary ``(ip, port)`` also gets ``(ip, port + 1)``, ``(alt_ip, port)``
-and ``(alt_ip, port + 1)``, which answer STUN only (the RFC 5780 quadruple per port).
+and ``(alt_ip, port + 1)``, which answer STUN only (the RFC 5780 quadruple per port). A listen
+address of the other family than ``alt_ip`` (a dual-stack relay) gets no alternates.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ async def bind_listen(
     alt_ports: dict[int, int] = {}
     for primary_ip, port in listen:
         sock = await bind_primary(primary_ip, port)
+        if (":" in primary_ip) != (":" in alt_ip):
+            # dual stack: the other family's listen address serves relaying and plain STUN
+            sockets[norm_address(sock.local_address)] = sock
+            primaries.append(norm_address(sock.local_address))
+            continue
         bound_port = sock.local_address[1]
         sockets[(primary_ip, bound_port)] = sock
         primaries.append((primary_ip, bound_port))

@@ -195,7 +195,10 @@ class RelayServer:
         if not listen:
             raise ValueError("a relay needs at least one listen address")
         listen = [norm_address(a) for a in listen]
-        if alt_ip is not None and len({ip for ip, _ in listen}) != 1:
+        if (
+            alt_ip is not None
+            and len({ip for ip, _ in listen if (":" in ip) == (":" in alt_ip)}) != 1
+        ):
             raise ValueError("RFC 5780 mode needs exactly one primary IP among listen addresses")
         attempts = MAX_BIND_ATTEMPTS if any(p == 0 for _, p in listen) and alt_ip else 1
         last_error: OSError | None = None

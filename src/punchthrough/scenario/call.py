@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 
 from punchthrough.apps.echo import run_echo_session, serve_endpoint
 from punchthrough.endpoint import Endpoint
@@ -18,9 +18,14 @@ from punchthrough.identity import Identity
 from punchthrough.nat import run_netcheck
 from punchthrough.netio import Address
 from punchthrough.relay import RelayServer
-from punchthrough.sim import Host, Link, World, profile, run
+from punchthrough.sim import FIREWALLS, Host, Link, World, profile, run
 from punchthrough.stun import StunServer
 from punchthrough.traversal.reasons import Why
+
+#: A peer's IP stack: IPv4 only (behind its NAT), dual stack (plus IPv6 behind a stateful
+#: firewall), IPv6 only.
+Stack = Literal["ipv4", "dual", "ipv6"]
+STACKS: Final[tuple[Stack, ...]] = get_args(Stack)
 
 #: Server layout mirrors the kernel lab (punchthrough.lab.addresses).
 STUN_PRIMARY = "198.51.100.1"
@@ -29,6 +34,10 @@ STUN_EXTRA = ("198.51.100.3", "198.51.100.4")
 RELAY: Address = ("198.51.100.20", 3478)
 RELAY_ALT_IP = "198.51.100.21"
 STUN_PORT = 3478
+#: IPv6 servers (documentation prefix, RFC 3849), added only when a peer has IPv6.
+STUN6 = "2001:db8:100::1"
+STUN6_ALT = "2001:db8:100::2"
+RELAY6: Address = ("2001:db8:100::20", 3478)
 
 
 @dataclass
@@ -118,12 +127,31 @@ def stage_events(
     return rows
 
 
-def _place(world: World, name: str, nat: str, n: int, wan: Link, lan: Link) -> Host:
+def _place(
+    world: World, name: str, nat: str, n: int, wan: Link, lan: Link, stack: Stack = "ipv4"
+) -> Host:
+    """A peer behind ``nat`` (IPv4); with IPv6 (``stack`` dual or ipv6) its home router routes
+    ``2001:db8:n::/64`` to it through an RFC 6092 stateful firewall (none for ``open``)."""
     cfg = profile(nat)
+    v6 = [f"2001:db8:{n}::2"] if stack != "ipv4" else []
     if cfg is None:
-        return world.add_host(name, f"192.0.2.{n}", link=wan)
+        v4 = [f"192.0.2.{n}"] if stack != "ipv6" else []
+        return world.add_host(name, *v4, *v6, link=wan)
     box = world.add_nat(f"nat-{name}", cfg, f"203.0.113.{n}", inside_ip=f"10.0.{n}.1", link=wan)
-    return box.add_host(name, f"10.0.{n}.2", link=lan)
+    if v6:
+        box.enable_ipv6(f"2001:db8:{n}::/64", FIREWALLS["stateful"])
+    v4 = [f"10.0.{n}.2"] if stack != "ipv6" else []
+    return box.add_host(name, *v4, *v6, link=lan)
+
+
+def _servers_for(stack: Stack, stun_list: list[Address]) -> tuple[list[Address], list[Address]]:
+    """(relays, STUN servers) a peer is given: an IPv6-only peer registers over IPv6, a
+    dual-stack one over IPv4 (as before) and learns its IPv6 address from STUN over IPv6."""
+    if stack == "ipv6":
+        return [RELAY6], [(STUN6, STUN_PORT)]
+    if stack == "dual":
+        return [RELAY], [*stun_list, (STUN6, STUN_PORT)]
+    return [RELAY], stun_list
 
 
 async def _scenario(
@@ -135,8 +163,10 @@ async def _scenario(
     trace: bool,
     jitter_ms: float = 0.0,
     loss: float = 0.0,
+    stacks: tuple[Stack, Stack] = ("ipv4", "ipv4"),
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
+    ipv6 = stacks != ("ipv4", "ipv4")
     # jitter and loss only on the peers' WAN links: the servers' links stay clean, so a lost
     # packet is one the peers' own traffic would meet
     wan = Link(one_way_ms / 1000.0)
@@ -146,25 +176,37 @@ async def _scenario(
     tl = Timeline(loop.time())
     servers: list[Any] = []
     try:
-        stun_host = world.add_host("stun", STUN_PRIMARY, STUN_ALT, link=wan)
+        v6_ips = [STUN6, STUN6_ALT] if ipv6 else []
+        stun_host = world.add_host("stun", STUN_PRIMARY, STUN_ALT, *v6_ips, link=wan)
         servers.append(
             await StunServer.start(stun_host, [(STUN_PRIMARY, STUN_PORT)], alt_ip=STUN_ALT)
         )
+        if ipv6:
+            servers.append(
+                await StunServer.start(stun_host, [(STUN6, STUN_PORT)], alt_ip=STUN6_ALT)
+            )
         for i, ip in enumerate(STUN_EXTRA):
             extra = world.add_host(f"stun{i + 2}", ip, link=wan)
             servers.append(await StunServer.start(extra, [(ip, STUN_PORT)]))
-        relay_host = world.add_host("relay", RELAY[0], RELAY_ALT_IP, link=wan)
-        relay = await RelayServer.start(relay_host, [RELAY], alt_ip=RELAY_ALT_IP)
+        relay_host = world.add_host(
+            "relay", RELAY[0], RELAY_ALT_IP, *([RELAY6[0]] * ipv6), link=wan
+        )
+        listen = [RELAY, RELAY6] if ipv6 else [RELAY]
+        relay = await RelayServer.start(relay_host, listen, alt_ip=RELAY_ALT_IP)
         servers.append(relay)
         stun_list = [(STUN_PRIMARY, STUN_PORT), *((ip, STUN_PORT) for ip in STUN_EXTRA)]
-        a = _place(world, "alice", nat_a, 1, peer_wan, lan)
-        b = _place(world, "bob", nat_b, 2, peer_wan, lan)
-        tl.add(
-            loop.time(), "world", f"alice behind {nat_a}, bob behind {nat_b}", one_way_ms=one_way_ms
-        )
+        a = _place(world, "alice", nat_a, 1, peer_wan, lan, stacks[0])
+        b = _place(world, "bob", nat_b, 2, peer_wan, lan, stacks[1])
+        (relays_a, stun_a), (relays_b, stun_b) = (_servers_for(st, stun_list) for st in stacks)
+        where = f"alice behind {nat_a}, bob behind {nat_b}"
+        if ipv6:
+            where += f" (alice {stacks[0]}, bob {stacks[1]})"
+        tl.add(loop.time(), "world", where, one_way_ms=one_way_ms)
 
         async def check(name: str, host: Host) -> dict[str, Any]:
-            report = await run_netcheck(host, stun_list)
+            stack = stacks[0] if name == "alice" else stacks[1]
+            v6 = [(STUN6, STUN_PORT)] if stack != "ipv4" else []
+            report = await run_netcheck(host, [*stun_list, *v6] if stack != "ipv6" else v6)
             tl.add(
                 loop.time(),
                 name,
@@ -180,17 +222,17 @@ async def _scenario(
             Identity.from_private_bytes(b"\x02" * 32),
         )
         async with (
-            Endpoint.bind(ida, relays=[RELAY], stun=stun_list, network=a) as ea,
-            Endpoint.bind(idb, relays=[RELAY], stun=stun_list, network=b) as eb,
+            Endpoint.bind(ida, relays=relays_a, stun=stun_a, network=a) as ea,
+            Endpoint.bind(idb, relays=relays_b, stun=stun_b, network=b) as eb,
         ):
-            for name, ep in (("alice", ea), ("bob", eb)):
-                client = ep.relays.get(RELAY)
+            for name, ep, via in (("alice", ea, relays_a[0]), ("bob", eb, relays_b[0])):
+                client = ep.relays.get(via)
                 seen = client.observed_address if client is not None else None
                 tl.add(
                     loop.time(),
                     name,
                     "registered with the relay",
-                    relay=f"{RELAY[0]}:{RELAY[1]}",
+                    relay=f"{via[0]}:{via[1]}",
                     seen_as=f"{seen[0]}:{seen[1]}" if seen else None,
                 )
             server = asyncio.ensure_future(serve_endpoint(eb))
@@ -243,6 +285,7 @@ async def _scenario(
         out: dict[str, Any] = {
             "nat_a": nat_a,
             "nat_b": nat_b,
+            **({"stacks": list(stacks)} if ipv6 else {}),
             "one_way_ms": one_way_ms,
             "jitter_ms": jitter_ms,
             "loss": loss,
@@ -271,16 +314,23 @@ def run_call_scenario(
     trace: bool = False,
     jitter_ms: float = 0.0,
     loss: float = 0.0,
+    stacks: tuple[Stack, Stack] = ("ipv4", "ipv4"),
 ) -> dict[str, Any]:
     """Run the whole system for one NAT pair in virtual time; see the module docstring.
 
     ``jitter_ms`` (uniform, per packet) and ``loss`` (probability) apply to the two peers' WAN
-    links, so that trials with different seeds differ as real calls do.
+    links, so that trials with different seeds differ as real calls do. ``stacks``: alice's
+    and bob's IP stacks (``ipv4``, ``dual``: IPv4 behind the NAT plus IPv6 behind a stateful
+    firewall, ``ipv6``: IPv6 only); with IPv6 anywhere the STUN server and the relay are dual
+    stack. IPv4 on both sides builds exactly the IPv4 world of before.
     """
     for nat in (nat_a, nat_b):
         profile(nat)  # raises ValueError naming the valid profiles
+    for stack in stacks:
+        if stack not in STACKS:
+            raise ValueError(f"unknown IP stack {stack!r}; known: {', '.join(STACKS)}")
     return run(
-        _scenario(nat_a, nat_b, duration, pps, one_way_ms, trace, jitter_ms, loss),
+        _scenario(nat_a, nat_b, duration, pps, one_way_ms, trace, jitter_ms, loss, stacks),
         seed=seed,
         time_limit=None,
     )

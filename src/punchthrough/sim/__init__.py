@@ -25,6 +25,7 @@ from punchthrough.sim.clock import (
     VirtualTimeLoop,
     run,
 )
+from punchthrough.sim.firewall import FIREWALLS, Firewall, FirewallConfig
 from punchthrough.sim.link import Link
 from punchthrough.sim.nat import NatTable
 from punchthrough.sim.nat_binding import Binding
@@ -43,10 +44,13 @@ from punchthrough.sim.world import World
 
 __all__ = [
     "DEFAULT_TIME_LIMIT",
+    "FIREWALLS",
     "PROFILES",
     "AllocationPolicy",
     "Binding",
     "FilteringBehaviour",
+    "Firewall",
+    "FirewallConfig",
     "Host",
     "Link",
     "MappingBehaviour",

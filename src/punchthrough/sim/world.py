@@ -17,6 +17,7 @@ from typing import Any, Final
 from punchthrough.netio import Address
 from punchthrough.portmap.natpmp_wire import NATPMP_PORT
 from punchthrough.sim.clock import VirtualTimeLoop
+from punchthrough.sim.firewall import Passed
 from punchthrough.sim.link import NO_DELAY, Link
 from punchthrough.sim.nat_binding import Admitted, Translated
 from punchthrough.sim.nat_config import NatConfig
@@ -223,12 +224,22 @@ class World:
             self._drop(node, src, dst, len(data), "drop rule")
             return
         target = realm.nodes.get(dst[0])
-        if target is None and realm.gateway is None:
+        # An IPv6 prefix routed to a home router (only IPv6 worlds have routes: IPv4-only ones
+        # take the same branches, and draw the same random numbers, as before IPv6).
+        router = realm.route6(dst[0]) if target is None and ":" in dst[0] else None
+        if target is None and router is None and realm.gateway is None:
             self._drop(node, src, dst, len(data), f"no route to {dst[0]} in {realm.name}")
             return
         delay = self._delay(link)
         if delay is None:
             self._drop(node, src, dst, len(data), f"loss on link of {node}")
+            return
+        if router is not None:
+            far6 = self._delay(router.link)
+            if far6 is None:
+                self._drop(node, src, dst, len(data), f"loss on link of {router.name}")
+                return
+            self._schedule(self.now + delay + far6, self._arrive_router6, router, src, dst, data)
             return
         if target is None:
             assert realm.gateway is not None
@@ -262,6 +273,9 @@ class World:
 
     def _arrive_nat_lan(self, nat: Nat, src: Address, dst: Address, data: bytes) -> None:
         """A packet from the NAT's LAN to somewhere outside it."""
+        if ":" in dst[0]:
+            self._forward6_out(nat, src, dst, data)
+            return
         result = nat.table.outbound(self.now, src, dst)
         if not isinstance(result, Translated):
             self._drop(nat.name, src, dst, len(data), result.reason)
@@ -326,3 +340,36 @@ class World:
             self._drop(nat.name, src, dst, len(data), "malformed port-mapping request")
             return
         self._route(nat.inside, NO_DELAY, nat.name, dst, src, reply)
+
+    # -- IPv6: a dual-stack router forwards without translation, through its firewall ----------
+
+    def _forward6_out(self, nat: Nat, src: Address, dst: Address, data: bytes) -> None:
+        if ":" not in src[0] or nat.ipv6_prefix is None:
+            self._drop(nat.name, src, dst, len(data), f"no IPv6 route from {nat.name}")
+            return
+        if nat.firewall is not None:
+            verdict = nat.firewall.outbound(self.now, src, dst)
+            if not isinstance(verdict, Passed):
+                self._drop(nat.name, src, dst, len(data), verdict.reason)
+                return
+            if self.tracing and verdict.new:
+                self._trace(
+                    TraceEvent(self.now, "fw-out", nat.name, src, dst, len(data), "new flow")
+                )
+        src = (nat.npt(src[0], outbound=True), src[1])
+        self._route(nat.outer, nat.link, nat.name, src, dst, data)
+
+    def _arrive_router6(self, nat: Nat, src: Address, dst: Address, data: bytes) -> None:
+        """An IPv6 packet for a host behind ``nat``: its firewall decides."""
+        dst = (nat.npt(dst[0], outbound=False), dst[1])
+        if dst[0] not in nat.inside.nodes and nat.inside.route6(dst[0]) is None:
+            self._drop(nat.name, src, dst, len(data), f"no route to {dst[0]} in {nat.name}-lan")
+            return
+        if nat.firewall is not None:
+            verdict = nat.firewall.inbound(self.now, src, dst)
+            if not isinstance(verdict, Passed):
+                self._drop(nat.name, src, dst, len(data), verdict.reason)
+                return
+        if self.tracing:
+            self._trace(TraceEvent(self.now, "fw-in", nat.name, src, dst, len(data)))
+        self._route(nat.inside, NO_DELAY, nat.name, src, dst, data)

@@ -25,7 +25,13 @@ from punchthrough.stun.attributes import (
 )
 from punchthrough.stun.client import BindingResult, StunClient
 from punchthrough.stun.constants import AttributeType, IceAttributeType
-from punchthrough.stun.errors import StunDecodeError, StunError, StunErrorResponse, StunTimeout
+from punchthrough.stun.errors import (
+    StunDecodeError,
+    StunError,
+    StunErrorResponse,
+    StunFamilyMismatch,
+    StunTimeout,
+)
 from punchthrough.stun.ice_attributes import (
     IceAttributes,
     IceControlled,
@@ -87,6 +93,7 @@ __all__ = [
     "StunDecodeError",
     "StunError",
     "StunErrorResponse",
+    "StunFamilyMismatch",
     "StunServer",
     "StunServerCore",
     "StunTimeout",

@@ -26,7 +26,13 @@ from punchthrough.stun.attributes import (
     XorMappedAddress,
 )
 from punchthrough.stun.constants import DEFAULT_MAX_RETRANSMITS, DEFAULT_RM, DEFAULT_RTO
-from punchthrough.stun.errors import StunDecodeError, StunError, StunErrorResponse, StunTimeout
+from punchthrough.stun.errors import (
+    StunDecodeError,
+    StunError,
+    StunErrorResponse,
+    StunFamilyMismatch,
+    StunTimeout,
+)
 from punchthrough.stun.message import (
     Message,
     MessageClass,
@@ -72,6 +78,11 @@ class _Pending:
         self.tx = tx
         self.future = future
         self.timer: asyncio.TimerHandle | None = None
+
+
+def _is_v6(ip: str) -> bool:
+    """IPv6, counting an IPv4-mapped address (``::ffff:a.b.c.d``) as the IPv4 it is."""
+    return ":" in ip and not (ip.startswith("::ffff:") and "." in ip)
 
 
 class StunClient:
@@ -176,6 +187,8 @@ class StunClient:
             mapped = ma.address
         else:
             raise StunError("success response carries no (XOR-)MAPPED-ADDRESS")
+        if _is_v6(mapped[0]) != _is_v6(server[0]):
+            raise StunFamilyMismatch(server, mapped)
         origin = response.get(ResponseOrigin)
         other = response.get(OtherAddress)
         software = response.get(Software)

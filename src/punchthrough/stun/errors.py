@@ -28,3 +28,14 @@ class StunErrorResponse(StunError):
         #: For 420 responses: the attribute types the server did not understand.
         self.unknown_attributes = unknown_attributes
         super().__init__(f"STUN error response {code} {reason}".rstrip())
+
+
+class StunFamilyMismatch(StunError):
+    """The server reported our address in another family than the one we asked it over (an
+    IPv4 answer to an IPv6 request, or the reverse): a broken or lying server, or a NAT64 in
+    the way. The address is useless as a candidate on this path, so the answer is refused."""
+
+    def __init__(self, server: tuple[str, int], mapped: tuple[str, int]) -> None:
+        self.server = server
+        self.mapped = mapped
+        super().__init__(f"asked {server[0]} but told our address is {mapped[0]}: families differ")

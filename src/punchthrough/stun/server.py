@@ -56,6 +56,7 @@ from punchthrough.stun.constants import (
     ErrorCodes,
 )
 from punchthrough.stun.errors import StunDecodeError
+from punchthrough.stun.families import split_by_family
 from punchthrough.stun.message import Message, MessageClass, Method, decode_message, encode
 from punchthrough.stun.ratelimit import (
     DEFAULT_RATE_LIMIT,
@@ -109,7 +110,8 @@ class StunServerCore:
 
     ``listen`` are the primary addresses. With ``alt_ip``, ``alt_ports`` maps each primary port
     to its alternate port (default: port + 1) and the server runs RFC 5780 on the four-address
-    set per port; RFC 5780 needs one primary IP (ValueError otherwise).
+    set per port; RFC 5780 needs one primary IP (ValueError otherwise). A dual-stack server
+    adds listen addresses of the other family, which answer plain STUN (no OTHER-ADDRESS).
 
     ``rate_limit`` (None: no limit) is per source; ``clock`` is its time source, by default the
     running event loop's (virtual in the simulator), else ``time.monotonic``.
@@ -138,8 +140,11 @@ class StunServerCore:
         self._alt_ip = _norm_ip(alt_ip) if alt_ip is not None else None
         self._primary_ip: str | None = None
         self._other_port: dict[int, int] = {}
+        #: Dual stack: listen addresses of the other family than ``alt_ip`` answer plain STUN.
+        self._plain: list[Address] = []
         if self._alt_ip is not None:
-            ips = {ip for ip, _ in self._listen}
+            rfc5780, self._plain = split_by_family(self._listen, self._alt_ip)
+            ips = {ip for ip, _ in rfc5780} or {ip for ip, _ in self._listen}
             if len(ips) != 1:
                 raise ValueError("RFC 5780 mode needs exactly one primary IP among listen addrs")
             self._primary_ip = ips.pop()
@@ -152,7 +157,7 @@ class StunServerCore:
                 raise ValueError("primary and alternate IP must be the same family")
             if self._alt_ip == self._primary_ip:
                 raise ValueError("alternate IP must differ from the primary IP")
-            for _, port in self._listen:
+            for _, port in rfc5780:
                 alt = (alt_ports or {}).get(port, port + 1)
                 if port == 0 or not 0 < alt <= MAX_PORT or alt == port:
                     raise ValueError(f"invalid port pair {port}/{alt}")
@@ -171,7 +176,10 @@ class StunServerCore:
         if self._alt_ip is None or self._primary_ip is None:
             return list(self._listen)
         out: list[Address] = []
-        for _, port in self._listen:
+        for ip, port in self._listen:
+            if (ip, port) in self._plain:
+                out.append((ip, port))
+                continue
             alt = self._other_port[port]
             for ip in (self._primary_ip, self._alt_ip):
                 out.extend([(ip, port), (ip, alt)])
@@ -366,6 +374,8 @@ class StunServer:
             )
             return cls(core, sockets)
 
+        same, plain = split_by_family(listen, alt_ip)  # dual stack: `plain` answer plain STUN
+        listen, plain = (same, plain) if same else (listen, [])
         if alt_port is not None and len(listen) != 1:
             raise ValueError("alt_port can only be given with a single listen address")
         if len({ip for ip, _ in listen}) != 1:
@@ -376,6 +386,9 @@ class StunServer:
         for _ in range(attempts):
             sockets = {}
             try:
+                for host, port in plain:
+                    sock = await network.bind(host, port)
+                    sockets[_norm(sock.local_address)] = sock
                 core = await cls._bind_rfc5780(
                     network,
                     listen,
@@ -385,6 +398,7 @@ class StunServer:
                     software,
                     amplification_factor,
                     rate_limit,
+                    plain=[a for a in sockets if a[0] in {ip for ip, _ in plain}],
                 )
             except OSError as exc:
                 last_error = exc
@@ -409,6 +423,8 @@ class StunServer:
         software: str | None,
         amplification_factor: float,
         rate_limit: RateLimit | None,
+        *,
+        plain: Sequence[Address] = (),
     ) -> StunServerCore:
         primary_ip = listen[0][0]
         alt_ip = _norm_ip(alt_ip)
@@ -426,7 +442,7 @@ class StunServer:
             ports.append(bound)
             alt_ports[bound] = alt
         return StunServerCore(
-            [(primary_ip, p) for p in ports],
+            [*((primary_ip, p) for p in ports), *plain],
             alt_ip,
             alt_ports,
             software=software,

@@ -53,6 +53,7 @@ from punchthrough.traversal.checks import (
     RoundFailed,
     Transmit,
 )
+from punchthrough.traversal.family import Family, ip_family
 from punchthrough.traversal.hard import HardStages
 from punchthrough.traversal.host import ConnectionSide, DirectHost, TraversalSettings
 from punchthrough.traversal.keys import derive_credentials
@@ -209,10 +210,15 @@ class TraversalAgent:
             self.remote_generation = 0
         else:
             return
-        remote = remote_candidates(msg.candidates)
+        rejected: list[str] = []
+        remote = remote_candidates(msg.candidates, self._local_families(), rejected)
+        if rejected:
+            self.stats["candidates_rejected"] += len(rejected)
+            log.info("peer candidates refused: %s", "; ".join(rejected[:4]))
         now = self._loop.time()
         self.engine.set_remote_candidates(remote, now)
         self.stats["candidates_received"] += 1
+        self.race.common_family = bool(remote) or not remote_candidates(msg.candidates)
         actions = self._facts().remote_candidates(
             now,
             {r.address for r in remote if r.kind == "srflx"},
@@ -222,6 +228,12 @@ class TraversalAgent:
         )
         self._execute(actions, now)
         self._rearm()
+
+    def _local_families(self) -> set[Family] | None:
+        """Families we have candidates in: pairs stay within a family."""
+        fams = {ip_family(c.address) for c in self._host.local_candidates.candidates}
+        known = {f for f in fams if f is not None}
+        return known or None  # nothing gathered: let the socket try what it can
 
     def _on_check_start(self, msg: Message) -> None:
         if isinstance(msg, CheckStart):

@@ -19,12 +19,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from punchthrough.netio import Address
 from punchthrough.signal import Candidate
+from punchthrough.traversal.family import (
+    BadAddress,
+    Family,
+    check_candidate_ip,
+    usable_candidate_ip,
+)
 
 #: Type preferences (RFC 8445 section 5.1.2.2 recommends host 126, prflx 110, srflx 100, relay
 #: 0). A port-mapped candidate is a server-reflexive one the NAT promised to keep open for
@@ -62,11 +68,8 @@ def foundation(kind: str, base_ip: str, server: str = "") -> str:
 
 
 def _usable_ip(ip: str) -> bool:
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    return not (addr.is_unspecified or addr.is_multicast or addr.version != 4)
+    """IPv4 or IPv6 unicast we offer or check (:mod:`punchthrough.traversal.family`)."""
+    return usable_candidate_ip(ip)
 
 
 def make_candidates(
@@ -80,7 +83,8 @@ def make_candidates(
 
     ``srflx`` pairs each observed address with the server that observed it (the foundation).
     Loopback host addresses are offered only when nothing else is (two peers on one machine).
-    IPv4 only for now: the simulator and the lab are IPv4.
+    IPv6 addresses are offered by the rules of :mod:`punchthrough.traversal.family` (no
+    link-local, no zone id).
     """
     out: dict[Address, Candidate] = {}
 
@@ -120,14 +124,29 @@ class RemoteCandidate:
         return cls((c.address, c.port), c.kind, c.priority)
 
 
-def remote_candidates(cands: Sequence[Candidate]) -> list[RemoteCandidate]:
-    """The peer's candidates we will check: usable IPv4, deduplicated (best kind kept), capped.
+def remote_candidates(
+    cands: Sequence[Candidate],
+    families: Collection[Family] | None = None,
+    rejected: list[str] | None = None,
+) -> list[RemoteCandidate]:
+    """The peer's candidates we will check: usable, deduplicated (best kind kept), capped.
 
     Relay candidates are skipped: the relay path already exists and is not a direct path.
+    ``families``: the families we have candidates in (pairs stay within a family); ``None``
+    keeps both. A candidate refused as unusable (malformed, zone id, link-local, ...) is
+    skipped with its reason appended to ``rejected``: the others are still checked.
     """
     best: dict[Address, RemoteCandidate] = {}
     for c in cands:
-        if c.kind == "relay" or not _usable_ip(c.address):
+        if c.kind == "relay":
+            continue
+        try:
+            fam = check_candidate_ip(c.address)
+        except BadAddress as exc:
+            if rejected is not None:
+                rejected.append(str(exc))
+            continue
+        if families is not None and fam not in families:
             continue
         rc = RemoteCandidate.from_signal(c)
         old = best.get(rc.address)
@@ -137,4 +156,7 @@ def remote_candidates(cands: Sequence[Candidate]) -> list[RemoteCandidate]:
 
 
 def describe(addr: Address) -> str:
+    """``ip:port``, with an IPv6 address in brackets (RFC 3986)."""
+    if ":" in addr[0]:
+        return f"[{addr[0]}]:{addr[1]}"
     return f"{addr[0]}:{addr[1]}"

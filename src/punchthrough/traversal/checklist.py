@@ -32,6 +32,7 @@ from punchthrough.traversal.candidates import RemoteCandidate, candidate_priorit
 from punchthrough.traversal.check_actions import Action, RoundFailed, Transmit
 from punchthrough.traversal.keys import CheckCredentials
 from punchthrough.traversal.pairs import CandidatePair, PairState
+from punchthrough.traversal.pathchoice import first_check_order, preferred_pair
 
 #: Gap between the first checks of two pairs (RFC 8445 section 14.2 "Ta"; 50 ms there, for
 #: media sessions with dozens of pairs. We have a handful and want the punch fast).
@@ -192,7 +193,7 @@ class Checklist:
         self.round_deadline = now + timeout
         self._round_failed_reported = False
         self._next_first_send = now
-        for pair in sorted(self.pairs.values(), key=lambda p: -p.priority):
+        for pair in sorted(self.pairs.values(), key=first_check_order):
             if pair.state is not PairState.SUCCEEDED:
                 pair.state = PairState.WAITING
                 pair.txid = None
@@ -334,7 +335,7 @@ class Checklist:
         best = self.succeeded
         if not best:
             return []
-        pair = best[0]
+        pair = preferred_pair(best)
         self._nominating = pair
         self.stats["nominations"] += 1
         return [self._send_check(pair, now, purpose="nominate")]

@@ -28,6 +28,8 @@ class Why(enum.StrEnum):
     BOTH_DEPENDENT = "both-dependent"
     #: No direct stage can work for this pair: the call stays on the relay.
     STAYS_ON_RELAY = "stays-on-relay"
+    #: The peers have no address family in common (IPv6-only and IPv4-only): relay only.
+    NO_COMMON_FAMILY = "no-common-family"
     DISABLED = "disabled"
     UNLIKELY = "unlikely"
     STAGE_RUNS = "stage-runs"

@@ -24,7 +24,7 @@ the punch may connect anyway.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -444,3 +444,23 @@ def _birthday(
         needed=needed,
         params=params,
     )
+
+
+#: Why every direct stage is skipped when the peers share no address family.
+NO_COMMON_FAMILY_REASON: Final = (
+    "no address family in common (one side IPv6 only, the other IPv4 only)"
+)
+
+
+def relay_only(plans: Sequence[StagePlan]) -> list[StagePlan]:
+    """``plans`` for peers with no address family in common: no direct stage can run."""
+    out: list[StagePlan] = []
+    for p in plans:
+        if p.stage == "relay":
+            text = f"the call stays on the relay: {NO_COMMON_FAMILY_REASON}"
+            out.append(StagePlan("relay", "run", text, Why.STAYS_ON_RELAY, probability=1.0))
+        elif p.stage == "hole-punch":
+            out.append(p)  # the round runs and reports that no pair exists
+        else:
+            out.append(StagePlan(p.stage, "skip", NO_COMMON_FAMILY_REASON, Why.NO_COMMON_FAMILY))
+    return out

@@ -25,7 +25,7 @@ from punchthrough.netio import Address
 from punchthrough.signal import CheckStart, HardNatBirthdayStart, HardNatProbe
 from punchthrough.traversal.checks import CandidatePair
 from punchthrough.traversal.hardnat.birthday import BirthdayError, parse_birthday_start
-from punchthrough.traversal.hardnat.plan import Budget, StagePlan, plan_stages
+from punchthrough.traversal.hardnat.plan import Budget, StagePlan, plan_stages, relay_only
 from punchthrough.traversal.hardnat.prediction import (
     PredictionError,
     SequentialProbe,
@@ -72,6 +72,8 @@ class Race:
         self.remote_srflx: set[Address] = set()
         self.remote_mapped: set[Address] = set()
         self.have_remote = False
+        #: False when the peer offers only families we have no candidate in (set with them).
+        self.common_family = True
         #: Evidence from the peer's checks that it maps endpoint-dependently (prflx ports).
         self._remote_dependent = False
         self._remote_port_mapping = False
@@ -111,11 +113,13 @@ class Race:
     def plan(self) -> dict[Stage, StagePlan]:
         """The stages for this pair, from both NAT summaries (:func:`plan_stages`)."""
         plans = plan_stages(self.local_summary(), self.remote_view(), budget=self.budget)
+        if not self.common_family:
+            plans = relay_only(plans)
         return {Stage(p.stage): p for p in plans}
 
     def remote_public_endpoint(self) -> Address | None:
-        """The peer's server-reflexive endpoint (what its endpoint-independent NAT shows all)."""
-        srflx = sorted(self.remote_srflx)
+        """The peer's server-reflexive endpoint, IPv4 when any (hard stages: the IPv4 NAT)."""
+        srflx = sorted(a for a in self.remote_srflx if ":" not in a[0]) or sorted(self.remote_srflx)
         return srflx[0] if srflx else None
 
     def active(self, stage: Stage) -> bool:
@@ -198,24 +202,19 @@ class Race:
         action = act.StartRound(self._pending_round, reset=not self.on_direct)
         self.round = max(self.round, self._pending_round - 1) + 1
         wf, p = self.waterfall, self.plan()
-        if p[Stage.HOLE_PUNCH].code is Why.UDP_BLOCKED:
-            # nothing answers UDP on a side (its relay is on TLS/WebSocket): no checks, the
-            # report says why every direct stage is skipped
-            wf.apply(p.values())
-            self.stats["rounds_udp_blocked"] += 1
-            return []
         pm = p[Stage.PORT_MAPPING]
         if pm.runs:
             wf.start(Stage.PORT_MAPPING, now)
         else:
             note = f"{pm.reason} (ours: {self.local.port_mapping_note})"
             wf.skip(Stage.PORT_MAPPING, Reason(pm.code, note))
-        wf.start(Stage.HOLE_PUNCH, now)
+        if p[Stage.HOLE_PUNCH].code is not Why.UDP_BLOCKED:  # UDP blocked: the plan skips it
+            wf.start(Stage.HOLE_PUNCH, now)
         wf.apply(p.values())
         if any(p[s].runs and not p[s].after for s in HARD):
             self._hard_start_at = now + n_pairs * PACING_GUARD + HARD_START_DELAY
         self.stats["rounds"] += 1
-        return [action]
+        return [] if p[Stage.HOLE_PUNCH].code is Why.UDP_BLOCKED else [action]  # no checks
 
     def round_failed(self, now: float, reason: str) -> list[act.Action]:
         """The round's checks all went unanswered: say why, start what the plan needs now."""
