@@ -78,8 +78,8 @@ class RouterOptions:
 
 
 _OUT = f'iifname "{LAN_IF}"'
-#: The firewalls of the profiles that block UDP (forward chain rules; replies to what a rule
-#: let out come back in on the WAN side and pass).
+#: The firewalls of the profiles that block UDP (forward chain rules, both address families;
+#: replies to what a rule let out come back in on the WAN side and pass).
 BLOCKING: Final[dict[str, list[str]]] = {
     "udp-blocked": ["meta l4proto udp counter drop"],
     "tcp443-only": [f"{_OUT} tcp dport {HTTPS_PORT} accept", f"{_OUT} counter drop"],
@@ -206,10 +206,6 @@ def nat_ruleset(
     # punch clashes with our own outbound flow and gets it a new port (natlab README).
     inp.append(f"{wan} ct state new drop")
     flt += _chain("input", "type filter hook input priority filter; policy accept;", inp)
-    if name in BLOCKING:
-        flt += _chain(
-            "forward", "type filter hook forward priority filter; policy accept;", BLOCKING[name]
-        )
     if opts.loss_percent > 0:
         threshold = round(opts.loss_percent * LOSS_SCALE / 100)
         flt += _chain(
@@ -218,6 +214,11 @@ def nat_ruleset(
             [f"numgen random mod {LOSS_SCALE} < {threshold} counter drop"],
         )
     out += ["table ip filter {", *flt, "}"]
+    if name in BLOCKING:  # inet: IPv6 too, for a host built with ipv6=True
+        fw = _chain(
+            "forward", "type filter hook forward priority filter; policy accept;", BLOCKING[name]
+        )
+        out += ["table inet firewall {", *fw, "}"]
 
     if opts.miniupnpd:
         out += ["table inet filter {", *miniupnpd_chains(), "}"]
