@@ -12,8 +12,9 @@ STAMP  := $(VENV)/.installed
 # (sysctl) for router namespaces; iptables (NFQUEUE rule) plus libnetfilter-queue-dev and
 # build-essential (to build the NetfilterQueue package) for the lab's userspace delay (no netem).
 # redis-server: the relay fleet's shared directory, run for real by its tests, bench and lab.
+# tinyproxy: a real HTTP CONNECT proxy for the relay's TLS/WebSocket transports (tests, lab).
 APT_PACKAGES := python3-venv nftables iproute2 conntrack coturn miniupnpd-nftables procps \
-	iptables libnetfilter-queue-dev build-essential redis-server
+	iptables libnetfilter-queue-dev build-essential redis-server tinyproxy
 
 .PHONY: all setup venv system-deps demo test test-fast bench lint clean
 

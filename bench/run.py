@@ -45,6 +45,13 @@ What is measured today (the foundation issue):
 - ``aioice_lab.json`` (root; bench/aioice_lab.py): aioice against ours on the same lab hosts,
   every UDP NAT pair (``--aioice-subset``: 7 of them): which pairs each gets direct, how fast.
 
+- ``relay_stream.json`` (bench/relay_stream.py): relay CPU per forwarded message over TLS and
+  WebSocket against UDP (same load, server pinned to one core), and a loopback call whose UDP
+  to the relay is blocked mid-call (time to the stream, gap, frames lost; 10 runs).
+- ``relay_stream_lab.json`` (root; bench/relay_stream_lab.py): time to a usable call behind
+  udp-blocked against a UDP caller over RTT 0/50/100 ms, and the mid-call UDP block in the lab
+  (10 runs).
+
 Each JSON holds trial counts and a ``how`` text saying how it was measured.
 `--only NAME[,NAME]` runs a subset (``hardnat`` is short for ``hardnat_sim``).
 """
@@ -277,6 +284,8 @@ def main() -> None:
     import ipv6_sim
     import relay_memory
     import relay_saturation
+    import relay_stream
+    import relay_stream_lab
     import relay_vs_coturn
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -295,10 +304,12 @@ def main() -> None:
         ("fleet_failover_sim", fleet.bench_fleet_failover_sim),
         ("fleet_directory", fleet.bench_fleet_directory),
         ("fleet_cores", fleet.bench_fleet_cores),
+        ("relay_stream", relay_stream.bench_relay_stream),
     ]
     if os.geteuid() == 0:
         jobs.append(("netcheck_lab", lambda: bench_netcheck_lab(args.trials)))
         jobs.append(("connect_lab", connect_lab.bench_connect_lab))
+        jobs.append(("relay_stream_lab", relay_stream_lab.bench_relay_stream_lab))
         pairs = aioice_lab.PAIRS
         if not args.aioice_subset:
             from itertools import combinations_with_replacement

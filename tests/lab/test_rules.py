@@ -30,6 +30,18 @@ def test_open_has_no_nat_and_udp_blocked_drops_udp() -> None:
     assert "meta l4proto udp counter drop" not in _rules("eim-apdf")
 
 
+def test_firewall_profiles_let_out_only_what_they_name() -> None:
+    for profile in ("udp-blocked", "tcp443-only", "proxy-only"):
+        text = _rules(profile)
+        assert "table inet firewall" in text  # both families: IPv6 too
+        assert "masquerade" in text
+    assert 'iifname "lan" tcp dport 443 accept' in _rules("tcp443-only")
+    proxy = _rules("proxy-only")
+    assert 'iifname "lan" ip daddr 198.51.100.30 tcp dport 3128 accept' in proxy
+    assert proxy.index("tcp dport 3128 accept") < proxy.index('iifname "lan" counter drop')
+    assert "table inet firewall" not in _rules("eim-apdf")
+
+
 def test_sequential_delta_and_wrap() -> None:
     opts = RouterOptions(seq_base=50000, seq_count=4, seq_delta=7)
     assert sequential_ports(opts) == [50000, 50007, 50014, 50021]

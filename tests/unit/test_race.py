@@ -120,6 +120,21 @@ def test_dialer_agrees_a_start_and_the_plan_skips_what_cannot_help() -> None:
     assert r.next_deadline() is None  # nothing hard to start
 
 
+@pytest.mark.parametrize("blocked", ["local", "remote"])
+def test_udp_blocked_on_a_side_skips_every_direct_stage_and_sends_no_check(blocked: str) -> None:
+    no_udp = NatSummary(udp=False)
+    r = race(no_udp if blocked == "local" else CONE)
+    connected(r, no_udp if blocked == "remote" else CONE)
+    due = r.next_deadline()
+    assert due is not None
+    assert r.poll(due, n_pairs=2, owd=OWD) == []  # no StartRound: no check is sent
+    for s in (Stage.PORT_MAPPING, Stage.HOLE_PUNCH, Stage.PORT_PREDICTION, Stage.BIRTHDAY):
+        assert r.waterfall[s].status is Status.SKIPPED, s
+        assert r.waterfall[s].why.code is Why.UDP_BLOCKED, s
+    assert f"UDP is blocked on the {blocked} side" in r.waterfall[Stage.HOLE_PUNCH].why.text
+    assert r.next_deadline() is None
+
+
 def test_acceptor_maps_the_dialers_moment_and_ignores_stale_rounds() -> None:
     r = race(CONE, controlling=False)
     assert connected(r, CONE) == []  # the acceptor waits for CheckStart

@@ -20,6 +20,7 @@ from typing import Final
 
 from punchthrough.endpoint import Connection, ConnectionClosed, Endpoint
 from punchthrough.identity import PeerId
+from punchthrough.netio import Address
 from punchthrough.transport.quic import QuicStreamWriter
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,8 @@ async def run_echo_session(
     t0 = loop.time()
     conn = await ep.connect(peer_id, timeout=connect_timeout)
     connected = loop.time()
+    relays = ep.relay_addresses
+    dial_relay = relays[0] if relays else None  # the dialer's relay (endpoint.dialer)
     if on_connected is not None:
         on_connected(conn)
     n_frames = min(MAX_FRAMES, round(duration * pps))
@@ -176,6 +179,13 @@ async def run_echo_session(
         "traversal": traversal,
         "closed_early": closed.reason if closed is not None else None,
     }
+    transports = relay_transport_summary(ep, dial_relay, t0)
+    out.update(transports)
+    # the traversal report says what carries the relay stage too, and why it is not UDP
+    traversal["relay_transport"] = {
+        "transport": transports["relay_transport"],
+        "reason": transports["relay_transport_reason"],
+    }
     if process_started_at is not None:
 
         def since(t: float | None) -> float | None:
@@ -187,6 +197,23 @@ async def run_echo_session(
             "direct": since(direct_at),
         }
     return out
+
+
+def relay_transport_summary(
+    ep: Endpoint, relay: Address | None, origin: float
+) -> dict[str, object]:
+    """``relay_transport`` (``udp``/``tls``/``websocket``, what carries the call's relay now),
+    its changes over the call (the first may be the bind's choice, before ``connect()``), and
+    why the relay is not on UDP (``None`` when it is)."""
+    changes = [c for c in ep.relay_transport_changes if c.relay == relay]
+    transport = ep.relay_transports.get(relay) if relay is not None else None
+    return {
+        "relay_transport": transport,
+        "relay_transport_changes": [c.to_json(origin) for c in changes],
+        "relay_transport_reason": (
+            changes[-1].reason if changes and transport not in (None, "udp") else None
+        ),
+    }
 
 
 async def _echo_stream(reader: asyncio.StreamReader, writer: QuicStreamWriter) -> None:

@@ -24,10 +24,10 @@ from typing import Annotated, Any
 import typer
 
 from punchthrough.apps.echo import run_echo_session, serve_endpoint
-from punchthrough.cli.addr import parse_addresses
 from punchthrough.endpoint import Connection, Endpoint, EndpointConfig, EndpointError
 from punchthrough.endpoint.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_RELAY_TIMEOUT
 from punchthrough.endpoint.relaymap import RelayMap, RelayMapError, parse_peer_address
+from punchthrough.endpoint.relayspec import names_transports, parse_relay_entry
 from punchthrough.identity import Identity, IdentityError, InvalidPeerId, PeerId
 from punchthrough.netio import Address, UdpNetwork
 
@@ -47,8 +47,15 @@ _IDENTITY = typer.Option(
 )
 _RELAY = typer.Option(
     "--relay",
-    help="Relay IP:PORT (repeatable; at least one). ID=IP:PORT: a relay fleet (home relay by "
-    "RTT, peers called through their home relays).",
+    help="Relay (repeatable; at least one): HOST:PORT (UDP), optionally with its TLS/WebSocket "
+    "transports and identity, comma-separated: "
+    "'HOST:3478,tls://HOST:443,wss://HOST/relay,id=pt1...'. ID=IP:PORT: a relay fleet (home "
+    "relay by RTT, peers called through their home relays).",
+)
+_PROXY = typer.Option(
+    "--proxy",
+    help="HTTP proxy for the relays' TLS/WebSocket transports (http://[user:pass@]host:port); "
+    "default: HTTPS_PROXY/https_proxy unless NO_PROXY names the relay.",
 )
 _RELAY_MAP = typer.Option(
     "--relay-map", help="Relay fleet map file (JSON or TOML: id, addresses, key, region)."
@@ -57,7 +64,9 @@ _HOME_RELAY = typer.Option(
     "--home-relay", help="Fleet: start homed on this relay id (default: the nearest by RTT)."
 )
 _STUN = typer.Option(
-    "--stun", help="STUN server IP:PORT (repeatable): server-reflexive candidates, NAT mapping."
+    "--stun",
+    help="STUN server HOST:PORT (repeatable; names resolved): server-reflexive candidates, NAT "
+    "mapping.",
 )
 _BIND = typer.Option(
     "--bind",
@@ -97,28 +106,41 @@ def _fleet(relay: list[str] | None, relay_map: Path | None) -> RelayMap | None:
     try:
         if relay_map is not None:
             return RelayMap.load(relay_map)
-        if relay and all("=" in r for r in relay):
+        if relay and all("=" in r and not names_transports(r) for r in relay):
             return RelayMap.from_specs(relay)
     except RelayMapError as exc:
         raise typer.BadParameter(str(exc), param_hint="--relay-map/--relay") from None
-    if relay and any("=" in r for r in relay):
+    if relay and any("=" in r and not names_transports(r) for r in relay):
         raise typer.BadParameter("give every --relay as ID=IP:PORT, or none", param_hint="--relay")
     return None
 
 
 def _load(
     identity: Path, relay: list[str] | None, stun: list[str] | None, fleet: bool = False
-) -> tuple[Identity, list[Address], list[Address]]:
+) -> tuple[Identity, list[str], list[str]]:
     try:
         ident = Identity.load(identity)
     except IdentityError as exc:
         raise typer.BadParameter(str(exc), param_hint="--identity") from None
-    relays = [] if fleet else parse_addresses(relay)
+    relays = [] if fleet else list(relay or [])
+    for text in relays:
+        try:
+            parse_relay_entry(text)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--relay") from None
     if not relays and not fleet:
         raise typer.BadParameter(
             "give at least one relay with --relay IP:PORT", param_hint="--relay"
         )
-    return ident, relays, parse_addresses(stun)
+    stuns = list(stun or [])
+    for text in stuns:
+        try:
+            entry = parse_relay_entry(text)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--stun") from None
+        if entry.udp is None or entry.streams or entry.pin:
+            raise typer.BadParameter(f"{text!r} is not HOST:PORT", param_hint="--stun")
+    return ident, relays, stuns
 
 
 def _addr(a: Address) -> str:
@@ -136,6 +158,7 @@ def listen(
     gateway: Annotated[str | None, _GATEWAY] = None,
     upnp: Annotated[bool, _UPNP] = False,
     relay_timeout: Annotated[float, _RELAY_TIMEOUT] = DEFAULT_RELAY_TIMEOUT,
+    proxy: Annotated[str | None, _PROXY] = None,
     relay_map: Annotated[Path | None, _RELAY_MAP] = None,
     home_relay: Annotated[str | None, _HOME_RELAY] = None,
 ) -> None:
@@ -160,7 +183,7 @@ def listen(
                     network=UdpNetwork(),
                     host=bind,
                     port=port,
-                    config=EndpointConfig(relay_timeout=relay_timeout),
+                    config=EndpointConfig(relay_timeout=relay_timeout, relay_proxy=proxy),
                     gateway=gateway,
                     upnp=upnp,
                     relay_map=fleet,
@@ -179,6 +202,7 @@ def listen(
                         "home_relay": ep.home_relay,
                         "address": ep.address,
                         "observed": observed,
+                        "relay_transports": {_addr(a): t for a, t in ep.relay_transports.items()},
                         "echo": echo,
                     }
                     if as_json
@@ -271,6 +295,7 @@ def connect(
     port: Annotated[int, _PORT] = 0,
     gateway: Annotated[str | None, _GATEWAY] = None,
     upnp: Annotated[bool, _UPNP] = False,
+    proxy: Annotated[str | None, _PROXY] = None,
     relay_map: Annotated[Path | None, _RELAY_MAP] = None,
     home_relay: Annotated[str | None, _HOME_RELAY] = None,
 ) -> None:
@@ -298,7 +323,9 @@ def connect(
     async def main() -> dict[str, object]:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        config = EndpointConfig(connect_timeout=connect_timeout, relay_timeout=relay_timeout)
+        config = EndpointConfig(
+            connect_timeout=connect_timeout, relay_timeout=relay_timeout, relay_proxy=proxy
+        )
         try:
             ep = await Endpoint.bind(
                 ident,

@@ -21,6 +21,7 @@ from punchthrough.cli.relay_fleet import fleet_options, load_config, pick, start
 from punchthrough.identity import Identity, KeyFileError
 from punchthrough.netio import UdpNetwork
 from punchthrough.relay import RelayCloseCode, RelayLimits, RelayServer
+from punchthrough.relay.stream import StreamLimits, StreamListener, server_context
 
 log = logging.getLogger("punchthrough.relay")
 
@@ -55,6 +56,23 @@ def relay(
         bool | None,
         typer.Option("--uvloop/--no-uvloop", help="Use uvloop (default: if installed)."),
     ] = None,
+    tcp_listen: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tcp-listen",
+            help="IP:PORT for the relay over TCP (repeatable): TLS and WebSocket (wss://) on "
+            "one port, chosen by ALPN. Clients list it as tls://HOST:PORT / wss://HOST:PORT/PATH.",
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            help="CA-issued certificate chain (PEM) for --tcp-listen (default: the "
+            "relay's identity-bound certificate; clients then pin the relay's id=)."
+        ),
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Private key (PEM) of --tls-cert.")] = None,
+    ws_path: Annotated[str, typer.Option(help="URL path of the WebSocket upgrade.")] = "/relay",
     memory_budget: Annotated[
         float | None,
         typer.Option(
@@ -112,6 +130,13 @@ def relay(
     addresses = parse_addresses(listen)
     if not addresses:
         raise typer.BadParameter("give at least one --listen IP:PORT")
+    tcp_addresses = parse_addresses(tcp_listen)
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("--tls-cert and --tls-key go together")
+    try:
+        stream_limits = StreamLimits(ws_path=ws_path)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--ws-path") from None
     ident: Identity | None = None
     if identity is not None:
         try:
@@ -166,10 +191,23 @@ def relay(
             raise typer.BadParameter(f"cannot start: {exc}") from None
         metrics_server = None
         try:
+            listeners = []
+            if tcp_addresses:
+                try:
+                    ctx = server_context(server.identity, cert_file=tls_cert, key_file=tls_key)
+                    for host, port in tcp_addresses:
+                        listeners.append(
+                            await StreamListener.start(server, host, port, ctx, stream_limits)
+                        )
+                except (OSError, ValueError) as exc:
+                    raise typer.BadParameter(f"cannot start TCP: {exc}") from None
+            tcp = [f"{h}:{p}" for h, p in (lst.address for lst in listeners)]
             metrics_server = await start_metrics(server, fleet_opts.metrics)
             bound = ", ".join(f"{h}:{p}" for h, p in server.addresses)
             stun = ", ".join(f"{h}:{p}" for h, p in server.stun_addresses)
             typer.echo(f"relay {server.peer_id} listening on {bound} (STUN on {stun})", err=True)
+            if tcp:
+                typer.echo(f"relay over TLS/WebSocket on TCP {', '.join(tcp)}", err=True)
             if json_stats:
                 print(
                     json.dumps(
@@ -178,6 +216,7 @@ def relay(
                             "peer_id": str(server.peer_id),
                             "addresses": [f"{h}:{p}" for h, p in server.addresses],
                             "stun_addresses": [f"{h}:{p}" for h, p in server.stun_addresses],
+                            "tcp_addresses": tcp,
                             "relay_id": fleet.relay_id if fleet is not None else None,
                         }
                     ),

@@ -100,6 +100,9 @@ class EndpointConfig:
     #: Look for a direct path behind every relayed call (candidates, checks, hole punch).
     #: ``False`` keeps calls on the relay (tests, or a policy that never exposes addresses).
     direct: bool = True
+    #: HTTP proxy for the relays' TLS/WebSocket transports (``http://[user:pass@]host:port``,
+    #: HTTP CONNECT); None: ``HTTPS_PROXY``/``https_proxy`` unless ``NO_PROXY`` names the relay.
+    relay_proxy: str | None = None
     #: Budget of the hard-NAT stages (birthday sockets/probes/rate/duration, prediction).
     hardnat_budget: Budget = field(default_factory=Budget)
 

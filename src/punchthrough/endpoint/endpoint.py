@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Seque
 from types import TracebackType
 from typing import Any
 
+from punchthrough.endpoint import relayspec
 from punchthrough.endpoint.admission import Admission
 from punchthrough.endpoint.config import EndpointConfig
 from punchthrough.endpoint.connection import Connection
@@ -43,6 +44,7 @@ from punchthrough.endpoint.portmapping import MainSocketMapping
 from punchthrough.endpoint.relaymap import RelayMap, fleet_map
 from punchthrough.endpoint.relays import RelaySet, RelaySpec, parse_relay
 from punchthrough.endpoint.router import PacketRouter
+from punchthrough.endpoint.transports import RelayTransports
 from punchthrough.identity import Identity, PeerId
 from punchthrough.nat.probe import PROBE_RTO
 from punchthrough.netio import Address, DatagramSocket, Network, UdpNetwork
@@ -80,7 +82,7 @@ class _Binding:
             await self._endpoint.close()
 
 
-class Endpoint:
+class Endpoint(RelayTransports):
     """This peer on the network: accepts and makes end-to-end authenticated connections."""
 
     def __init__(
@@ -164,6 +166,7 @@ class Endpoint:
             port_mapper=lambda: self._mapping.mapper,
             agents=self._router.ufrags.values,
             is_closed=closed,
+            udp_unanswered=self._relays.udp_unanswered,
         )
         self._watch = NetworkWatch(
             self._local,
@@ -217,18 +220,17 @@ class Endpoint:
         ``host``: the main socket's IP; by default one dual-stack socket (``::``) when the
         network has IPv6, else ``0.0.0.0`` (:func:`punchthrough.endpoint.dualstack.bind_host`).
         """
-        relay_map = relay_map or fleet_map(relays)
-        relay_addrs = [] if relay_map else [parse_relay(r) for r in relays]
-        stun_addrs = [parse_relay(s) for s in stun]
+        relay_map, entries, stuns = relayspec.parse_lists(relays, stun, relay_map, fleet_map)
 
         async def make() -> Endpoint:
             net = network if network is not None else UdpNetwork()
-            sock = await net.bind(bind_host(net, host), port)
+            bound = bind_host(net, host)
+            sock = await net.bind(bound, port)
             try:
                 ep = cls(
                     identity,
                     sock,
-                    stun=stun_addrs,
+                    stun=list(await relayspec.resolve_entries(stuns, bound)),
                     config=config or EndpointConfig(),
                     allow=allow,
                     network=net,
@@ -243,7 +245,8 @@ class Endpoint:
                 if relay_map is not None:
                     await ep._start_fleet(relay_map, homing, home_relay).start()
                 else:
-                    await ep._relays.start(relay_addrs)
+                    on_udp = ep._watch.relay_event
+                    await ep._relays.start(await ep._relays.use(entries, bound, ep.stun, on_udp))
                 await ep.gather()
                 ep._watch.start()
             except BaseException:

@@ -88,8 +88,10 @@ class Gatherer:
         port_mapper: Callable[[], PortMapper | None],
         agents: Callable[[], Iterable[AgentHandle]],
         is_closed: Callable[[], bool],
+        udp_unanswered: Callable[[], bool] = lambda: False,
     ) -> None:
-        """``relays``: the live registrations (read at each gather). ``agents()``: every
+        """``relays``: the live registrations (read at each gather). ``udp_unanswered()``:
+        every relay's UDP went unanswered (they carry us over TCP). ``agents()``: every
         connection's agent, told when the NAT summary becomes final."""
         self._loop = asyncio.get_running_loop()
         self.local = local
@@ -101,6 +103,7 @@ class Gatherer:
         self._port_mapper = port_mapper
         self._agents = agents
         self._is_closed = is_closed
+        self._udp_unanswered = udp_unanswered
         #: Where each server IP saw us at the last gather.
         self.seen: dict[str, Address] = {}
         #: The background filtering test of the latest gather, and that gather's number.
@@ -113,6 +116,8 @@ class Gatherer:
         seen: dict[str, Address] = {}
         samples: list[Sample] = []  # in the order the mappings were made
         for addr, client in self._relays.items():
+            if client.transport != "udp":
+                continue  # a TLS/WebSocket relay sees our TCP mapping: no UDP candidate
             # where the relay sees us now (registration, then kept fresh by its keepalives)
             srflx.append((client.mapped_address, addr[0]))
             seen[addr[0]] = client.mapped_address
@@ -142,9 +147,12 @@ class Gatherer:
         offered: tuple[PortMappingProtocol, ...] = ()
         if mapped is not None and protocol in _PROTOCOLS:
             offered = (cast(PortMappingProtocol, protocol),)
+        # UDP is blocked when nothing answered it: the STUN servers, or (none given) the relays,
+        # every one on TLS/WebSocket because its UDP did not answer (endpoint.relaylink)
+        unanswered = bool(self.stun_servers) or self._udp_unanswered()
         obs = NatObservations(
             samples=nat_samples(samples),
-            udp=bool(samples) or not self.stun_servers,
+            udp=bool(samples) or not unanswered,
             port_mapping=offered,
         )
         summary = classify_nat(obs, Purpose.PLAN)

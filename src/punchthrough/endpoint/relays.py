@@ -19,9 +19,12 @@ from typing import Final
 
 from punchthrough.endpoint.config import EndpointConfig
 from punchthrough.endpoint.errors import EndpointClosed, NoRelay
+from punchthrough.endpoint.relaylink import RelayLinks
+from punchthrough.endpoint.relayspec import RelayEntry, resolve_entries
 from punchthrough.identity import Identity, PeerId
 from punchthrough.netio import Address
 from punchthrough.relay import RelayClient, RelayCloseCode, RelayError
+from punchthrough.stun import StunClient
 from punchthrough.transport.demux import DatagramMux
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,8 @@ RELAY_RETRY_MAX: Final = 30.0
 RelaySpec = Address | str
 #: ``(relay, sender peer id, payload)`` of a relayed DATA frame.
 DataHandler = Callable[[Address, PeerId, bytes], None]
+#: ``on_network(reason)``: a relay reachable over UDP again (re-gather).
+NetworkHook = Callable[[str], None]
 #: ``(relay, NOTICE code, peer id)``.
 NoticeHandler = Callable[[Address, int, PeerId], None]
 
@@ -97,6 +102,9 @@ class RelaySet:
         #: Called when a relay closed our registration because another instance of our
         #: identity took it over (the endpoint decides whether it is displaced for good).
         self.on_replaced: Callable[[Address], None] | None = None
+        #: Relays with TLS/WebSocket transports register through it (``.relaylink``: happy
+        #: eyeballs, back to UDP, UDP lost mid-call); set by the endpoint.
+        self.links: RelayLinks | None = None
 
     def registered(self) -> list[Address]:
         """Relays we are registered with, in the caller's order."""
@@ -133,6 +141,12 @@ class RelaySet:
             raise NoRelay("no relay registered us: " + "; ".join(errors))
 
     async def _connect(self, addr: Address, *, visitor: bool = False) -> RelayClient:
+        if self.links is not None and self.links.handles(addr) and not visitor:
+            return await self.links.connect(addr)
+        return await self.connect_udp(addr, visitor=visitor)
+
+    async def connect_udp(self, addr: Address, *, visitor: bool = False) -> RelayClient:
+        """A registration with ``addr`` over UDP, from the endpoint's main socket."""
         return await RelayClient.connect(
             self._mux,
             addr,
@@ -171,10 +185,46 @@ class RelaySet:
         self._attach(addr, client)
         self._tasks[addr] = self._loop.create_task(self._supervise(addr, client))
 
+    async def use(
+        self, entries: list[RelayEntry], host: str, stun: StunClient, on_network: NetworkHook
+    ) -> list[Address]:
+        """Resolve a relay list (``.relayspec``); relays with TLS/WebSocket transports get
+        :class:`RelayLinks` (UDP-only lists run exactly as before). Returns the relays' keys,
+        for :meth:`start`."""
+        keyed = await resolve_entries(entries, host)
+        if any(e.streams for e in keyed.values()):
+            self.links = RelayLinks(
+                keyed,
+                self._identity,
+                connect_udp=self.connect_udp,
+                stun=stun,
+                relay_timeout=self._config.relay_timeout,
+                nat_keepalive=self._config.nat_keepalive,
+                proxy=self._config.relay_proxy,
+                current=self.clients.get,
+                swap=self.swap,
+                is_closed=self._is_closed,
+                on_network=on_network,
+            )
+        return list(keyed)
+
+    def udp_unanswered(self) -> bool:
+        """Every relay that lists UDP carries us over TCP: UDP is blocked (``.relaylink``)."""
+        return self.links is not None and self.links.udp_unanswered()
+
+    def swap(self, addr: Address, client: RelayClient) -> None:
+        """``client`` (another transport, ``.relaylink``, which then closes the old one)
+        is our registration with ``addr`` now; the old one's supervisor follows it."""
+        self._attach(addr, client)
+
     def _attach(self, addr: Address, client: RelayClient) -> None:
         previous = self._last_seen(addr[0])
         self.clients[addr] = client
-        if previous is not None and previous != client.observed_address:
+        if self.links is not None:
+            self.links.registered(addr, client)
+        # (a stream's observed address is not a UDP mapping: nothing to compare)
+        udp = client.transport == "udp"
+        if udp and previous is not None and previous != client.observed_address:
             # Re-registered and seen from elsewhere: our NAT or network changed under us.
             self._on_network(f"re-registered with relay {addr[0]}:{addr[1]} from a new address")
         client.set_receiver(lambda src, payload: self._on_data(addr, src, payload))
@@ -193,6 +243,10 @@ class RelaySet:
         while not self._is_closed():
             if client is not None:
                 await client.wait_closed()
+                moved = await self.links.moved(addr, client) if self.links else None
+                if moved is not None:
+                    client = moved  # swapped for another transport (swap): follow it
+                    continue
                 if self.clients.get(addr) is client:
                     del self.clients[addr]
                 if self._is_closed():
@@ -229,6 +283,8 @@ class RelaySet:
 
     async def close(self) -> None:
         """Stop supervising, then leave every relay."""
+        if self.links is not None:
+            await self.links.close()
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)

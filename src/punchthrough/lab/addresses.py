@@ -42,6 +42,13 @@ COTURN2_ALT: Final = "198.51.100.13"
 RELAY_PRIMARY: Final = "198.51.100.20"
 RELAY_ALT: Final = "198.51.100.21"
 
+# An HTTP proxy (tinyproxy, CONNECT) for the relay's TLS/WebSocket transports: the only
+# destination the `proxy-only` profile lets out. 3128: squid's customary port.
+HTTP_PROXY_IP: Final = "198.51.100.30"
+HTTP_PROXY_PORT: Final = 3128
+#: Where `tcp443-only` lets TCP out (HTTPS, RFC 9110 section 4.2.2).
+HTTPS_PORT: Final = 443
+
 SERVER_IPS: Final = (
     OUR_STUN_PRIMARY,
     OUR_STUN_ALT,
@@ -52,6 +59,7 @@ SERVER_IPS: Final = (
     COTURN2_ALT,
     RELAY_PRIMARY,
     RELAY_ALT,
+    HTTP_PROXY_IP,
 )
 
 NATPMP_PORT: Final = 5351  # RFC 6886 section 3 (also PCP, RFC 6887 section 19.1)

@@ -118,6 +118,24 @@ PROFILES: Final[dict[str, NatProfile]] = {
             "unknown",
             "masquerade, but forwarded UDP is dropped",
         ),
+        NatProfile(
+            "tcp443-only",
+            True,
+            False,
+            UNKNOWN,
+            UNKNOWN,
+            "unknown",
+            "masquerade; only TCP to port 443 leaves (an office firewall)",
+        ),
+        NatProfile(
+            "proxy-only",
+            True,
+            False,
+            UNKNOWN,
+            UNKNOWN,
+            "unknown",
+            "masquerade; only TCP to the lab's HTTP proxy leaves (198.51.100.30:3128)",
+        ),
     )
 }
 

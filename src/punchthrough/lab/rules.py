@@ -10,8 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
-from punchthrough.lab.addresses import LAN_IF, WAN_IF, Address
+from punchthrough.lab.addresses import (
+    HTTP_PROXY_IP,
+    HTTP_PROXY_PORT,
+    HTTPS_PORT,
+    LAN_IF,
+    WAN_IF,
+    Address,
+)
 from punchthrough.lab.delay import MAX_DELAY_MS
 from punchthrough.lab.profiles import NatProfile
 
@@ -69,6 +77,19 @@ class RouterOptions:
                 )
 
 
+_OUT = f'iifname "{LAN_IF}"'
+#: The firewalls of the profiles that block UDP (forward chain rules, both address families;
+#: replies to what a rule let out come back in on the WAN side and pass).
+BLOCKING: Final[dict[str, list[str]]] = {
+    "udp-blocked": ["meta l4proto udp counter drop"],
+    "tcp443-only": [f"{_OUT} tcp dport {HTTPS_PORT} accept", f"{_OUT} counter drop"],
+    "proxy-only": [
+        f"{_OUT} ip daddr {HTTP_PROXY_IP} tcp dport {HTTP_PROXY_PORT} accept",
+        f"{_OUT} counter drop",
+    ],
+}
+
+
 def _map(pairs: Sequence[tuple[int, int]]) -> str:
     return ", ".join(f"{k} : {v}" for k, v in pairs)
 
@@ -100,7 +121,7 @@ def nat_ruleset(
     out: list[str] = ["flush ruleset"]
     nat: list[str] = []
     name = profile.name
-    if name in ("eim-apdf", "udp-blocked"):
+    if name in ("eim-apdf", *BLOCKING):
         nat += _chain(
             "postrouting",
             "type nat hook postrouting priority srcnat; policy accept;",
@@ -185,12 +206,6 @@ def nat_ruleset(
     # punch clashes with our own outbound flow and gets it a new port (natlab README).
     inp.append(f"{wan} ct state new drop")
     flt += _chain("input", "type filter hook input priority filter; policy accept;", inp)
-    if not profile.udp:
-        flt += _chain(
-            "forward",
-            "type filter hook forward priority filter; policy accept;",
-            ["meta l4proto udp counter drop"],
-        )
     if opts.loss_percent > 0:
         threshold = round(opts.loss_percent * LOSS_SCALE / 100)
         flt += _chain(
@@ -199,6 +214,11 @@ def nat_ruleset(
             [f"numgen random mod {LOSS_SCALE} < {threshold} counter drop"],
         )
     out += ["table ip filter {", *flt, "}"]
+    if name in BLOCKING:  # inet: IPv6 too, for a host built with ipv6=True
+        fw = _chain(
+            "forward", "type filter hook forward priority filter; policy accept;", BLOCKING[name]
+        )
+        out += ["table inet firewall {", *fw, "}"]
 
     if opts.miniupnpd:
         out += ["table inet filter {", *miniupnpd_chains(), "}"]

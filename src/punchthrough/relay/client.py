@@ -404,6 +404,12 @@ class RelayClient:
         return self._identity.peer_id
 
     @property
+    def transport(self) -> str:
+        """What carries this registration: ``"udp"``, or a stream link's kind (``"tls"``,
+        ``"websocket"``; ``relay.stream.link``)."""
+        return str(getattr(self._sock, "kind", "udp"))
+
+    @property
     def keepalive_interval(self) -> float:
         return self._keepalive_interval
 

@@ -109,6 +109,7 @@ class RelayServer:
         self._controls = self._control.connections  # a live view, for stats and tests
         self._forwarder = Forwarder(sockets, self.registry, self._stats, payload_filter)
         self._fast: list[FastForwarder] = []
+        self._payload_filter = payload_filter
         #: In a fleet: the directory link (relay.fleet); None for a lone relay.
         self.fleet: FleetLink | None = None
         if fleet is not None:
@@ -118,18 +119,48 @@ class RelayServer:
             self.fleet.start()
         self._closing = False
         self._closed = False
+        #: Sockets added by :meth:`attach_socket` (stream listeners), whose stats we add.
+        self._attached: dict[Address, DatagramSocket] = {}
         for local, sock in sockets.items():
-            mux = DatagramMux(sock)
-            self._muxes[local] = mux
-            mux.add_stun_handler(functools.partial(self._on_stun, local=local))
-            if local in self._primaries:
-                mux.set_relay_handler(self._forwarder.handler(local, sock))
-                mux.set_new_quic_handler(functools.partial(self._on_new_quic, local=local))
-                # the test-only payload filter sees every frame: no fast path then
-                if isinstance(sock, BatchedUdpSocket) and payload_filter is None:
-                    fast = FastForwarder(local, sock.family, self.registry)
-                    sock.set_batch_handler(fast)
-                    self._fast.append(fast)
+            self._serve_on(local, sock, primary=local in self._primaries)
+
+    def _serve_on(self, local: Address, sock: DatagramSocket, *, primary: bool) -> None:
+        mux = DatagramMux(sock)
+        self._muxes[local] = mux
+        mux.add_stun_handler(functools.partial(self._on_stun, local=local))
+        if primary:
+            mux.set_relay_handler(self._forwarder.handler(local, sock))
+            mux.set_new_quic_handler(functools.partial(self._on_new_quic, local=local))
+            # the test-only payload filter sees every frame: no fast path then
+            if isinstance(sock, BatchedUdpSocket) and self._payload_filter is None:
+                fast = FastForwarder(local, sock.family, self.registry)
+                sock.set_batch_handler(fast)
+                self._fast.append(fast)
+
+    def attach_socket(self, local: Address, sock: DatagramSocket) -> None:
+        """Serve the whole relay protocol on one more (virtual) socket: a stream listener's
+        hub (``relay.stream``). Closed with the relay; its ``stats`` (if any) join ours."""
+        if local in self._sockets:
+            raise ValueError(f"a socket is already attached at {local}")
+        self._sockets[local] = sock
+        self._attached[local] = sock
+        # a lookup answers a stream client's relay as the relay's (first) public address, never
+        # the hub's key (a registry alias, as for any socket whose public address differs)
+        public = list(self.fleet.entry.addresses) if self.fleet is not None else []
+        self.registry._public.setdefault(local, (public or self._primaries)[0])
+        self._serve_on(local, sock, primary=True)
+
+    def address_gone(self, address: Address) -> None:
+        """The stream connection behind virtual ``address`` ended: its control connection and
+        registration end now, not at the QUIC idle timeout (frames to it would be lost)."""
+        for ctl in [c for c in self._control.connections if c.address == address]:
+            if ctl.driver is not None:
+                ctl.driver.abort()
+            self._control.forget(ctl)
+
+    def is_registered(self, address: Address) -> bool:
+        """Whether a client is registered from ``address`` (a stream link's deadline)."""
+        return self.registry.by_address(address) is not None
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -220,6 +251,9 @@ class RelayServer:
         out["stun_rate_limited"] = self._stun.stats["rate_limited"]
         out["clients"] = len(self.registry)
         out["connections"] = len(self._controls)
+        for sock in self._attached.values():
+            for key, value in getattr(sock, "stats", {}).items():
+                out[key] = out.get(key, 0) + value
         for fast in self._fast:
             for key, value in fast.stats().items():
                 out[key] += value

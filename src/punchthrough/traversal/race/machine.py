@@ -208,12 +208,13 @@ class Race:
         else:
             note = f"{pm.reason} (ours: {self.local.port_mapping_note})"
             wf.skip(Stage.PORT_MAPPING, Reason(pm.code, note))
-        wf.start(Stage.HOLE_PUNCH, now)
+        if p[Stage.HOLE_PUNCH].code is not Why.UDP_BLOCKED:  # UDP blocked: the plan skips it
+            wf.start(Stage.HOLE_PUNCH, now)
         wf.apply(p.values())
         if any(p[s].runs and not p[s].after for s in HARD):
             self._hard_start_at = now + n_pairs * PACING_GUARD + HARD_START_DELAY
         self.stats["rounds"] += 1
-        return [action]
+        return [] if p[Stage.HOLE_PUNCH].code is Why.UDP_BLOCKED else [action]  # no checks
 
     def round_failed(self, now: float, reason: str) -> list[act.Action]:
         """The round's checks all went unanswered: say why, start what the plan needs now."""
