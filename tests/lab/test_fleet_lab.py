@@ -1,7 +1,8 @@
 """A relay fleet on the kernel lab: three relays and Redis in the public namespace.
 
-Relays r1-r3 (``punchthrough relay --relay-id rN --directory redis://...``) on 198.51.100.31-33,
-a real redis-server on 198.51.100.30, and peers behind real NATs using a relay-map file:
+Relays r1-r3 (``punchthrough relay --relay-id rN --directory redis://...``) on 198.51.100.41-43,
+a real redis-server on 198.51.100.40 (.30 is the lab's HTTP proxy), and peers behind real NATs
+using a relay-map file:
 
 * peers homed on different relays (``--home-relay``) call each other by peer id alone, for a
   relayed pair (apdm-random both sides) and a cone pair (eim-eif both sides): no frame lost;
@@ -38,9 +39,9 @@ pytestmark = [
     pytest.mark.skipif(not redis_available(), reason="redis-server not installed"),
 ]
 
-REDIS_IP = "198.51.100.30"
+REDIS_IP = "198.51.100.40"
 REDIS_PORT = 6379
-RELAYS = {"r1": "198.51.100.31", "r2": "198.51.100.32", "r3": "198.51.100.33"}
+RELAYS = {"r1": "198.51.100.41", "r2": "198.51.100.42", "r3": "198.51.100.43"}
 PORT = 3478
 #: SIGKILL trials (the issue asks for at least 5 lab runs).
 FAILOVER_RUNS = 5
