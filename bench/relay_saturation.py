@@ -190,16 +190,9 @@ async def _register(relay: tuple[str, int]) -> tuple[list[Any], list[Any], bytes
 
 
 def ours_trials(flags: list[str], trials: int) -> list[dict[str, Any]]:
-    port = _free_port()
-    argv = [
-        "taskset", "-c", SERVER_CPU, sys.executable, "-m", "punchthrough", "relay",
-        "--listen", f"127.0.0.1:{port}", "--pps", "100000000", "--bps", "100000000000",
-        "--stats-interval", "0", *flags,
-    ]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, port = _start_relay(SERVER_CPU, flags)
     out = []
     try:
-        _wait_udp(port, proc)
         for _ in range(trials):
 
             async def one() -> dict[str, Any]:
@@ -267,21 +260,32 @@ def _turn_channel(sock: socket.socket, server: tuple[str, int], peer: tuple[str,
         raise RuntimeError(f"TURN ChannelBind refused: {data[:4].hex()}")
 
 
-def coturn_trials(trials: int) -> list[dict[str, Any]]:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-coturn-sat-"))
+def _start_coturn(tmp: Path, ports: tuple[int, int]) -> tuple[subprocess.Popen[bytes], int]:
+    """coturn without authentication (``--no-auth``), one relay thread, on SERVER_CPU, its relay
+    ports in ``ports``; files in ``tmp``."""
     port = _free_port()
     argv = [
         "taskset", "-c", SERVER_CPU,
         "turnserver", "-n", "--no-auth", "-L", "127.0.0.1", "--relay-ip", "127.0.0.1",
-        "--listening-port", str(port), "--min-port", "53000", "--max-port", "53999",
+        "--listening-port", str(port), "--min-port", str(ports[0]), "--max-port", str(ports[1]),
         "--relay-threads", "1", "--allow-loopback-peers", "--no-tls", "--no-dtls", "--no-cli",
         "--no-stdout-log", "--log-file", str(tmp / "turn.log"), "--pidfile",
         str(tmp / "turn.pid"), "--userdb", str(tmp / "turn.db"),
     ]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    out = []
     try:
         _wait_udp(port, proc)
+    except BaseException:
+        _stop(proc)
+        raise
+    return proc, port
+
+
+def coturn_trials(trials: int) -> list[dict[str, Any]]:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-coturn-sat-"))
+    proc, port = _start_coturn(tmp, (53000, 53999))
+    out = []
+    try:
         for _ in range(trials):
             a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -566,19 +570,9 @@ def paced_ours(flags: list[str], calls: int = CALLS) -> dict[str, Any]:
 
 def paced_coturn(calls: int = CALLS) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-coturn-paced-"))
-    port = _free_port()
-    argv = [
-        "taskset", "-c", SERVER_CPU,
-        "turnserver", "-n", "--no-auth", "-L", "127.0.0.1", "--relay-ip", "127.0.0.1",
-        "--listening-port", str(port), "--min-port", "54000", "--max-port", "55999",
-        "--relay-threads", "1", "--allow-loopback-peers", "--no-tls", "--no-dtls", "--no-cli",
-        "--no-stdout-log", "--log-file", str(tmp / "turn.log"), "--pidfile",
-        str(tmp / "turn.pid"), "--userdb", str(tmp / "turn.db"),
-    ]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, port = _start_coturn(tmp, (54000, 55999))
     socks: list[socket.socket] = []
     try:
-        _wait_udp(port, proc)
         pairs: list[Pair] = []
         for _ in range(calls):
             a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
