@@ -125,6 +125,7 @@ class Connection(PeerSession):
         self._agent: TraversalAgent | None = None
         #: Acceptor: the generation of the candidates sent as 0.5-RTT data (-1: none).
         self._early_generation = -1
+        self._early_summary = False
         #: Acceptor: the early admission's outcome (True: admitted, ``Hello`` sent).
         self._admitted: asyncio.Future[bool] = self._loop.create_future()
 
@@ -173,6 +174,7 @@ class Connection(PeerSession):
             for msg in first_flight(local):
                 self._send_control(msg)
             self._early_generation = local.generation
+            self._early_summary = local.summary_ready
         self._admitted.set_result(True)
 
     def _handshake_completed(self) -> None:
@@ -216,7 +218,9 @@ class Connection(PeerSession):
 
     def _peer_stream(self, reader: asyncio.StreamReader, writer: QuicStreamWriter) -> None:
         if self.established_at is None and writer.stream_id == self._peer_control_stream:
-            self._spawn(self._dialer_setup(reader) if self.is_client else self._acceptor_setup(reader))
+            self._spawn(
+                self._dialer_setup(reader) if self.is_client else self._acceptor_setup(reader)
+            )
         else:
             super()._peer_stream(reader, writer)
 
@@ -271,7 +275,10 @@ class Connection(PeerSession):
         self._agent = agent
         assert self.established_at is not None
         agent.relay_established(self.established_at, self._relay_name())
-        agent.start(self._early_generation if self._early_generation >= 0 else None)
+        early = self._early_generation >= 0
+        agent.start(self._early_generation if early else None)
+        if early and not self._early_summary and self._direct_host.local_candidates.summary_ready:
+            agent.local_summary_ready()  # it became known between 0.5-RTT and now
 
     def _relay_name(self) -> str | None:
         """The relay path, as reports and the agent name it (``None`` before one was used)."""
