@@ -99,7 +99,9 @@ def test_echo_through_relay_for_every_profile_pair(nat_a: str, nat_b: str) -> No
     assert result["path"] == "relay" and result["path_changes"] == []
     assert result["direct_ms"] is None and result["strategy"] is None
     # usable after the QUIC handshake + the PeerAuth round trip: 2 end-to-end RTTs, a bit more
-    assert 2 * E2E_RTT_MS <= result["connected_ms"] < 3 * E2E_RTT_MS
+    # issue 17: usable one relayed round trip after connect() (the acceptor answered as 0.5-RTT
+    # data; the dialer's proof rides with its handshake completion)
+    assert E2E_RTT_MS <= result["connected_ms"] <= E2E_RTT_MS + 10
     assert result["rtt_ms"]["p50"] == pytest.approx(E2E_RTT_MS, abs=1)
     assert result["max_gap_ms"] == pytest.approx(20.0, abs=1)
     assert elapsed < 10.0  # 10 s of virtual call, far faster than real time
@@ -116,7 +118,7 @@ def test_setup_time_through_the_relay() -> None:
         return took * 1000.0
 
     took_ms = run(_with_world("eim-apdf", "eim-apdf", body), seed=1)
-    assert took_ms == pytest.approx(2 * E2E_RTT_MS, abs=5)
+    assert took_ms == pytest.approx(E2E_RTT_MS, abs=5)  # issue 17: one relayed round trip
 
 
 def test_keepalive_holds_an_idle_call_open_and_loss_closes_it_with_a_reason() -> None:

@@ -8,9 +8,10 @@ cost ~90 KiB each, so at most ``config.accept_backlog`` in all, and while their 
 unauthenticated at most ``pending_per_peer`` per relay-stamped sender id and
 ``pending_per_relay`` per relay; one still unauthenticated ``pending_timeout`` after its first
 Initial gives its slot up as soon as a new Initial wants one (QUIC retransmits a dropped
-Initial). Once the handshake proved the caller's peer id, the policy decides
-(:meth:`Admission.admit`: backlog of unaccepted connections, then the application's ``allow``
-callback); admitted connections wait in a queue for ``accept()``. Every drop is a
+Initial). The policy (:meth:`Admission.admit`: backlog of unaccepted connections, then the
+application's ``allow`` callback) decides at the Initial about the relay-stamped id, so that its
+answer goes out as 0.5-RTT data (issue 17); the connection counts as unproven until the caller
+proved that id, and only then waits in a queue for ``accept()``. Every drop is a
 :class:`Drop` counter in ``stats``, never an exception.
 """
 
@@ -123,7 +124,7 @@ class Admission:
             self._stats[drop] += 1
             return
         pending = _Pending(src, relay, self._loop.time())
-        conn = self._new_connection(src, lambda peer: self._admit_proven(pending, peer))
+        conn = self._new_connection(src, self.admit)
         pending.conn = conn
         self._pending += 1
         self._unproven_by_peer[src] += 1
@@ -191,12 +192,6 @@ class Admission:
                 "authentication timeout",
             )
         )
-
-    async def _admit_proven(self, pending: _Pending, peer_id: PeerId) -> str | None:
-        """The caller proved ``peer_id`` (peer authentication): out of the unproven shares,
-        then the policy."""
-        self._unshare(pending)
-        return await self.admit(peer_id)
 
     async def _admit_when_ready(self, pending: _Pending, conn: Connection) -> None:
         try:

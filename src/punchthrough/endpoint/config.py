@@ -89,8 +89,9 @@ class EndpointConfig:
     pending_per_relay: int = 32
     #: How long an incoming connection may stay unauthenticated, from its first Initial to a
     #: verified ``PeerAuth``, before a new Initial that needs its slot may take it (it is then
-    #: closed; ``auth_timeout`` still ends it if nobody needs the slot). A call needs two relayed
-    #: round trips (QUIC handshake, then PeerAuth: 160 ms in the simulator's topology); 3 s
+    #: closed; ``auth_timeout`` still ends it if nobody needs the slot). The acceptor has the
+    #: proof 1.5 relayed round trips after the Initial (PeerAuth rides with the dialer's handshake
+    #: completion: 120 ms in the simulator's topology, 160 ms before issue 17); 3 s
     #: covers a relayed RTT of 1 s, or three lost flights in a row (aioquic probes 0.2, 0.4,
     #: 0.8 s apart: twice its 100 ms initial RTT, doubling; RFC 9002 section 6.2), while a
     #: sender that wants to hold a slot must send a fresh real Initial every 3 s.

@@ -18,14 +18,21 @@ from typing import TYPE_CHECKING, Any, Final
 
 from punchthrough.endpoint.codes import CLOSE_HANGUP, CLOSE_PROTOCOL_ERROR
 from punchthrough.endpoint.config import EndpointConfig
-from punchthrough.endpoint.errors import ConnectError, ConnectionClosed, PeerRefused
+from punchthrough.endpoint.errors import (
+    ConnectError,
+    ConnectionClosed,
+    HandshakeFailed,
+    PeerRefused,
+)
 from punchthrough.endpoint.peerauth import (
     Admit,
     SetupFailure,
-    accept,
     auth_deadline,
-    dial,
+    early_answer,
     pin_acceptor,
+    read_answer,
+    send_auth,
+    verify_auth,
 )
 from punchthrough.endpoint.report import TraversalReport, build_report
 from punchthrough.endpoint.session import PeerSession
@@ -40,7 +47,7 @@ from punchthrough.signal import (
 )
 from punchthrough.transport.path import Path
 from punchthrough.transport.quic import QuicStreamWriter, reset_pto_backoff, smoothed_rtt
-from punchthrough.traversal.agent import DirectHost, TraversalAgent
+from punchthrough.traversal.agent import DirectHost, TraversalAgent, first_flight
 
 if TYPE_CHECKING:
     from punchthrough.netio import Address
@@ -48,8 +55,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: The dialer's first bidirectional stream (RFC 9000 section 2.1: client-initiated bidi ids
-#: are 0, 4, 8, ...): the control stream.
+#: are 0, 4, 8, ...): its control stream (dialer -> acceptor).
 CONTROL_STREAM_ID: Final = 0
+#: The acceptor's first bidirectional stream (server-initiated bidi ids are 1, 5, 9, ...): its
+#: control stream (acceptor -> dialer). A stream of its own, because the acceptor speaks first,
+#: as 0.5-RTT data, before the dialer's stream 0 exists.
+ACCEPTOR_CONTROL_STREAM_ID: Final = 1
 
 #: Control-message handler (issue 5 registers candidate exchange here).
 ControlHandler = Callable[[Message], None]
@@ -112,11 +123,18 @@ class Connection(PeerSession):
         #: Where direct paths come from (the endpoint); ``None``: relay only.
         self._direct_host = direct
         self._agent: TraversalAgent | None = None
+        #: Acceptor: the generation of the candidates sent as 0.5-RTT data (-1: none).
+        self._early_generation = -1
+        self._early_summary = False
+        #: Acceptor: the early admission's outcome (True: admitted, ``Hello`` sent).
+        self._admitted: asyncio.Future[bool] = self._loop.create_future()
 
     # -- construction and packets (endpoint side) -------------------------------------------------
     def _start_server(self, initial: bytes, path: Path) -> None:
         super()._start_server(initial, path)
+        _, self._control_writer = self._new_stream()  # ACCEPTOR_CONTROL_STREAM_ID
         self._spawn(auth_deadline(self._config.auth_timeout, self._ready, self._fail_setup))
+        self._spawn(self._acceptor_early())
 
     def _transmit(self, data: bytes, addr: Address) -> None:
         super()._transmit(data, addr)
@@ -142,15 +160,34 @@ class Connection(PeerSession):
         self._stats["dropped_unknown_direct"] += 1
 
     # -- setup (the exchange itself is in peerauth) -----------------------------------------------
+    async def _acceptor_early(self) -> None:
+        """Acceptor, at the dialer's Initial: admission's answer and our candidates, as 0.5-RTT
+        data (they reach the dialer with the handshake, so its call is usable one relayed
+        round trip after ``connect()``)."""
+        failure = await early_answer(self.peer_id, self._admit, self._send_control)
+        if failure is not None:
+            self._admitted.set_result(False)
+            self._fail_setup(failure)
+            return
+        if self._direct_host is not None:
+            local = self._direct_host.local_candidates
+            for msg in first_flight(local):
+                self._send_control(msg)
+            self._early_generation = local.generation
+            self._early_summary = local.summary_ready
+        self._admitted.set_result(True)
+
     def _handshake_completed(self) -> None:
         assert self._driver is not None
         if not self.is_client:
-            return  # the dialer speaks first, on the control stream
+            return  # the dialer proves itself on its control stream
         failure = pin_acceptor(self._driver.connection, self.peer_id)
         if failure is not None:
             self._fail_setup(failure)
             return
-        self._spawn(self._dialer_setup())
+        _, writer = self._new_stream()  # CONTROL_STREAM_ID
+        self._control_writer = writer
+        send_auth(self._driver.connection, self._identity, writer)
 
     def _fail_setup(self, failure: SetupFailure) -> None:
         """Setup failed on our side: tell the caller, close the QUIC connection with a reason."""
@@ -159,11 +196,16 @@ class Connection(PeerSession):
             self._ready.exception()  # mark retrieved: nobody may be waiting any more
         self._loop.call_soon(self._close_now, failure.code, failure.reason)
 
-    async def _dialer_setup(self) -> None:
-        assert self._driver is not None
-        reader, writer = self._new_stream()
-        self._control_writer = writer
-        answer = await dial(self._driver.connection, self._identity, reader, writer)
+    async def _dialer_setup(self, reader: asyncio.StreamReader) -> None:
+        """Dialer: the acceptor's answer (on its control stream), then its control messages."""
+        answer = await read_answer(reader)
+        if self._control_writer is None and not isinstance(answer, SetupFailure):
+            # Its control stream before the handshake completed (and we authenticated).
+            answer = SetupFailure(
+                HandshakeFailed("acceptor spoke before the handshake completed"),
+                CLOSE_PROTOCOL_ERROR,
+                "early control stream",
+            )
         if isinstance(answer, SetupFailure):
             self._fail_setup(answer)
         elif isinstance(answer, Hangup):
@@ -175,30 +217,37 @@ class Connection(PeerSession):
             await self._control_loop(reader)
 
     def _peer_stream(self, reader: asyncio.StreamReader, writer: QuicStreamWriter) -> None:
-        if writer.stream_id == CONTROL_STREAM_ID and not self.is_client:
-            self._control_writer = writer
-            self._spawn(self._acceptor_setup(reader))
+        if self.established_at is None and writer.stream_id == self._peer_control_stream:
+            self._spawn(
+                self._dialer_setup(reader) if self.is_client else self._acceptor_setup(reader)
+            )
         else:
             super()._peer_stream(reader, writer)
 
+    @property
+    def _peer_control_stream(self) -> int:
+        return ACCEPTOR_CONTROL_STREAM_ID if self.is_client else CONTROL_STREAM_ID
+
     async def _acceptor_setup(self, reader: asyncio.StreamReader) -> None:
+        """Acceptor: the dialer's proof on its control stream, then its control messages."""
         assert self._driver is not None
-        outcome = await accept(
+        outcome = await verify_auth(
             self._driver.connection,
             reader,
             stamped=self.peer_id,
             timeout=self._config.auth_timeout,
-            admit=self._admit,
-            send=self._send_control,
         )
         if isinstance(outcome, SetupFailure):
             self._fail_setup(outcome)
             return
+        if not await asyncio.shield(self._admitted):
+            return  # refused at the Initial: the connection is closing
         self._established()
         await self._control_loop(reader)
 
     def _established(self) -> None:
         self.established_at = self._loop.time()
+        self._release_held()
         self._arm_keepalive()
         self._start_traversal()
         if not self._ready.done():
@@ -226,7 +275,10 @@ class Connection(PeerSession):
         self._agent = agent
         assert self.established_at is not None
         agent.relay_established(self.established_at, self._relay_name())
-        agent.start()
+        early = self._early_generation >= 0
+        agent.start(self._early_generation if early else None)
+        if early and not self._early_summary and self._direct_host.local_candidates.summary_ready:
+            agent.local_summary_ready()  # it became known between 0.5-RTT and now
 
     def _relay_name(self) -> str | None:
         """The relay path, as reports and the agent name it (``None`` before one was used)."""

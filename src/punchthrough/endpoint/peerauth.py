@@ -1,18 +1,24 @@
 """Peer authentication: who is on the other end of a peer connection, proven end to end.
 
-Setup (after the TLS handshake, which itself runs through the relay):
+Setup, in the fewest round trips (issue 17); R is the relayed round-trip time:
 
-1. The dialer pins the acceptor's certificate to the peer id it dialled (:func:`pin_acceptor`).
-2. The dialer opens the control stream (client bidi stream 0) and sends ``Hello`` and
-   ``PeerAuth`` (a signature over the connection's channel binding): :func:`dial`.
-3. The acceptor checks the signature (and that the proven id is the one the relay stamped on
-   the packets), asks its ``admit`` callback, and answers ``Hello`` (accepted) or ``Hangup`` +
-   CONNECTION_CLOSE with :data:`CLOSE_REFUSED` (refused): :func:`accept`, bounded by
-   :func:`auth_deadline`.
+1. The acceptor, as soon as the dialer's Initial arrives (t = R/2), asks its ``admit`` callback
+   about the peer id the relay stamped on the packets and sends its answer as 0.5-RTT data on
+   its own control stream (server bidi stream 1): ``Hello`` (then its candidates) or
+   ``Hangup`` + CONNECTION_CLOSE: :func:`early_answer`.
+2. The dialer, on ``HandshakeCompleted`` (t = R), pins the acceptor's certificate to the peer id
+   it dialled (:func:`pin_acceptor`) and sends ``Hello`` + ``PeerAuth`` (a signature over the
+   connection's channel binding) on client bidi stream 0 in its first 1-RTT flight without
+   waiting for anything: :func:`send_auth`. With the acceptor's ``Hello`` (it came with the
+   handshake) the call is usable for the dialer at once: one relayed round trip
+   (:func:`read_answer`).
+3. The acceptor checks the signature and that the proven id is the one the relay stamped
+   (t = 1.5 R): :func:`verify_auth`, bounded by :func:`auth_deadline`. Until then nothing the
+   dialer sent reaches the application (the session holds it); a failure closes the connection
+   and drops it all.
 
-The connection is *usable* when the dialer has the acceptor's ``Hello``: two round trips through
-the relay. These functions only speak and check the exchange; they return a
-:class:`SetupFailure` instead of acting on it, so the connection alone owns its state.
+These functions only speak and check the exchange; they return a :class:`SetupFailure` instead
+of acting on it, so the connection alone owns its state.
 """
 
 from __future__ import annotations
@@ -64,9 +70,11 @@ log = logging.getLogger(__name__)
 #: Software string in our ``Hello``.
 SOFTWARE: Final = f"punchthrough/{__version__}"
 
-#: ``allow(peer_id)``: True admits the caller. May be a coroutine function.
+#: ``allow(peer_id)``: True admits the caller. May be a coroutine function. It is asked about
+#: the id the relay stamped on the dialer's Initial, half a round trip before the dialer proves
+#: it: a connection whose dialer then fails to prove that id never reaches the application.
 AllowCallback = Callable[[PeerId], "bool | Awaitable[bool]"]
-#: The endpoint's admission of an authenticated dialer: ``None`` admits, else the refusal
+#: The endpoint's admission of a dialer (asked at its Initial): ``None`` admits, else the refusal
 #: reason (``"busy"`` closes with :data:`CLOSE_BUSY`, anything else :data:`CLOSE_REFUSED`).
 Admit = Callable[[PeerId], Awaitable[str | None]]
 
@@ -95,21 +103,19 @@ def pin_acceptor(quic: QuicConnection, expected: PeerId) -> SetupFailure | None:
     return None
 
 
-async def dial(
-    quic: QuicConnection,
-    identity: Identity,
-    reader: asyncio.StreamReader,
-    writer: QuicStreamWriter,
-) -> Hello | Hangup | SetupFailure:
-    """Dialer: send ``Hello`` + ``PeerAuth`` on the control stream, read the acceptor's answer.
+def send_auth(quic: QuicConnection, identity: Identity, writer: QuicStreamWriter) -> None:
+    """Dialer: ``Hello`` + ``PeerAuth`` on the control stream, with the handshake completion."""
+    binding = channel_binding(quic)
+    auth = PeerAuth(peer_id=identity.peer_id, signature=sign_exporter(identity, binding))
+    writer.write(encode_frame(_hello()) + encode_frame(auth))
+
+
+async def read_answer(reader: asyncio.StreamReader) -> Hello | Hangup | SetupFailure:
+    """Dialer: the acceptor's first message on its control stream.
 
     Returns its ``Hello`` (accepted, version agreed), its ``Hangup`` (refused), or why setup
     failed.
     """
-    binding = channel_binding(quic)
-    auth = PeerAuth(peer_id=identity.peer_id, signature=sign_exporter(identity, binding))
-    writer.write(encode_frame(_hello()))
-    writer.write(encode_frame(auth))
     try:
         msg = await read_message(reader)
     except SignalError as exc:
@@ -134,20 +140,32 @@ async def dial(
     return msg
 
 
-async def accept(
+async def early_answer(
+    stamped: PeerId, admit: Admit | None, send: Callable[[Message], None]
+) -> SetupFailure | None:
+    """Acceptor, at the dialer's Initial: the admission policy's answer about ``stamped`` (the
+    id the relay stamped; the dialer must still prove it, :func:`verify_auth`), sent with
+    ``send`` as 0.5-RTT data. Returns the refusal, or ``None`` (``Hello`` sent)."""
+    refusal = await admit(stamped) if admit is not None else None
+    if refusal is not None:
+        send(Hangup(reason=refusal))
+        code = CLOSE_BUSY if refusal == "busy" else CLOSE_REFUSED
+        return SetupFailure(PeerRefused(refusal), code, refusal)
+    send(_hello())
+    return None
+
+
+async def verify_auth(
     quic: QuicConnection,
     reader: asyncio.StreamReader,
     *,
     stamped: PeerId,
     timeout: float,
-    admit: Admit | None,
-    send: Callable[[Message], None],
 ) -> PeerId | SetupFailure:
-    """Acceptor: read the dialer's ``Hello`` + ``PeerAuth`` from the control stream, check them,
-    ask ``admit``, and answer with ``send`` (``Hello``, or ``Hangup`` if refused).
-
-    ``stamped`` is the peer id the relay stamped on the packets; the dialer must prove it.
-    Returns the proven peer id, or why setup failed.
+    """Acceptor: read the dialer's ``Hello`` + ``PeerAuth`` from the control stream and check
+    them. ``stamped`` is the peer id the relay stamped on the packets (the one admitted by
+    :func:`early_answer`); the dialer must prove it. Returns the proven peer id, or why setup
+    failed.
     """
     try:
         hello = await read_message(reader, timeout=timeout)
@@ -177,12 +195,6 @@ async def accept(
             CLOSE_AUTH_FAILED,
             "bad peer authentication",
         )
-    refusal = await admit(auth.peer_id) if admit is not None else None
-    if refusal is not None:
-        send(Hangup(reason=refusal))
-        code = CLOSE_BUSY if refusal == "busy" else CLOSE_REFUSED
-        return SetupFailure(PeerRefused(refusal), code, refusal)
-    send(_hello())
     return auth.peer_id
 
 

@@ -51,6 +51,12 @@ log = logging.getLogger(__name__)
 
 #: The reason aioquic gives when its idle timer fires (RFC 9000 section 10.1).
 _AIOQUIC_IDLE_REASON: Final = "Idle timeout"
+#: Datagrams held while the peer is not yet authenticated. The dialer may send from one relayed
+#: round trip on, in the flight that carries its proof; the acceptor checks that proof half a
+#: loop turn later. At 50 pps a round trip of the relay's worst 250 ms is ~13: 32 leaves room.
+HELD_DATAGRAMS: Final = 32
+#: Streams held likewise (an application opens a few at the start of a call).
+HELD_STREAMS: Final = 8
 
 
 class PeerSession:
@@ -94,6 +100,9 @@ class PeerSession:
         self._hangup_reason: str | None = None
         self._done = asyncio.Event()
         self._stats: Counter[str] = Counter()
+        #: What the peer sent before it was authenticated: the application's only once it is.
+        self._held_datagrams: list[bytes] = []
+        self._held_streams: list[tuple[asyncio.StreamReader, QuicStreamWriter]] = []
 
     # -- construction (endpoint side) -------------------------------------------------------------
     def _start_client(self) -> None:
@@ -134,11 +143,13 @@ class PeerSession:
         if isinstance(event, HandshakeCompleted):
             self._handshake_completed()
         elif isinstance(event, DatagramFrameReceived):
-            if self.established_at is None:
-                self._stats["datagrams_dropped_before_auth"] += 1
-            else:
+            if self.established_at is not None:
                 self._stats["datagrams_received"] += 1
                 self._datagrams.put(event.data)
+            elif len(self._held_datagrams) < HELD_DATAGRAMS:
+                self._held_datagrams.append(event.data)
+            else:
+                self._stats["datagrams_dropped_before_auth"] += 1
         elif isinstance(event, ConnectionTerminated):
             self._terminated(event)
 
@@ -146,12 +157,26 @@ class PeerSession:
         """The TLS handshake completed: the subclass authenticates the peer from here."""
 
     def _peer_stream(self, reader: asyncio.StreamReader, writer: QuicStreamWriter) -> None:
-        """A stream the peer opened: the application's once setup is done, else refused."""
+        """A stream the peer opened: the application's once setup is done, held until then
+        (a few), else refused."""
         if self.established_at is not None:
             self._streams.put((reader, writer))
+        elif len(self._held_streams) < HELD_STREAMS:
+            self._held_streams.append((reader, writer))
         else:
             self._stats["streams_refused_before_auth"] += 1
             writer.write_eof()
+
+    def _release_held(self) -> None:
+        """The peer is authenticated: what it sent before is the application's now."""
+        for data in self._held_datagrams:
+            self._stats["datagrams_received"] += 1
+            self._datagrams.put(data)
+        for pair in self._held_streams:
+            self._streams.put(pair)
+        self._stats["datagrams_held_before_auth"] += len(self._held_datagrams)
+        self._held_datagrams.clear()
+        self._held_streams.clear()
 
     def _close_now(self, code: int, reason: str) -> None:
         if self._driver is not None and not self._driver.closed:
@@ -190,6 +215,8 @@ class PeerSession:
 
     def _finish(self) -> None:
         exc = self._closed_exc or ConnectionClosed("aborted")
+        self._held_datagrams.clear()  # never authenticated: never the application's
+        self._held_streams.clear()
         self._datagrams.close(exc)
         self._streams.close(exc)
         for task in self._tasks:

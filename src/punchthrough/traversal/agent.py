@@ -6,8 +6,8 @@ it for one call: the check engine's datagrams (:mod:`.checks`), the direct path'
 
 Timeline of one call (dialer = controlling, acceptor = controlled):
 
-1. The relayed connection becomes usable; each side sends ``Candidates`` and a
-   ``NatReportSummary`` (what it knows of its NAT) on the control stream.
+1. Each side sends ``Candidates`` and a ``NatReportSummary`` (what it knows of its NAT) on the
+   control stream: the acceptor as 0.5-RTT data (:func:`first_flight`), the dialer with PeerAuth.
 2. The dialer, once it has the peer's candidates, sends ``CheckStart`` with a start moment one
    one-way delay ahead; the acceptor maps it onto its own clock (the offset is
    ``start_at_ms - sent_at_ms`` minus half the round-trip time). Both check every pair at once:
@@ -78,6 +78,14 @@ __all__ = ["ConnectionSide", "DirectHost", "LocalCandidates", "TraversalAgent", 
 log = logging.getLogger(__name__)
 
 
+def first_flight(local: LocalCandidates) -> list[Message]:
+    """The first ``Candidates``, and the NAT summary once known: what each side sends first."""
+    msgs: list[Message] = [Candidates(candidates=tuple(local.candidates))]
+    if local.summary_ready:
+        msgs.append(local.summary.to_signal())
+    return msgs
+
+
 class TraversalAgent:
     """Direct-path traversal for one connection. Created once the relayed connection is usable."""
 
@@ -138,7 +146,10 @@ class TraversalAgent:
                 self.hard.execute(action)
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, sent_generation: int | None = None) -> None:
+        """Go; ``sent_generation``: the candidates the connection already sent (0.5-RTT)."""
+        if sent_generation is not None:
+            self._sent_generation = sent_generation
         conn = self._conn
         self._host.register_ufrag(self.credentials.local_ufrag, self)
         conn.add_control_handler(Candidates, self._on_candidates)
@@ -172,9 +183,8 @@ class TraversalAgent:
         self._sent_generation = local.generation
         cands = tuple(local.candidates)
         if first:
-            self._conn.send_control(Candidates(candidates=cands))
-            if local.summary_ready:
-                self._conn.send_control(local.summary.to_signal())
+            for msg in first_flight(local):
+                self._conn.send_control(msg)
         else:
             self._conn.send_control(CandidateUpdate(generation=local.generation, candidates=cands))
         self.stats["candidates_sent"] += 1
