@@ -58,41 +58,48 @@ def _json(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
     return r
 
 
-def _lab_run(rtt: float, tmp: Path, midcall: int) -> dict[str, Any]:
+def _relay_and_listener(lab: Any, tmp: Path, listen_host: int) -> tuple[Any, Any, str, Any]:
+    """A relay (UDP + TLS/WebSocket) in the lab's public namespace and an echoing listener on
+    ``listen_host``: (relay process, listener process, the relay entry callers use, the
+    listener's identity)."""
     from punchthrough.identity import Identity
-    from punchthrough.lab import HostSpec, Lab, RouterOptions, router_delay_for_rtt
     from punchthrough.lab import addresses as A
     from punchthrough.lab.proc import udp_listening, wait_until
 
-    opts = RouterOptions(delay_ms=router_delay_for_rtt(rtt)) if rtt else RouterOptions()
-    hosts = [HostSpec(p, opts) for p in ("udp-blocked", "eim-apdf", "apdm-random", "apdm-random")]
     relay_udp = f"{A.RELAY_PRIMARY}:{RELAY_PORT}"
     tls = f"{A.RELAY_PRIMARY}:{A.HTTPS_PORT}"
+    rkey, lkey = tmp / "relay.key", tmp / "listen.key"
+    rid, lid = Identity.generate(), Identity.generate()
+    rid.save(rkey, overwrite=True)
+    lid.save(lkey, overwrite=True)
+    relay = lab.spawn(
+        lab.pub_ns,
+        [*CLI, "relay", "--listen", relay_udp, "--tcp-listen", tls, "--identity", str(rkey),
+         "--no-uvloop"],
+        name="relay",
+    )  # fmt: skip
+    wait_until(
+        lambda: udp_listening(lab.pub_ns, A.RELAY_PRIMARY, RELAY_PORT), timeout=15, what="relay"
+    )
+    time.sleep(0.5)  # the TCP listener starts right after the UDP one
+    listener = lab.host(listen_host).popen(
+        [*CLI, "listen", "--identity", str(lkey), "--relay", relay_udp, "--echo", "--json"],
+        name="listen", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert listener.stdout is not None
+    assert json.loads(listener.stdout.readline())["event"] == "listening"
+    return relay, listener, f"{relay_udp},tls://{tls},wss://{tls}/relay,id={rid.peer_id}", lid
+
+
+def _lab_run(rtt: float, tmp: Path, midcall: int) -> dict[str, Any]:
+    from punchthrough.identity import Identity
+    from punchthrough.lab import HostSpec, Lab, RouterOptions, router_delay_for_rtt
+
+    opts = RouterOptions(delay_ms=router_delay_for_rtt(rtt)) if rtt else RouterOptions()
+    hosts = [HostSpec(p, opts) for p in ("udp-blocked", "eim-apdf", "apdm-random", "apdm-random")]
     out: dict[str, Any] = {"rtt_ms": rtt, "connect": {}, "midcall": []}
     with Lab(hosts, coturn=False, stun_server=False) as lab:
-        rkey, lkey = tmp / "relay.key", tmp / "listen.key"
-        rid, lid = Identity.generate(), Identity.generate()
-        rid.save(rkey, overwrite=True)
-        lid.save(lkey, overwrite=True)
-        relay = lab.spawn(
-            lab.pub_ns,
-            [*CLI, "relay", "--listen", relay_udp, "--tcp-listen", tls, "--identity", str(rkey),
-             "--no-uvloop"],
-            name="relay",
-        )  # fmt: skip
-        wait_until(
-            lambda: udp_listening(lab.pub_ns, A.RELAY_PRIMARY, RELAY_PORT),
-            timeout=15,
-            what="relay",
-        )
-        time.sleep(0.5)  # the TCP listener starts right after the UDP one
-        listener = lab.host(3).popen(
-            [*CLI, "listen", "--identity", str(lkey), "--relay", relay_udp, "--echo", "--json"],
-            name="listen", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        assert listener.stdout is not None
-        assert json.loads(listener.stdout.readline())["event"] == "listening"
-        entry = f"{relay_udp},tls://{tls},wss://{tls}/relay,id={rid.peer_id}"
+        relay, listener, entry, lid = _relay_and_listener(lab, tmp, listen_host=3)
         block = tmp / "block.nft"
         block.write_text(BLOCK_TABLE)
 
@@ -159,8 +166,6 @@ LOSS_DURATION_S = 10.0
 def _loss_run(tmp: Path) -> dict[str, Any]:
     from punchthrough.identity import Identity
     from punchthrough.lab import HostSpec, Lab, RouterOptions, router_delay_for_rtt
-    from punchthrough.lab import addresses as A
-    from punchthrough.lab.proc import udp_listening, wait_until
 
     delay = router_delay_for_rtt(LOSS_RTT)
     lossy = RouterOptions(delay_ms=delay, loss_percent=LOSS_PERCENT)
@@ -169,33 +174,9 @@ def _loss_run(tmp: Path) -> dict[str, Any]:
         HostSpec("apdm-random", lossy),
         HostSpec("apdm-random", RouterOptions(delay_ms=delay)),
     ]
-    relay_udp = f"{A.RELAY_PRIMARY}:{RELAY_PORT}"
-    tls = f"{A.RELAY_PRIMARY}:{A.HTTPS_PORT}"
     out: dict[str, Any] = {}
     with Lab(hosts, coturn=False, stun_server=False) as lab:
-        rkey, lkey = tmp / "relay.key", tmp / "listen.key"
-        rid, lid = Identity.generate(), Identity.generate()
-        rid.save(rkey, overwrite=True)
-        lid.save(lkey, overwrite=True)
-        relay = lab.spawn(
-            lab.pub_ns,
-            [*CLI, "relay", "--listen", relay_udp, "--tcp-listen", tls, "--identity", str(rkey),
-             "--no-uvloop"],
-            name="relay",
-        )  # fmt: skip
-        wait_until(
-            lambda: udp_listening(lab.pub_ns, A.RELAY_PRIMARY, RELAY_PORT),
-            timeout=15,
-            what="relay",
-        )
-        time.sleep(0.5)
-        listener = lab.host(2).popen(
-            [*CLI, "listen", "--identity", str(lkey), "--relay", relay_udp, "--echo", "--json"],
-            name="listen", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        assert listener.stdout is not None
-        assert json.loads(listener.stdout.readline())["event"] == "listening"
-        entry = f"{relay_udp},tls://{tls},wss://{tls}/relay,id={rid.peer_id}"
+        relay, listener, entry, lid = _relay_and_listener(lab, tmp, listen_host=2)
         for host, label in ((0, "udp-blocked (tls)"), (1, "apdm-random (udp)")):
             rows = []
             for t in range(LOSS_TRIALS):

@@ -122,7 +122,7 @@ class FastForwarder:
         reg = src.reg
         if not compare_digest(key[PEER_ID_BYTES:], reg.frame_token):
             return None
-        dest = self._registry._by_peer.get(key[:PEER_ID_BYTES])
+        dest = self._registry.by_peer(key[:PEER_ID_BYTES])
         if dest is None or dest.local != self._local:
             return None
         if len(src.routes) >= MAX_ROUTES_PER_SOURCE:
