@@ -28,6 +28,7 @@ from punchthrough.identity import Identity
 from punchthrough.netio import Address
 from punchthrough.relay import PayloadFilter, RelayServer
 from punchthrough.sim import Host, Link, World, profile, run
+from punchthrough.traversal.offer import OFFER_TYPE
 
 T = TypeVar("T")
 RELAY: Address = ("198.51.100.20", 3478)
@@ -53,9 +54,10 @@ async def _world(
     *,
     config: EndpointConfig | None = None,
     payload_filter: PayloadFilter | None = None,
+    relay_link: Link = WAN_LINK,
 ) -> T:
     world = World()
-    relay_host = world.add_host("relay", RELAY[0], link=WAN_LINK)
+    relay_host = world.add_host("relay", RELAY[0], link=relay_link)
     relay = await RelayServer.start(relay_host, [RELAY], payload_filter=payload_filter)
     try:
         a_host, b_host = _place(world, "a", "eim-apdf", 1), _place(world, "b", "eim-apdf", 2)
@@ -142,9 +144,11 @@ def test_cone_pair_goes_direct_sooner() -> None:
     out = run(_world(body), seed=1)
     assert out["path"] == "direct" and out["frames_lost"] == 0
     assert out["connected_ms"] == pytest.approx(RELAYED_RTT * 1000, abs=1)
-    # Before issue 17: 260 ms. Candidates ride the first flights; the checks start when the
-    # acceptor has the dialer's (1.5 relayed RTT) plus the start margin.
-    assert out["direct_ms"] <= (1.5 * RELAYED_RTT + 1.5 * DIRECT_RTT + SLACK) * 1000
+    # Before issue 17: 260 ms. The acceptor checks from the dialer's early offer (R/2) on, so
+    # the dialer's first checks (at R, when it has the acceptor's candidates) find its NAT
+    # open: one direct round trip later the pair answers (the srflx pair's check goes out one
+    # 10 ms pacing gap after the host pair's: within the issue's slack).
+    assert out["direct_ms"] <= (RELAYED_RTT + DIRECT_RTT + SLACK) * 1000 + 1e-6
 
 
 def test_a_dialer_that_cannot_prove_the_stamped_id_gets_nothing_delivered() -> None:
@@ -218,3 +222,170 @@ def test_a_relay_tampering_with_the_first_flights_delays_but_alters_nothing() ->
     assert flipped["n"] == 6
     assert out["frames_corrupt"] == 0 and out["frames_lost"] < out["frames_sent"]
     assert out["connected_ms"] > RELAYED_RTT * 1000  # the first answer was lost: later
+
+
+# -- the early offer (the dialer's candidates beside its Initial) ---------------------------------
+def _direct_ms(conn: Connection, start: float) -> float | None:
+    at = conn.traversal.race.waterfall.direct_at if conn.traversal else None
+    return None if at is None else (at - start) * 1000
+
+
+def _newest_acceptor_side(eb: Endpoint) -> Connection:
+    return max((c for c in eb.connections if not c.is_client), key=lambda c: c.created_at)
+
+
+#: A relay far from two peers near each other (relayed RTT 240 ms, direct 40 ms): the
+#: acceptor's early checks succeed well before the dialer's proof reaches it (1.5 R = 360 ms).
+FAR_RELAY = Link(0.050)
+FAR_RELAYED_RTT = 0.240
+
+
+def test_the_acceptor_checks_from_the_offer_and_moves_only_after_the_proof() -> None:
+    """The acceptor's agent starts at the offer (R/2), a relayed round trip before the proof:
+    with a far relay its own checks succeed before the proof arrives, and the path switch they
+    ask for waits (held) until the proof verified."""
+
+    async def body(world: World, ea: Endpoint, eb: Endpoint) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        accept = asyncio.ensure_future(eb.accept())
+        start = loop.time()
+        conn = await ea.connect(eb.peer_id)
+        peer = await accept
+        await asyncio.sleep(1.0)
+        agent = peer.traversal
+        assert agent is not None
+        direct = [c["t_ms"] for c in peer.path_changes if c["to"] == "direct"]
+        return {
+            "offers": eb.stats.get("offers_opened", 0),
+            "early_rounds": agent.stats["early_rounds"],
+            "held": agent.gate.stats["held"],
+            "accepted_ms": ((peer.established_at or 0) - peer.created_at) * 1000,
+            "acceptor_direct_ms": direct[0] if direct else None,
+            "dialer_direct_ms": _direct_ms(conn, start),
+            "dialer_path": conn.path,
+            "acceptor_path": peer.path,
+        }
+
+    out = run(_world(body, relay_link=FAR_RELAY), seed=5)
+    print(out)
+    assert out["offers"] == 1 and out["early_rounds"] == 1
+    assert out["held"] >= 1  # something (the switch) waited for the proof
+    assert out["dialer_path"] == out["acceptor_path"] == "direct"
+    assert out["acceptor_direct_ms"] is not None
+    # Never before the proof (the acceptor's clock: 1 R after the Initial reached it).
+    assert out["acceptor_direct_ms"] >= out["accepted_ms"] - 1e-6
+    assert out["dialer_direct_ms"] <= (FAR_RELAYED_RTT + DIRECT_RTT + SLACK) * 1000 + 1e-6
+
+
+def test_a_valid_offer_whose_proof_fails_never_moves_a_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The dialer holds the right key (its offer opens, its checks verify, so the acceptor
+    checks early and its checks succeed) but its proof is a replay from an earlier call: the
+    acceptor never switches, delivers nothing, and drops what it held."""
+    captured: list[bytes] = []
+    real_sign = peerauth.sign_exporter
+
+    def replaying_sign(identity: Identity, binding: bytes) -> bytes:
+        if not captured:
+            captured.append(real_sign(identity, binding))
+        return captured[0]
+
+    monkeypatch.setattr(peerauth, "sign_exporter", replaying_sign)
+    seen: dict[str, Any] = {}
+
+    async def body(world: World, ea: Endpoint, eb: Endpoint) -> dict[str, Any]:
+        accept = asyncio.ensure_future(eb.accept())
+        first = await ea.connect(eb.peer_id)
+        await accept
+        await first.close()
+        accept = asyncio.ensure_future(eb.accept())
+        with contextlib.suppress(Exception):
+            conn = await ea.connect(eb.peer_id, timeout=2.0)
+            with contextlib.suppress(ConnectionClosed):
+                await _send_early(conn)
+        await asyncio.sleep(0.1)  # the proof is on its way (1.5 R): the early agent checks
+        victim = _newest_acceptor_side(eb)
+        agent = victim.traversal
+        seen["early_rounds"] = agent.stats["early_rounds"] if agent else 0
+        seen["pairs_ok"] = len(agent.engine.succeeded) if agent else 0
+        await asyncio.sleep(2.0)
+        seen["held"] = agent.gate.stats["held"] if agent else 0
+        seen["changes"] = list(victim.path_changes)
+        seen["closed"] = victim.close_reason is not None
+        await asyncio.sleep(0.5)
+        seen["accepted"] = accept.done()
+        accept.cancel()
+        await asyncio.gather(accept, return_exceptions=True)
+        seen["stats"] = dict(eb.stats)
+        return seen
+
+    out = run(_world(body, relay_link=FAR_RELAY), seed=6)
+    print(out)
+    assert out["early_rounds"] == 1  # the offer opened: the acceptor did check early
+    assert out["pairs_ok"] >= 1 and out["held"] >= 1  # its checks succeeded, the switch waited
+    assert out["changes"] == []  # never a path: the switch waited for a proof that failed
+    assert out["closed"] and not out["accepted"]
+    assert out["stats"]["incoming_failed"] == 1
+
+
+def test_a_peer_with_the_wrong_key_gets_no_early_checks() -> None:
+    """Registered at the relay as one id, it dials with another key: its offer does not open
+    (sealed with the wrong static secret), so the acceptor neither sends its candidates nor
+    checks, and nothing reaches the application."""
+
+    async def body(world: World, ea: Endpoint, eb: Endpoint) -> dict[str, Any]:
+        ea.identity = Identity.generate()  # the wrong key, after registering
+        return await _refused_quietly(ea, eb)
+
+    out = run(_world(body), seed=7)
+    assert not out["accepted"]
+    assert out["stats"].get("offers_refused", 0) == 1
+    assert out["stats"].get("offers_opened", 0) == 0
+    assert out["stats"]["incoming_failed"] == 1
+
+
+def _tamper_offers(mode: str) -> Callable[[bytes], bytes | None]:
+    """A relay payload filter that flips a bit in, or replays, the dialer's offers."""
+    first: list[bytes] = []
+
+    def tamper(payload: bytes) -> bytes | None:
+        if not payload or payload[0] != OFFER_TYPE:
+            return payload
+        if mode == "flip":
+            return payload[:-1] + bytes([payload[-1] ^ 1])
+        if not first:
+            first.append(payload)
+            return payload
+        return first[0]  # every later offer: the first call's, replayed
+
+    return tamper
+
+
+@pytest.mark.parametrize("mode", ["flip", "replay"])
+def test_a_relay_that_alters_or_replays_the_offer_only_delays_the_direct_path(mode: str) -> None:
+    """An altered offer does not open; a replayed one names another connection: either way the
+    acceptor ignores it (counted), waits for the proof, and the call still goes direct."""
+
+    async def body(world: World, ea: Endpoint, eb: Endpoint) -> list[dict[str, Any]]:
+        server = asyncio.ensure_future(serve_endpoint(eb))
+        try:
+            calls = [await run_echo_session(ea, eb.peer_id, duration=1.0, pps=50)]
+            calls.append(await run_echo_session(ea, eb.peer_id, duration=1.0, pps=50))
+        finally:
+            server.cancel()
+            await asyncio.gather(server, return_exceptions=True)
+        calls.append(dict(eb.stats))
+        return calls
+
+    first, second, stats = run(_world(body, payload_filter=_tamper_offers(mode)), seed=8)
+    assert first["path"] == second["path"] == "direct"
+    assert first["frames_lost"] == second["frames_lost"] == 0
+    if mode == "flip":
+        assert stats.get("offers_refused", 0) == 2 and stats.get("offers_opened", 0) == 0
+    else:  # the first offer is genuine; the replay names the first call's connection
+        assert stats.get("offers_opened", 0) == 1
+        assert stats.get("offers_unmatched", 0) + stats.get("offers_refused", 0) == 1
+    # Without a usable offer the acceptor checks only after the proof: later than R + D.
+    late = second if mode == "replay" else first
+    assert late["direct_ms"] > (RELAYED_RTT + DIRECT_RTT + SLACK) * 1000

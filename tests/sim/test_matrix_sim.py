@@ -26,8 +26,8 @@ def test_sim_matrix_reports_direct_for_cones_and_relay_for_random_pairs() -> Non
     cone, hopeless = run.to_json()["cells"]
     assert (cone["trials"], cone["direct"], cone["success_rate"]) == (2, 2, 1.0)
     assert cone["strategies"] == {"hole-punch": 2} and cone["frames_lost"] == 0
-    # connect itself takes two relayed round trips (80 ms each), so direct comes later than that
-    assert cone["p50_direct_ms"] is not None and 160.0 < cone["p50_direct_ms"] < 2000.0
+    # Direct needs the relayed round trip of setup (80 ms) and a direct one (40 ms) at least.
+    assert cone["p50_direct_ms"] is not None and 120.0 <= cone["p50_direct_ms"] < 2000.0
     assert hopeless["direct"] == 0 and hopeless["strategies"] == {"relay": 2}
     assert hopeless["p50_direct_ms"] is None and hopeless["ci95"][1] < 1.0
     assert all(r.seed == 3_000_000 + r.trial for r in run.results)

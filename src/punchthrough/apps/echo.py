@@ -146,7 +146,7 @@ async def run_echo_session(
         report = conn.traversal_report()
         traversal = report.to_json()
         agent = conn.traversal
-        direct_at = agent.direct_at if agent is not None else None
+        direct_at = agent.race.waterfall.direct_at if agent is not None else None
         changes = [c.to_json(t0) for c in conn.paths.changes]
         await conn.close("echo session done")
     gaps = [(b - a) * 1000.0 for a, b in itertools.pairwise(arrivals)]

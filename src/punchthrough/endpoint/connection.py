@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from punchthrough.endpoint.callkeys import CallKeys
 from punchthrough.endpoint.codes import CLOSE_HANGUP, CLOSE_PROTOCOL_ERROR
 from punchthrough.endpoint.config import EndpointConfig
 from punchthrough.endpoint.errors import (
@@ -35,8 +36,8 @@ from punchthrough.endpoint.peerauth import (
     verify_auth,
 )
 from punchthrough.endpoint.report import TraversalReport, build_report
-from punchthrough.endpoint.session import PeerSession
-from punchthrough.identity import Identity, PeerId, channel_binding
+from punchthrough.endpoint.session import CidHook, PeerSession
+from punchthrough.identity import Identity, PeerId
 from punchthrough.signal import (
     Hangup,
     Message,
@@ -47,7 +48,8 @@ from punchthrough.signal import (
 )
 from punchthrough.transport.path import Path
 from punchthrough.transport.quic import QuicStreamWriter, reset_pto_backoff, smoothed_rtt
-from punchthrough.traversal.agent import DirectHost, TraversalAgent, first_flight
+from punchthrough.traversal.agent import DirectHost, TraversalAgent
+from punchthrough.traversal.offer import Offer, OfferError, first_flight
 
 if TYPE_CHECKING:
     from punchthrough.netio import Address
@@ -64,26 +66,6 @@ ACCEPTOR_CONTROL_STREAM_ID: Final = 1
 
 #: Control-message handler (issue 5 registers candidate exchange here).
 ControlHandler = Callable[[Message], None]
-
-
-class _CidHook:
-    """Stands in for the socket multiplexer when a :class:`QuicDriver` registers CIDs.
-
-    The driver would route packets by CID straight into aioquic with their *real* source
-    address; peer connections must instead see every packet through the path manager (and
-    aioquic must only ever see the virtual address). So the endpoint learns each CID (to route
-    relayed packets) and the mux routes direct packets to :meth:`Connection._direct_packet`.
-    """
-
-    def __init__(self, conn: Connection, register: Callable[[bytes, Connection | None], None]):
-        self._conn = conn
-        self._register = register
-
-    def add_quic_cid(self, cid: bytes, handler: object) -> None:
-        self._register(bytes(cid), self._conn)
-
-    def remove_quic_cid(self, cid: bytes) -> None:
-        self._register(bytes(cid), None)
 
 
 class Connection(PeerSession):
@@ -110,7 +92,7 @@ class Connection(PeerSession):
             identity=identity,
             is_client=is_client,
             config=config,
-            cids=_CidHook(self, register_cid),
+            cids=CidHook(self, register_cid),
             on_closed=functools.partial(on_closed, self),
         )
         #: Dialer: the peer id dialled. Acceptor: the id the relay stamped, then the proven one.
@@ -123,6 +105,9 @@ class Connection(PeerSession):
         #: Where direct paths come from (the endpoint); ``None``: relay only.
         self._direct_host = direct
         self._agent: TraversalAgent | None = None
+        self._keys: CallKeys | None = None
+        #: Acceptor: the dialer's early offer, opened (``None``: none came, or not yet).
+        self._offer: Offer | None = None
         #: Acceptor: the generation of the candidates sent as 0.5-RTT data (-1: none).
         self._early_generation = -1
         self._early_summary = False
@@ -130,6 +115,35 @@ class Connection(PeerSession):
         self._admitted: asyncio.Future[bool] = self._loop.create_future()
 
     # -- construction and packets (endpoint side) -------------------------------------------------
+    def _start_client(self) -> None:
+        """Dialer: the Initial, then our sealed offer right behind it through the relay."""
+        super()._start_client()
+        if self._direct_host is not None:
+            offer = self._call_keys().seal(self._direct_host.local_candidates)
+            if offer is not None and self.paths.send(offer):
+                self._stats["offers_sent"] += 1
+
+    def _call_keys(self) -> CallKeys:
+        if self._keys is None:
+            assert self._driver is not None
+            quic = self._driver.connection
+            self._keys = CallKeys(self._identity, self.peer_id, quic, dialer=self.is_client)
+        return self._keys
+
+    def early_offer(self, payload: bytes) -> str:
+        """Acceptor: the dialer's offer, relayed beside its Initial (the router checked that
+        the relay stamped the id we are talking to). It opens only with the call secret.
+        Returns what became of it (``opened``, ``refused``, ``ignored``: the router counts)."""
+        if self.is_client or self._offer is not None or self._agent is not None:
+            return "ignored"
+        try:
+            self._offer = self._call_keys().open(payload)
+        except OfferError as exc:
+            log.debug("early offer from %s refused: %s", self.peer_id.short, exc)
+            return "refused"
+        self._early_flight()
+        return "opened"
+
     def _start_server(self, initial: bytes, path: Path) -> None:
         super()._start_server(initial, path)
         _, self._control_writer = self._new_stream()  # ACCEPTOR_CONTROL_STREAM_ID
@@ -169,13 +183,25 @@ class Connection(PeerSession):
             self._admitted.set_result(False)
             self._fail_setup(failure)
             return
-        if self._direct_host is not None:
-            local = self._direct_host.local_candidates
-            for msg in first_flight(local):
-                self._send_control(msg)
-            self._early_generation = local.generation
-            self._early_summary = local.summary_ready
         self._admitted.set_result(True)
+        self._early_flight()
+
+    def _early_flight(self) -> None:
+        """Acceptor, admitted and holding the dialer's offer (so the dialer holds its key):
+        our candidates as 0.5-RTT data, and checks from now on. Without an offer they wait
+        for the proof (a relay that stamps an admitted id on its own Initial learns none)."""
+        admitted = self._admitted.done() and self._admitted.result()
+        host = self._direct_host
+        if not admitted or self._offer is None or host is None or self._early_generation >= 0:
+            return
+        if self.established_at is not None or self._closed_exc is not None:
+            return
+        local = host.local_candidates
+        for msg in first_flight(local):
+            self._send_control(msg)
+        self._early_generation = local.generation
+        self._early_summary = local.summary_ready
+        self._start_traversal(early=self._offer)
 
     def _handshake_completed(self) -> None:
         assert self._driver is not None
@@ -249,7 +275,10 @@ class Connection(PeerSession):
         self.established_at = self._loop.time()
         self._release_held()
         self._arm_keepalive()
-        self._start_traversal()
+        if self._agent is not None:  # started early, on the dialer's offer
+            self._agent.proof_checked(self.established_at, self._relay_name())
+        else:
+            self._start_traversal()
         if not self._ready.done():
             self._ready.set_result(None)
 
@@ -262,23 +291,24 @@ class Connection(PeerSession):
     async def _wait_ready(self) -> None:
         await asyncio.shield(self._ready)
 
-    def _start_traversal(self) -> None:
-        """Look for a direct path behind the relayed call (candidates, checks, upgrade)."""
+    def _start_traversal(self, early: Offer | None = None) -> None:
+        """Look for a direct path behind the relayed call (candidates, checks, upgrade); with
+        ``early`` (acceptor, before the proof) from the dialer's offer on."""
         if self._direct_host is None or self._driver is None or self._agent is not None:
             return
-        agent = TraversalAgent(
-            self,
-            self._direct_host,
-            channel_binding(self._driver.connection),
-            self._config.traversal_settings(),
-        )
+        settings = self._config.traversal_settings()
+        secret = self._call_keys().secret
+        agent = TraversalAgent(self, self._direct_host, secret, settings, proven=early is None)
         self._agent = agent
-        assert self.established_at is not None
-        agent.relay_established(self.established_at, self._relay_name())
-        early = self._early_generation >= 0
-        agent.start(self._early_generation if early else None)
-        if early and not self._early_summary and self._direct_host.local_candidates.summary_ready:
+        if early is None:
+            assert self.established_at is not None
+            agent.relay_established(self.established_at, self._relay_name())
+        sent = self._early_generation >= 0
+        agent.start(self._early_generation if sent else None)
+        if sent and not self._early_summary and self._direct_host.local_candidates.summary_ready:
             agent.local_summary_ready()  # it became known between 0.5-RTT and now
+        if early is not None:
+            agent.start_early(early)
 
     def _relay_name(self) -> str | None:
         """The relay path, as reports and the agent name it (``None`` before one was used)."""

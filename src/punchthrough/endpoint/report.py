@@ -147,7 +147,7 @@ def build_report(
         stages += [TraversalStage(s, "pending", why) for s in DIRECT_STAGES]
         return TraversalReport(path=path, relay=relay, stages=stages)
     for name in DIRECT_STAGES:
-        rec = agent.waterfall[name]
+        rec = agent.race.waterfall[name]
         stages.append(
             TraversalStage(
                 name,
@@ -166,11 +166,13 @@ def build_report(
         path=path,
         relay=relay,
         stages=stages,
-        direct_ms=ms(agent.direct_at),
-        strategy=agent.strategy,
-        needed=agent.waterfall.needed,
-        upgrades=agent.upgrades,
-        fallbacks=agent.fallbacks,
+        direct_ms=ms(agent.race.waterfall.direct_at),
+        strategy=None
+        if agent.race.waterfall.strategy is None
+        else str(agent.race.waterfall.strategy),
+        needed=agent.race.waterfall.needed,
+        upgrades=agent.race.upgrades,
+        fallbacks=agent.race.fallbacks,
     )
     pair = agent.race.direct_pair
     if path == DIRECT_PATH and pair is not None:

@@ -8,6 +8,8 @@ dialling at once, must never get mixed up):
   destination connection ID; direct QUIC packets take the same table through the mux;
 - a long-header Initial nobody owns starts an acceptor connection (the endpoint decides whether
   to take it);
+- a dialer's early offer (relayed beside its Initial) by the connection ID it names, to the
+  acceptor connection that Initial started, if the same peer id was stamped on both;
 - a STUN connectivity check by the ufrag in its USERNAME, a check response by the transaction
   that asked for it.
 
@@ -31,6 +33,7 @@ from punchthrough.transport.path import Path
 from punchthrough.transport.quic import is_initial
 from punchthrough.traversal.host import AgentHandle
 from punchthrough.traversal.keys import recipient_ufrag
+from punchthrough.traversal.offer import is_offer, offer_cid
 
 #: ``(relay, peer) -> send function`` for a relay path.
 SenderFactory = Callable[[Address, PeerId], Callable[[bytes], None]]
@@ -77,7 +80,10 @@ class PacketRouter:
             self.register_cid(cid, None)
 
     def relay_data(self, relay: Address, src: PeerId, payload: bytes) -> None:
-        """A QUIC packet relayed from ``src`` through ``relay``."""
+        """A QUIC packet (or an early offer) relayed from ``src`` through ``relay``."""
+        if is_offer(payload):
+            self._offer(src, payload)
+            return
         cid = quic_destination_cid(payload)
         conn = self._cids.get(cid) if cid is not None else None
         if conn is not None:
@@ -93,6 +99,14 @@ class PacketRouter:
             self._incoming(relay, src, payload)
             return
         self._stats["dropped_relay_unknown"] += 1
+
+    def _offer(self, src: PeerId, payload: bytes) -> None:
+        cid = offer_cid(payload)
+        conn = self._cids.get(cid) if cid is not None else None
+        if conn is None or conn.peer_id != src:
+            self._stats["offers_unmatched"] += 1  # no state: its Initial is not (yet) ours
+            return
+        self._stats[f"offers_{conn.early_offer(payload)}"] += 1
 
     # -- STUN checks --------------------------------------------------------------------------
     def register_ufrag(self, ufrag: str, agent: AgentHandle | None) -> None:

@@ -59,6 +59,26 @@ HELD_DATAGRAMS: Final = 32
 HELD_STREAMS: Final = 8
 
 
+class CidHook:
+    """Stands in for the socket multiplexer when a :class:`QuicDriver` registers CIDs.
+
+    The driver would route packets by CID straight into aioquic with their *real* source
+    address; peer connections must instead see every packet through the path manager (and
+    aioquic must only ever see the virtual address). So the endpoint learns each CID (to route
+    relayed packets) and the mux routes direct packets to the connection's ``_direct_packet``.
+    """
+
+    def __init__(self, conn: Any, register: Callable[[bytes, Any], None]) -> None:
+        self._conn = conn
+        self._register = register
+
+    def add_quic_cid(self, cid: bytes, handler: object) -> None:
+        self._register(bytes(cid), self._conn)
+
+    def remove_quic_cid(self, cid: bytes) -> None:
+        self._register(bytes(cid), None)
+
+
 class PeerSession:
     """One QUIC connection to a peer through a path manager; :class:`Connection` is the one
     to use (it adds authentication, the control stream and traversal).

@@ -105,6 +105,14 @@ def host_cids(connection: QuicConnection) -> list[bytes]:
     return [c.cid for c in connection._host_cids]
 
 
+def original_destination_cid(connection: QuicConnection) -> bytes:
+    """The connection ID of the dialer's first Initial (RFC 9000 section 7.2): random, chosen
+    by the client, and confirmed by the server's transport parameters (section 7.3)."""
+    # ``QuicConnection._original_destination_connection_id``: aioquic has no public accessor.
+    odcid = connection._original_destination_connection_id
+    return bytes(odcid)
+
+
 def undelivered_stream_bytes(connection: QuicConnection) -> int:
     """Stream bytes the peer made us hold but not yet deliver (out-of-order gaps), summed."""
     # ``QuicConnection._streams`` (and each ``QuicStream.receiver``): aioquic has no public

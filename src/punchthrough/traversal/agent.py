@@ -6,12 +6,14 @@ it for one call: the check engine's datagrams (:mod:`.checks`), the direct path'
 
 Timeline of one call (dialer = controlling, acceptor = controlled):
 
-1. Each side sends ``Candidates`` and a ``NatReportSummary`` (what it knows of its NAT) on the
-   control stream: the acceptor as 0.5-RTT data (:func:`first_flight`), the dialer with PeerAuth.
-2. The dialer, once it has the peer's candidates, sends ``CheckStart`` with a start moment one
-   one-way delay ahead; the acceptor maps it onto its own clock (the offset is
-   ``start_at_ms - sent_at_ms`` minus half the round-trip time). Both check every pair at once:
-   the hole punch. The hard stages start beside it or after it, as the race plans.
+1. Each side sends ``Candidates`` and a ``NatReportSummary`` (what it knows of its NAT): the
+   dialer first in its sealed early offer beside its Initial (:mod:`.offer`), then with
+   PeerAuth; the acceptor as 0.5-RTT data (:func:`first_flight`).
+2. An acceptor that had the offer checks at once (:meth:`TraversalAgent.start_early`; until the
+   dialer's proof a :class:`~.proofgate.ProofGate` holds path moves and hard stages) and says
+   so with a ``CheckStart``: the dialer checks the moment it has the acceptor's candidates.
+   Otherwise the dialer's ``CheckStart`` names a moment one one-way delay ahead, which the
+   acceptor maps onto its clock. The hard stages start beside the punch or after it.
 3. First verified response on a pair: the connection's packets go onto that direct path (and
    its QUIC connection ID changes: RFC 9000 section 9.5, unlinkability), still mirrored onto the
    relay for a short overlap so nothing the peer cannot take on the new path yet is lost. The
@@ -59,7 +61,9 @@ from punchthrough.traversal.host import ConnectionSide, DirectHost, TraversalSet
 from punchthrough.traversal.keys import derive_credentials
 from punchthrough.traversal.local import LocalCandidates
 from punchthrough.traversal.monitor import DirectMonitor, Verdict
+from punchthrough.traversal.offer import Offer, first_flight
 from punchthrough.traversal.paths import DEFAULT_OWD, CallPaths
+from punchthrough.traversal.proofgate import ProofGate
 from punchthrough.traversal.race import (
     Action,
     LocalView,
@@ -70,7 +74,6 @@ from punchthrough.traversal.race import (
     Stage,
     StartRound,
     SwitchPath,
-    Waterfall,
 )
 
 __all__ = ["ConnectionSide", "DirectHost", "LocalCandidates", "TraversalAgent", "TraversalSettings"]
@@ -78,25 +81,25 @@ __all__ = ["ConnectionSide", "DirectHost", "LocalCandidates", "TraversalAgent", 
 log = logging.getLogger(__name__)
 
 
-def first_flight(local: LocalCandidates) -> list[Message]:
-    """The first ``Candidates``, and the NAT summary once known: what each side sends first."""
-    msgs: list[Message] = [Candidates(candidates=tuple(local.candidates))]
-    if local.summary_ready:
-        msgs.append(local.summary.to_signal())
-    return msgs
-
-
 class TraversalAgent:
-    """Direct-path traversal for one connection. Created once the relayed connection is usable."""
+    """Direct-path traversal for one connection: from the relayed connection being usable, or
+    (acceptor, ``proven=False``) from the dialer's early offer (:meth:`start_early`)."""
 
     def __init__(
-        self, conn: ConnectionSide, host: DirectHost, binding: bytes, settings: TraversalSettings
+        self,
+        conn: ConnectionSide,
+        host: DirectHost,
+        secret: bytes,
+        settings: TraversalSettings,
+        *,
+        proven: bool = True,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._conn = conn
         self._host = host
         self.controlling = conn.is_client
-        self.credentials = derive_credentials(binding, is_dialer=conn.is_client)
+        self.credentials = derive_credentials(secret, is_dialer=conn.is_client)
+        self.gate = ProofGate(proven=proven)
         self.engine = CheckEngine(self.credentials, controlling=self.controlling)
         self.base: Address = host.sock.local_address
         self.engine.add_base(self.base)
@@ -128,7 +131,7 @@ class TraversalAgent:
         return race
 
     def _execute(self, actions: list[Action], now: float) -> None:
-        for action in actions:
+        for action in self.gate.admit(actions):
             if isinstance(action, SendControl):
                 self._conn.send_control(action.msg)
             elif isinstance(action, StartRound):
@@ -173,6 +176,31 @@ class TraversalAgent:
 
     def relay_established(self, at: float, relay: str | None) -> None:
         self.race.waterfall.succeed(Stage.RELAY, at, relay)
+
+    def start_early(self, offer: Offer) -> None:
+        """Acceptor, before the proof (after :meth:`start`): check the offer's candidates now,
+        and tell the dialer (our ``CheckStart``) to check the moment it has ours."""
+        self._on_candidates(offer.candidates)
+        if offer.summary is not None:
+            self._on_nat_report(offer.summary)
+        now_ms = int(self._loop.time() * 1000)
+        msg = CheckStart(
+            call_id=f"r{self.credentials.local_ufrag}",
+            stage=Stage.HOLE_PUNCH.value,
+            generation=self.race.round + 1,
+            start_at_ms=now_ms,
+            sent_at_ms=now_ms,
+        )
+        self._on_check_start(msg)
+        self._conn.send_control(msg)
+        self.stats["early_rounds"] += 1
+
+    def proof_checked(self, at: float, relay: str | None) -> None:
+        """Acceptor: the dialer proved its id. The relayed call is up; what waited runs now."""
+        self.relay_established(at, relay)
+        now = self._loop.time()
+        self._execute(self.gate.open(), now)
+        self._rearm()
 
     # -- control stream ----------------------------------------------------------------------
     def _send_candidates(self) -> None:
@@ -469,29 +497,3 @@ class TraversalAgent:
         elif verdict is Verdict.DEAD:
             silent = (now - (mon.unanswered_since or now)) * 1000
             self._fall_back(now, f"direct path silent for {silent:.0f} ms")
-
-    # -- report ------------------------------------------------------------------------------
-    @property
-    def waterfall(self) -> Waterfall:
-        return self.race.waterfall
-
-    @property
-    def direct_at(self) -> float | None:
-        return self.race.waterfall.direct_at
-
-    @property
-    def strategy(self) -> str | None:
-        s = self.race.waterfall.strategy
-        return None if s is None else str(s)
-
-    @property
-    def upgrades(self) -> int:
-        return self.race.upgrades
-
-    @property
-    def fallbacks(self) -> int:
-        return self.race.fallbacks
-
-    @property
-    def remote_summary(self) -> NatSummary | None:
-        return self.race.remote_summary

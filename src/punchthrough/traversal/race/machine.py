@@ -1,12 +1,11 @@
 """``Race``: the waterfall as one sans-IO state machine (the design's ``race()``).
 
 Inputs are method calls with ``now`` (candidates, NAT summaries, control messages, check
-results, sockets opened and closed, stage attempts ending, a dead path, the timer); outputs are
-typed actions (:mod:`.actions`) and :meth:`Race.next_deadline`. Every decision of the waterfall
-is taken here and nowhere else: which stages run or are skipped and why, when a round of checks
-starts, when a hard stage starts and is retried (back-off, :data:`MAX_ATTEMPTS`), which stage a
-verified pair belongs to, who won, who was beaten (stopped at once: no polling), re-planning on
-a late NAT summary, and the dialer's retry after a failed round or a dead path.
+results, sockets, attempts ending, a dead path, the timer); outputs are typed actions
+(:mod:`.actions`) and :meth:`Race.next_deadline`. Every decision of the waterfall is taken here:
+which stages run or are skipped and why, when a round or a hard stage starts and is retried,
+which stage a verified pair belongs to, who won and who was beaten, re-planning on a late NAT
+summary, and the dialer's retry after a failed round or a dead path.
 
 Two facts belong to the executor and are refreshed by it before each input: :attr:`on_direct`
 (the path manager's current path is direct) and :attr:`local` (what the endpoint knows of its
@@ -122,9 +121,6 @@ class Race:
         srflx = sorted(a for a in self.remote_srflx if ":" not in a[0]) or sorted(self.remote_srflx)
         return srflx[0] if srflx else None
 
-    def active(self, stage: Stage) -> bool:
-        return self.attempts.active(stage)
-
     # -- the timer -----------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
         times = (self._round_start, self._retry_at, self._hard_start_at)
@@ -188,7 +184,11 @@ class Race:
 
     def check_start(self, msg: CheckStart, now: float, owd: float) -> None:
         """Acceptor: the dialer's start moment, mapped onto our clock (no clock sync needed)."""
-        if msg.stage != Stage.HOLE_PUNCH.value or self.controlling:
+        if msg.stage != Stage.HOLE_PUNCH.value:
+            return
+        if self.controlling:  # the acceptor checks already (it had our early offer): go now
+            if msg.generation == self._pending_round and self._round_start is not None:
+                self._round_start = min(self._round_start, now)
             return
         if msg.generation <= self.round:
             self.stats["stale_check_start"] += 1
@@ -252,7 +252,7 @@ class Race:
         self.waterfall.apply(p.values())
         failed = self.waterfall[Stage.HOLE_PUNCH].status is Status.FAILED
         if self._hard_start_at is None and any(
-            p[s].runs and (failed or not p[s].after) and not self.active(s) for s in HARD
+            p[s].runs and (failed or not p[s].after) and not self.attempts.active(s) for s in HARD
         ):
             self._hard_start_at = now + HARD_START_DELAY
 
@@ -280,8 +280,8 @@ class Race:
     def _initiate(self, sp: StagePlan, now: float) -> list[act.Action]:
         """Our role of ``sp`` that starts on its own (birthday hard, predicted, mutual)."""
         stage = Stage(sp.stage)
-        rec = self.waterfall[stage]
-        if self.active(stage) or rec.attempts >= MAX_ATTEMPTS or rec.status is Status.SUCCEEDED:
+        rec, running = self.waterfall[stage], self.attempts.active(stage)
+        if running or rec.attempts >= MAX_ATTEMPTS or rec.status is Status.SUCCEEDED:
             return []
         delta = self.local_summary().delta
         if stage is Stage.BIRTHDAY and sp.role == "hard":
@@ -318,7 +318,7 @@ class Race:
             return []
         sp = self.plan()[Stage.BIRTHDAY]
         hard = self.remote_summary
-        if not sp.runs or sp.role != "easy" or self.active(Stage.BIRTHDAY):
+        if not sp.runs or sp.role != "easy" or self.attempts.active(Stage.BIRTHDAY):
             self.stats["birthday_start_refused"] += 1
             return []
         if hard is None or hard.public_ip is None:
