@@ -148,6 +148,23 @@ def test_acceptor_maps_the_dialers_moment_and_ignores_stale_rounds() -> None:
     assert r.stats["stale_check_start"] == 1 and r.next_deadline() is None
 
 
+def test_the_dialer_starts_at_once_when_the_acceptor_says_it_checks_already() -> None:
+    """The acceptor had our early offer and checks since half a round trip: its CheckStart
+    makes our proposed round start now instead of one one-way delay ahead."""
+    r = race(CONE)
+    connected(r, CONE, now=1.0)
+    assert r.next_deadline() == pytest.approx(1.0 + OWD + START_MARGIN)
+    stale = CheckStart(call_id="ra", stage="hole-punch", generation=2, start_at_ms=0, sent_at_ms=0)
+    r.check_start(stale, 1.001, OWD)  # not the round we proposed: ignored
+    assert r.next_deadline() == pytest.approx(1.0 + OWD + START_MARGIN)
+    ours = CheckStart(call_id="ra", stage="hole-punch", generation=1, start_at_ms=0, sent_at_ms=0)
+    r.check_start(ours, 1.001, OWD)
+    assert r.next_deadline() == pytest.approx(1.001)
+    assert r.poll(1.001, n_pairs=2, owd=OWD) == [StartRound(1, reset=True)]
+    r.check_start(ours, 1.002, OWD)  # nothing pending any more: nothing happens
+    assert r.next_deadline() is None
+
+
 def test_a_hole_punch_win_switches_and_skips_the_pending_hard_stages() -> None:
     r = race(RANDOM)
     connected(r, EASY)
