@@ -341,15 +341,87 @@ def test_mutual_prediction_starts_on_the_peers_probe_or_takes_it_while_running()
 
 # -- late summary, fallback ---------------------------------------------------------------------
 def test_a_late_summary_replans_and_starts_the_stage_it_now_needs() -> None:
+    """The summary that completes the plan starts the stage at once once the round's first
+    checks are out: no fixed delay after it (it used to wait HARD_START_DELAY more)."""
     r = race(RANDOM)
-    connected(r, None)  # the peer's filtering test still runs: no summary
+    connected(r, None)  # the peer has not reported yet
     due = start_round(r)
     assert r.poll(due, n_pairs=2, owd=OWD) == []  # mapping unknown: nothing chosen
     r.nat_report(EASY, 2.0)
     assert r.waterfall[Stage.BIRTHDAY].status is Status.PENDING
-    assert r.next_deadline() == pytest.approx(2.0 + HARD_START_DELAY)
-    out = r.poll(2.0 + HARD_START_DELAY, n_pairs=2, owd=OWD)
+    assert r.next_deadline() == pytest.approx(2.0)
+    out = r.poll(2.0, n_pairs=2, owd=OWD)
     assert len(out) == 1 and isinstance(out[0], StartBirthdayHard)
+
+
+def test_a_summary_during_the_punchs_first_checks_waits_until_they_are_out() -> None:
+    """A sequential NAT must not take the hard stage's samples while the punch's first checks
+    still open new flows: a summary arriving then starts the stage when they are out."""
+    r = race(RANDOM)
+    connected(r, None)
+    start = r.next_deadline()
+    assert start is not None
+    due = start_round(r, now=1.0, n_pairs=2)  # start + 2 pacing gaps + the margin
+    r.nat_report(EASY, start + 0.001)
+    assert r.next_deadline() == pytest.approx(due)
+    assert r.poll(due - 0.001, n_pairs=2, owd=OWD) == []
+    assert isinstance(r.poll(due, n_pairs=2, owd=OWD)[0], StartBirthdayHard)
+
+
+def test_a_first_summary_without_filtering_starts_prediction_but_not_the_birthday() -> None:
+    """The peer's first summary says EIM with its filtering test still running. Prediction
+    (cheap) starts with the punch's guard, not after the test; the birthday (256 sockets) waits
+    for the filtering verdict, and starts as soon as the final summary says APDF."""
+    partial = replace(EASY, filtering="unknown")
+    # the sequential side: predicted role, started right after the punch's first checks
+    r = race(SEQ, controlling=False)
+    connected(r, partial)
+    r.check_start(
+        CheckStart(
+            call_id="r", stage="hole-punch", generation=1, start_at_ms=1030, sent_at_ms=1000
+        ),
+        1.0,
+        OWD,
+    )
+    assert r.poll(1.01, n_pairs=2, owd=OWD) == [StartRound(1, reset=True)]
+    due = 1.01 + 2 * PACING_GUARD + HARD_START_DELAY
+    assert r.next_deadline() == pytest.approx(due)
+    out = r.poll(due, n_pairs=2, owd=OWD)
+    assert len(out) == 1 and isinstance(out[0], StartPredicted)
+    assert not r.waterfall[Stage.PORT_PREDICTION].needed  # the punch may still suffice
+    # the random side: the birthday waits; the final summary starts it at once
+    r = race(RANDOM, controlling=False)
+    connected(r, partial)
+    r.check_start(
+        CheckStart(
+            call_id="r", stage="hole-punch", generation=1, start_at_ms=1030, sent_at_ms=1000
+        ),
+        1.0,
+        OWD,
+    )
+    r.poll(1.01, n_pairs=2, owd=OWD)
+    assert r.next_deadline() is None  # nothing scheduled: the birthday runs after the punch
+    assert r.waterfall[Stage.BIRTHDAY].status is Status.PENDING
+    assert r.waterfall[Stage.BIRTHDAY].why.code is Why.STAGE_RUNS
+    r.nat_report(EASY, 1.3)  # the filtering verdict: APDF
+    assert r.next_deadline() == pytest.approx(1.3)
+    out = r.poll(1.3, n_pairs=2, owd=OWD)
+    assert len(out) == 1 and isinstance(out[0], StartBirthdayHard)
+    # and a final summary saying EIF makes the pending birthday unnecessary: never started
+    r = race(RANDOM, controlling=False)
+    connected(r, partial)
+    r.check_start(
+        CheckStart(
+            call_id="r", stage="hole-punch", generation=1, start_at_ms=1030, sent_at_ms=1000
+        ),
+        1.0,
+        OWD,
+    )
+    r.poll(1.01, n_pairs=2, owd=OWD)
+    r.nat_report(CONE, 1.3)
+    assert r.next_deadline() is None
+    assert r.waterfall[Stage.BIRTHDAY].status is Status.SKIPPED
+    assert r.waterfall[Stage.BIRTHDAY].why.code is Why.PUNCH_SUFFICES
 
 
 def test_a_dead_direct_path_brings_back_the_dialers_round_with_back_off() -> None:

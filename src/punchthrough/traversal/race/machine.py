@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import replace
 
 import punchthrough.traversal.race.actions as act
-from punchthrough.nat.summary import APD, NatSummary
+from punchthrough.nat.summary import NatSummary
 from punchthrough.netio import Address
 from punchthrough.signal import CheckStart, HardNatBirthdayStart, HardNatProbe
 from punchthrough.traversal.checks import CandidatePair
@@ -45,6 +44,7 @@ from punchthrough.traversal.race.policy import (
     backoff,
 )
 from punchthrough.traversal.race.records import HARD, Reason, Stage, Status, Waterfall
+from punchthrough.traversal.race.views import local_view, remote_view
 from punchthrough.traversal.reasons import Why
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,8 @@ class Race:
         self._retry_at: float | None = None
         self._retry_delay: float | None = None
         self._hard_start_at: float | None = None
+        #: When the round's first checks (new flows on our NAT) have all left, plus the margin.
+        self._punch_sent_at = 0.0
         self._hard_backoff: float | None = None
         # -- hard stages --
         self.attempts = Attempts(base)
@@ -95,20 +97,15 @@ class Race:
 
     # -- the plan ------------------------------------------------------------------------------
     def local_summary(self) -> NatSummary:
-        s = self.local.summary
-        if self.waterfall[Stage.PORT_MAPPING].status is Status.FAILED:
-            s = s.without_port_mapping()
-        return s
+        failed = self.waterfall[Stage.PORT_MAPPING].status is Status.FAILED
+        return local_view(self.local.summary, mapping_failed=failed)
 
     def remote_view(self) -> NatSummary:
-        r = self.remote_summary or NatSummary(udp=True)
-        if self._remote_dependent and r.mapping == "unknown":
-            r = replace(r, mapping=APD)
-        if self._remote_port_mapping and not r.port_mapping:
-            r = replace(r, port_mapping=("pcp",))
-        if self.waterfall[Stage.PORT_MAPPING].status is Status.FAILED:
-            r = r.without_port_mapping()
-        return r
+        failed = self.waterfall[Stage.PORT_MAPPING].status is Status.FAILED
+        dep, pm = self._remote_dependent, self._remote_port_mapping
+        return remote_view(
+            self.remote_summary, dependent=dep, port_mapping=pm, mapping_failed=failed
+        )
 
     def plan(self) -> dict[Stage, StagePlan]:
         """The stages for this pair, from both NAT summaries (:func:`plan_stages`)."""
@@ -211,8 +208,9 @@ class Race:
         if p[Stage.HOLE_PUNCH].code is not Why.UDP_BLOCKED:  # UDP blocked: the plan skips it
             wf.start(Stage.HOLE_PUNCH, now)
         wf.apply(p.values())
+        self._punch_sent_at = now + n_pairs * PACING_GUARD + HARD_START_DELAY
         if any(p[s].runs and not p[s].after for s in HARD):
-            self._hard_start_at = now + n_pairs * PACING_GUARD + HARD_START_DELAY
+            self._hard_start_at = self._punch_sent_at
         self.stats["rounds"] += 1
         return [] if p[Stage.HOLE_PUNCH].code is Why.UDP_BLOCKED else [action]  # no checks
 
@@ -243,8 +241,9 @@ class Race:
 
     # -- NAT summaries -------------------------------------------------------------------------
     def nat_report(self, summary: NatSummary, now: float) -> None:
-        """The peer's NAT summary. After the round started (the peer's filtering test runs
-        behind the call) it re-plans, and schedules the hard stages the plan now runs."""
+        """The peer's NAT summary (its first may lack the filtering: that test runs behind the
+        call). After the round started it re-plans, and starts the hard stages the plan now
+        runs as soon as the round's first checks are out (no fixed delay: at once, later)."""
         self.remote_summary = summary
         if self.waterfall[Stage.HOLE_PUNCH].status is Status.PENDING or self.on_direct:
             return
@@ -254,7 +253,7 @@ class Race:
         if self._hard_start_at is None and any(
             p[s].runs and (failed or not p[s].after) and not self.active(s) for s in HARD
         ):
-            self._hard_start_at = now + HARD_START_DELAY
+            self._hard_start_at = max(now, self._punch_sent_at)
 
     # -- hard stages: starting -----------------------------------------------------------------
     def _start_hard(self, now: float, *, punch_failed: bool) -> list[act.Action]:

@@ -13,6 +13,7 @@ RETRY_DEAD: Final = (1.0, 30.0)
 RETRY_FAILED: Final = (30.0, 300.0)
 #: Hard stages start after the hole punch's first checks: one pacing gap (checks.PACING) per
 #: pair, plus this margin (a sequential NAT's burst must not interleave with new punch flows).
+#: A summary or verdict that arrives later starts them at once: this is no wait after input.
 PACING_GUARD: Final = 0.010
 HARD_START_DELAY: Final = 0.05
 #: Attempts of one hard stage per connection (each one costs sockets and probes).
