@@ -283,7 +283,7 @@ def _hard_stages(
         maps = (
             "maps endpoint-dependently"
             if hard.mapping in (AD, APD)
-            else "has an unknown mapping (no report yet)"
+            else "has an unknown mapping (no report, or fewer than two servers saw it)"
         )
         why_alloc = (
             "its ports are random"
