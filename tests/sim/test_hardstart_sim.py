@@ -20,13 +20,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from test_direct_sim import echo, with_world
+from test_direct_sim import RELAY, WAN_LINK, _identity, _place, echo, with_world
 from test_hardnat_sim import _call
 
 from punchthrough.endpoint import Endpoint
+from punchthrough.relay import RelayServer
 from punchthrough.sim import World, run
+from punchthrough.stun import StunServer
 from punchthrough.traversal.checks import PACING
-from punchthrough.traversal.race import HARD_START_DELAY, START_MARGIN
+from punchthrough.traversal.race import HARD_START_DELAY, PUNCH_GRACE, START_MARGIN
 
 R = 0.080  # relayed RTT
 D = 0.040  # direct RTT
@@ -130,3 +132,42 @@ def test_a_partial_summary_never_starts_a_stage_the_pair_does_not_need() -> None
         r = run(_call(a, b, duration=2.0), seed=1)
         assert r["path"] == "direct" and r["traversal"]["strategy"] == "hole-punch", (a, b)
         assert r["sockets_after_call"] == [1, 1]
+
+
+async def _without_rfc5780(nat_a: str, nat_b: str, duration: float) -> dict[str, Any]:
+    """An echo call a -> b whose STUN servers (two IPs) do not do RFC 5780: no filtering test
+    can run, so the easy side's filtering stays "unknown" in its final summary."""
+    world = World()
+    relay = await RelayServer.start(world.add_host("relay", RELAY[0], link=WAN_LINK), [RELAY])
+    ips = ("198.51.100.30", "198.51.100.31")
+    servers = [(ip, 3478) for ip in ips]
+    stun = await StunServer.start(world.add_host("stun", *ips, link=WAN_LINK), servers)
+    try:
+        a, _ = _place(world, "a", nat_a, 1)
+        b, _ = _place(world, "b", nat_b, 2)
+        async with (
+            Endpoint.bind(_identity(1), relays=[RELAY], stun=servers, network=a) as ea,
+            Endpoint.bind(_identity(2), relays=[RELAY], stun=servers, network=b) as eb,
+        ):
+            assert ea.local_candidates.summary_final  # nothing pending: unknown for good
+            assert ea.local_candidates.summary.filtering == "unknown"
+            return await echo(world, ea, eb, duration=duration)
+    finally:
+        await relay.close()
+        stun.close()
+
+
+def test_the_birthday_starts_when_the_punch_had_its_chance_not_at_the_round_timeout() -> None:
+    """eim-apdf (easy, dialer, filtering unknown for good) vs apdm-random (hard). The birthday
+    runs "after the punch"; it used to wait for the round's 5 s timeout (direct at 5951 ms for
+    this seed). It starts when the acceptor's punch has had its chance: its round (1.5 R +
+    START_MARGIN), the first checks (one gap per pair), two retransmissions (PUNCH_GRACE) and
+    a relayed round trip for an answer; the start message reaches the easy side R/2 later."""
+    r = run(_without_rfc5780("eim-apdf", "apdm-random", 3.0), seed=1)
+    bd = _stage(r, "birthday")
+    assert bd["role"] == "easy" and bd["status"] in ("started", "succeeded"), bd
+    chance = 1.5 * R + START_MARGIN + N_PAIRS * PACING + PUNCH_GRACE + R
+    assert bd["started_ms"] >= (chance + R / 2) * 1000  # the punch had its chance first
+    assert bd["started_ms"] <= (chance + R / 2 + SLACK) * 1000, bd
+    assert r["path"] == "direct" and r["strategy"] == "birthday"
+    assert r["direct_ms"] < 2000  # this seed's draw: 39 probes after the start
