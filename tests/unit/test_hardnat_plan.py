@@ -182,6 +182,27 @@ def test_unknown_filtering_runs_birthday_after_the_punch() -> None:
     assert not st["birthday"].needed
 
 
+def test_unknown_filtering_runs_the_cheap_prediction_alongside_the_punch() -> None:
+    """A first summary says EIM with filtering still unknown: the punch may suffice, but
+    prediction (a few samples and checks) does not wait for the verdict; both roles agree."""
+    easy = replace(summary("eim-apdf"), filtering="unknown")
+    seq = summary("apdm-sequential")
+    for local, remote, role in ((seq, easy, "predicted"), (easy, seq, "predicting")):
+        st = by_stage(plan_stages(local, remote))
+        pp = st["port-prediction"]
+        assert pp.runs and pp.role == role and pp.after == ()
+        assert not pp.needed  # the punch may still connect the pair: not known to be needed
+        assert "alongside the hole punch" in pp.reason
+        assert not st["birthday"].runs  # and the expensive one is not chosen instead
+    # with the filtering known the plan is the full one: needed (APDF) or not run (EIF)
+    full = by_stage(plan_stages(seq, summary("eim-apdf")))["port-prediction"]
+    assert full.runs and full.needed and full.after == ()
+    assert not by_stage(plan_stages(seq, summary("eim-eif")))["port-prediction"].runs
+    # an unknown mapping on the sequential side is not this case: it waits for the punch
+    unsure = replace(seq, mapping="unknown")
+    assert by_stage(plan_stages(unsure, easy))["port-prediction"].after == ("hole-punch",)
+
+
 def test_unknown_mapping_both_sides() -> None:
     u = replace(summary("eim-apdf"), mapping="unknown", allocation="unknown")
     st = by_stage(plan_stages(u, u))

@@ -13,7 +13,13 @@ from punchthrough.nat import (
     classify_nat,
     filter_wait,
 )
-from punchthrough.nat.filtering import FILTER_WAIT_RTTS, MIN_FILTER_WAIT
+from punchthrough.nat.filtering import (
+    FILTER_WAIT_RTTS,
+    MIN_FILTER_WAIT,
+    RETRY_WAIT_RTTS,
+    gather_filter_wait,
+)
+from punchthrough.nat.probe import PROBE_RTO
 from punchthrough.scenario.netcheck import netcheck_world
 from punchthrough.sim import PROFILES
 
@@ -71,3 +77,16 @@ def test_filter_wait_is_sized_from_round_trips() -> None:
     assert filter_wait([0.01], 3.0) == MIN_FILTER_WAIT
     assert filter_wait([0.01, 0.3], 3.0) == pytest.approx(FILTER_WAIT_RTTS * 0.3)
     assert filter_wait([0.3], 1.0) == 1.0
+
+
+def test_gathers_filter_wait_leaves_room_for_one_retransmission_only() -> None:
+    """The endpoint's own test: one retransmission (at the RTO) and its answer fit, nothing
+    more: 0.25 + 2 * 0.04 = 0.33 s at the simulator's 40 ms, not the 0.5 s floor."""
+    assert gather_filter_wait([], 1.0) == 1.0
+    assert gather_filter_wait([0.04], 1.0) == pytest.approx(PROBE_RTO + RETRY_WAIT_RTTS * 0.04)
+    assert gather_filter_wait([0.04], 1.0) < MIN_FILTER_WAIT
+    # the resend's answer arrives at rto + rtt: always inside the wait
+    for rtt in (0.0001, 0.04, 0.2):
+        assert gather_filter_wait([rtt], 5.0) > PROBE_RTO + rtt
+    assert gather_filter_wait([0.3], 5.0) == pytest.approx(FILTER_WAIT_RTTS * 0.3)
+    assert gather_filter_wait([0.3], 1.0) == 1.0

@@ -18,6 +18,7 @@ from punchthrough.traversal.race import (
     HARD_START_DELAY,
     MAX_ATTEMPTS,
     PACING_GUARD,
+    PUNCH_GRACE,
     RETRY_DEAD,
     RETRY_FAILED,
     START_MARGIN,
@@ -358,15 +359,106 @@ def test_mutual_prediction_starts_on_the_peers_probe_or_takes_it_while_running()
 
 # -- late summary, fallback ---------------------------------------------------------------------
 def test_a_late_summary_replans_and_starts_the_stage_it_now_needs() -> None:
+    """The summary that completes the plan starts the stage at once once the round's first
+    checks are out: no fixed delay after it (it used to wait HARD_START_DELAY more)."""
     r = race(RANDOM)
-    connected(r, None)  # the peer's filtering test still runs: no summary
+    connected(r, None)  # the peer has not reported yet
     due = start_round(r)
     assert r.poll(due, n_pairs=2, owd=OWD) == []  # mapping unknown: nothing chosen
     r.nat_report(EASY, 2.0)
     assert r.waterfall[Stage.BIRTHDAY].status is Status.PENDING
-    assert r.next_deadline() == pytest.approx(2.0 + HARD_START_DELAY)
-    out = r.poll(2.0 + HARD_START_DELAY, n_pairs=2, owd=OWD)
+    assert r.next_deadline() == pytest.approx(2.0)
+    out = r.poll(2.0, n_pairs=2, owd=OWD)
     assert len(out) == 1 and isinstance(out[0], StartBirthdayHard)
+
+
+def test_a_summary_during_the_punchs_first_checks_waits_until_they_are_out() -> None:
+    """A sequential NAT must not take the hard stage's samples while the punch's first checks
+    still open new flows: a summary arriving then starts the stage when they are out."""
+    r = race(RANDOM)
+    connected(r, None)
+    start = r.next_deadline()
+    assert start is not None
+    due = start_round(r, now=1.0, n_pairs=2)  # start + 2 pacing gaps + the margin
+    r.nat_report(EASY, start + 0.001)
+    assert r.next_deadline() == pytest.approx(due)
+    assert r.poll(due - 0.001, n_pairs=2, owd=OWD) == []
+    assert isinstance(r.poll(due, n_pairs=2, owd=OWD)[0], StartBirthdayHard)
+
+
+def _acceptor_round(local: NatSummary, remote: NatSummary) -> Race:
+    """An acceptor with ``remote``'s summary whose round started at 1.01 (2 pairs)."""
+    r = race(local, controlling=False)
+    connected(r, remote)
+    msg = CheckStart(
+        call_id="r", stage="hole-punch", generation=1, start_at_ms=1030, sent_at_ms=1000
+    )
+    r.check_start(msg, 1.0, OWD)
+    assert r.poll(1.01, n_pairs=2, owd=OWD) == [StartRound(1, reset=True)]
+    return r
+
+
+#: When the acceptor's round (started at 1.01, 2 pairs) has given the punch its chance.
+CHANCE_ENDS = 1.01 + 2 * PACING_GUARD + PUNCH_GRACE + 2 * OWD
+
+
+def test_a_first_summary_without_filtering_starts_prediction_but_not_the_birthday() -> None:
+    """The peer's first summary says EIM with its filtering test still running. Prediction
+    (cheap) starts with the punch's guard, not after the test; the birthday (256 sockets) waits
+    for the filtering verdict, and starts as soon as the final summary says APDF."""
+    partial = replace(EASY, filtering="unknown")
+    # the sequential side: predicted role, started right after the punch's first checks
+    r = _acceptor_round(SEQ, partial)
+    due = 1.01 + 2 * PACING_GUARD + HARD_START_DELAY
+    assert r.next_deadline() == pytest.approx(due)
+    out = r.poll(due, n_pairs=2, owd=OWD)
+    assert len(out) == 1 and isinstance(out[0], StartPredicted)
+    assert not r.waterfall[Stage.PORT_PREDICTION].needed  # the punch may still suffice
+    # the random side: the birthday waits (for the verdict, at most for the punch's chance)
+    r = _acceptor_round(RANDOM, partial)
+    assert r.next_deadline() == pytest.approx(CHANCE_ENDS)  # not before
+    assert r.poll(CHANCE_ENDS - 0.001, n_pairs=2, owd=OWD) == []
+    assert r.waterfall[Stage.BIRTHDAY].status is Status.PENDING
+    assert r.waterfall[Stage.BIRTHDAY].why.code is Why.STAGE_RUNS
+    verdict = CHANCE_ENDS - 0.05
+    r.nat_report(EASY, verdict)  # the filtering verdict: APDF, starts it at once
+    assert r.next_deadline() == pytest.approx(verdict)
+    out = r.poll(verdict, n_pairs=2, owd=OWD)
+    assert len(out) == 1 and isinstance(out[0], StartBirthdayHard)
+    assert r.poll(CHANCE_ENDS, n_pairs=2, owd=OWD) == []  # running: not started twice
+    # and a final summary saying EIF makes the pending birthday unnecessary: never started
+    r = _acceptor_round(RANDOM, partial)
+    r.nat_report(CONE, verdict)
+    assert r.poll(CHANCE_ENDS, n_pairs=2, owd=OWD) == []
+    assert r.waterfall[Stage.BIRTHDAY].status is Status.SKIPPED
+    assert r.waterfall[Stage.BIRTHDAY].why.code is Why.PUNCH_SUFFICES
+
+
+def test_a_stage_planned_after_the_punch_starts_when_the_punch_had_its_chance() -> None:
+    """The easy side's filtering stays unknown (its STUN servers lack RFC 5780): the birthday
+    is planned after the punch. It starts once the punch's first checks, two retransmissions
+    and a relayed round trip went unanswered, not at the round's 5 s timeout; a new round is a
+    new chance; and a punch answer that comes late still wins and stops it."""
+    unknown = replace(EASY, filtering="unknown")
+    r = _acceptor_round(RANDOM, unknown)
+    assert r.next_deadline() == pytest.approx(CHANCE_ENDS)
+    out = r.poll(CHANCE_ENDS, n_pairs=2, owd=OWD)
+    assert len(out) == 1 and isinstance(out[0], StartBirthdayHard)
+    assert r.waterfall[Stage.HOLE_PUNCH].status is Status.STARTED  # still checking
+    assert r.next_deadline() is None
+    # (not to the easy side's srflx: from the main socket that flow is the attack's own)
+    late = r.pair_succeeded(pair((EASY_IP, 4001), "prflx"), CHANCE_ENDS + 0.2)
+    assert StopAttempt(out[0].attempt, Stage.HOLE_PUNCH) in late
+    assert r.waterfall[Stage.BIRTHDAY].status is Status.BEATEN
+    # a punch that answers within its chance: nothing else starts
+    r = _acceptor_round(RANDOM, unknown)
+    r.pair_succeeded(pair(PEER_SRFLX), CHANCE_ENDS - 0.01)
+    assert r.next_deadline() is None
+    assert r.poll(CHANCE_ENDS, n_pairs=2, owd=OWD) == []
+    assert r.waterfall[Stage.BIRTHDAY].status is Status.SKIPPED
+    # a pair the punch is expected to connect arms no such timer
+    assert _acceptor_round(RANDOM, EASY).next_deadline() != pytest.approx(CHANCE_ENDS)
+    assert _acceptor_round(CONE, CONE).next_deadline() is None
 
 
 def test_a_dead_direct_path_brings_back_the_dialers_round_with_back_off() -> None:

@@ -200,7 +200,7 @@ class Connection(PeerSession):
         for msg in first_flight(local):
             self._send_control(msg)
         self._early_generation = local.generation
-        self._early_summary = local.summary_ready
+        self._early_summary = local.summary_final
         self._start_traversal(early=self._offer)
 
     def _handshake_completed(self) -> None:
@@ -305,7 +305,7 @@ class Connection(PeerSession):
             agent.relay_established(self.established_at, self._relay_name())
         sent = self._early_generation >= 0
         agent.start(self._early_generation if sent else None)
-        if sent and not self._early_summary and self._direct_host.local_candidates.summary_ready:
+        if sent and not self._early_summary and self._direct_host.local_candidates.summary_final:
             agent.local_summary_ready()  # it became known between 0.5-RTT and now
         if early is not None:
             agent.start_early(early)

@@ -9,12 +9,14 @@ IPv4 samples feed it when there are any (an IPv6 firewall maps nothing). Those
 observations are also the samples of :func:`punchthrough.nat.classify.classify_nat`
 (``Purpose.PLAN``), which gives the NAT summary sent to peers.
 
-The RFC 5780 filtering test waits at least ``MIN_FILTER_WAIT`` (0.5 s) for answers a filtering
-NAT drops, so it runs behind the call, in the background: candidates and the hole punch do not
-wait for it, only the NAT summary does (``LocalCandidates.summary_ready``; connections send
-their summary once it is final). It is only worth running for an endpoint-independent mapping:
-the planner needs that side's filtering to know whether the peer's unannounced ports get
-through.
+The RFC 5780 filtering test waits one retransmission plus round trips (``nat.filtering.
+gather_filter_wait``, 0.33 s at a 40 ms RTT) for answers a filtering NAT drops, so it runs behind
+the call, in the background: candidates, the hole punch and the NAT summary's mapping half do not
+wait for it. The summary is sendable at once (``LocalCandidates.summary_ready``) with its
+filtering "unknown", so a peer's race can start what needs only our mapping (port prediction);
+when the test ends the summary is final (``summary_final``) and every agent resends it. It is
+only worth running for an endpoint-independent mapping: the planner needs that side's filtering
+to know whether the peer's unannounced ports get through.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Final, cast, get_args
 from punchthrough.endpoint.dualstack import nat_samples, usable_ips
 from punchthrough.nat.behavior import Behavior, Sample
 from punchthrough.nat.classify import NatObservations, Purpose, classify_nat
-from punchthrough.nat.filtering import filter_wait, filtering_test
+from punchthrough.nat.filtering import filtering_test, gather_filter_wait
 from punchthrough.nat.summary import AD, APD, EI
 from punchthrough.netio import Address, DatagramSocket, Network
 from punchthrough.portmap import PortMapper
@@ -178,13 +180,15 @@ class Gatherer:
         if self.filter_task is not None:
             self.filter_task.cancel()
             self.filter_task = None
+        # The mapping half is sendable now; the filtering test, if any, finishes it later.
+        local.summary_ready = True
         if mapping == "independent" and any(r.other_address for _, r in results):
-            local.summary_ready = False  # until the filtering test behind the call is done
+            local.summary_final = False  # until the filtering test behind the call is done
             self.filter_task = self._loop.create_task(
                 self._finish_filtering(self._round, results, obs)
             )
         else:
-            local.summary_ready = True
+            local.summary_final = True
         return local
 
     async def _finish_filtering(
@@ -199,7 +203,7 @@ class Gatherer:
             return  # a newer gather superseded this one
         local = self.local
         local.summary = classify_nat(replace(obs, filtering=filtering), Purpose.PLAN)
-        local.summary_ready = True
+        local.summary_ready = local.summary_final = True
         self.filter_task = None
         for agent in dict.fromkeys(self._agents()):  # each once, in a stable order
             agent.local_summary_ready()
@@ -218,5 +222,5 @@ class Gatherer:
         if not rfc5780 or self._network is None:
             return Behavior.UNKNOWN
         server, res = rfc5780[0]
-        wait = filter_wait([res.rtt], GATHER_TIMEOUT)
+        wait = gather_filter_wait([res.rtt], GATHER_TIMEOUT)
         return await filtering_test(self._network, self._sock.local_address[0], server, wait)

@@ -34,8 +34,12 @@ class LocalCandidates:
     port_mapping_note: str = "no port-mapping gateway configured"
     #: Our NAT as the stage planner sees it (sent to the peer as ``NatReportSummary``).
     summary: NatSummary = field(default_factory=lambda: NatSummary(udp=True))
-    #: False while the endpoint's filtering test still runs (the summary is not final yet).
+    #: A summary can be sent (first flights carry it): True from the first gather on. While
+    #: the filtering test runs it is the mapping half (filtering "unknown").
     summary_ready: bool = True
+    #: False while the endpoint's filtering test still runs: the summary sent so far is the
+    #: mapping half, and the final one is sent to every agent's peer when the test ends.
+    summary_final: bool = True
 
 
 @dataclass

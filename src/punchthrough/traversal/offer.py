@@ -63,7 +63,9 @@ class Offer:
 
 
 def first_flight(local: LocalCandidates) -> list[Message]:
-    """The first ``Candidates``, and the NAT summary once known: what each side sends first."""
+    """The first ``Candidates`` and the NAT summary: what each side sends first. The summary
+    may be only its mapping half (filtering "unknown" while the endpoint's filtering test runs;
+    the agent sends the final one when it is known)."""
     msgs: list[Message] = [Candidates(candidates=tuple(local.candidates))]
     if local.summary_ready:
         msgs.append(local.summary.to_signal())

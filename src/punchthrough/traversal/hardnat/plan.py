@@ -19,7 +19,9 @@ one can be computed. This encodes DESIGN's pair matrix (the tests check every ce
 
 A stage whose need is uncertain (a side's mapping or filtering unknown) runs ``after`` the hole
 punch failed instead of alongside it, so an expensive birthday attack is not started for a pair
-the punch may connect anyway.
+the punch may connect anyway. One exception: port prediction when only the easy side's filtering
+is unknown (a peer's first summary, sent before its filtering test ends). It costs a few samples
+and checks, so it runs alongside the punch: waiting would cost the filtering test's 0.3-0.5 s.
 """
 
 from __future__ import annotations
@@ -258,8 +260,17 @@ def _hard_stages(
                 "birthday": StagePlan("birthday", "skip", f"not needed: {why}", Why.PUNCH_SUFFICES),
             }
         if hard.allocation == "sequential" and hard.delta:
+            p_after, p_cond = after, cond
+            if hard.dependent and not punch_failed:
+                # Only the e side's filtering is unknown (its test may still run): whether the
+                # punch suffices is open, but prediction costs a few samples and checks, so it
+                # races the punch instead of waiting for the verdict (or the round's failure).
+                p_after = ()
+                p_cond = (
+                    f"alongside the hole punch ({punch_why}: it may suffice; prediction is cheap): "
+                )
             return {
-                "port-prediction": _prediction_single(h, e, hard, b, after, cond, punch_failed),
+                "port-prediction": _prediction_single(h, e, hard, b, p_after, p_cond, punch_failed),
                 "birthday": StagePlan(
                     "birthday",
                     "skip",
@@ -272,7 +283,7 @@ def _hard_stages(
         maps = (
             "maps endpoint-dependently"
             if hard.mapping in (AD, APD)
-            else "has an unknown mapping (no report yet)"
+            else "has an unknown mapping (no report, or fewer than two servers saw it)"
         )
         why_alloc = (
             "its ports are random"

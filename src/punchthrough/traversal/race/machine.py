@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import replace
 
 import punchthrough.traversal.race.actions as act
-from punchthrough.nat.summary import APD, NatSummary
+import punchthrough.traversal.race.views as views
+from punchthrough.nat.summary import NatSummary
 from punchthrough.netio import Address
 from punchthrough.signal import CheckStart, HardNatBirthdayStart, HardNatProbe
 from punchthrough.traversal.checks import CandidatePair
@@ -43,6 +43,7 @@ from punchthrough.traversal.race.policy import (
     START_MARGIN,
     backoff,
 )
+from punchthrough.traversal.race.punch import PunchChance
 from punchthrough.traversal.race.records import HARD, Reason, Stage, Status, Waterfall
 from punchthrough.traversal.reasons import Why
 
@@ -83,6 +84,9 @@ class Race:
         self._retry_at: float | None = None
         self._retry_delay: float | None = None
         self._hard_start_at: float | None = None
+        #: When the round's first checks (new flows on our NAT) have all left, plus the margin.
+        self._punch_sent_at = 0.0
+        self.punch = PunchChance()  # when stages planned after the punch may start
         self._hard_backoff: float | None = None
         # -- hard stages --
         self.attempts = Attempts(base)
@@ -94,20 +98,15 @@ class Race:
 
     # -- the plan ------------------------------------------------------------------------------
     def local_summary(self) -> NatSummary:
-        s = self.local.summary
-        if self.waterfall[Stage.PORT_MAPPING].status is Status.FAILED:
-            s = s.without_port_mapping()
-        return s
+        failed = self.waterfall[Stage.PORT_MAPPING].status is Status.FAILED
+        return views.local_view(self.local.summary, mapping_failed=failed)
 
     def remote_view(self) -> NatSummary:
-        r = self.remote_summary or NatSummary(udp=True)
-        if self._remote_dependent and r.mapping == "unknown":
-            r = replace(r, mapping=APD)
-        if self._remote_port_mapping and not r.port_mapping:
-            r = replace(r, port_mapping=("pcp",))
-        if self.waterfall[Stage.PORT_MAPPING].status is Status.FAILED:
-            r = r.without_port_mapping()
-        return r
+        failed = self.waterfall[Stage.PORT_MAPPING].status is Status.FAILED
+        dep, pm = self._remote_dependent, self._remote_port_mapping
+        return views.remote_view(
+            self.remote_summary, dependent=dep, port_mapping=pm, mapping_failed=failed
+        )
 
     def plan(self) -> dict[Stage, StagePlan]:
         """The stages for this pair, from both NAT summaries (:func:`plan_stages`)."""
@@ -116,30 +115,30 @@ class Race:
             plans = relay_only(plans)
         return {Stage(p.stage): p for p in plans}
 
-    def remote_public_endpoint(self) -> Address | None:
-        """The peer's server-reflexive endpoint, IPv4 when any (hard stages: the IPv4 NAT)."""
-        srflx = sorted(a for a in self.remote_srflx if ":" not in a[0]) or sorted(self.remote_srflx)
-        return srflx[0] if srflx else None
-
     # -- the timer -----------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
-        times = (self._round_start, self._retry_at, self._hard_start_at)
+        times = (self._round_start, self._retry_at, self._hard_start_at, self.punch.due)
         return min((t for t in times if t is not None), default=None)
 
     def poll(self, now: float, *, n_pairs: int, owd: float) -> list[act.Action]:
         """Whatever is due: a round's start, the dialer's retry, the hard stages' start."""
         out: list[act.Action] = []
         if self._round_start is not None and now >= self._round_start:
-            out += self._start_round(now, n_pairs)
+            out += self._start_round(now, n_pairs, owd)
         if self._retry_at is not None and now >= self._retry_at and self.controlling:
             self._retry_at = None
             if not self.on_direct and self.have_remote:
                 out += self._propose(now, owd)
+        if self.punch.fire(now):
+            out += self._start_hard(now, punch_failed=True)
         if self._hard_start_at is not None and now >= self._hard_start_at:
             self._hard_start_at = None
-            failed = self.waterfall[Stage.HOLE_PUNCH].status is Status.FAILED
-            out += self._start_hard(now, punch_failed=failed)
+            out += self._start_hard(now, punch_failed=self._punch_out())
         return out
+
+    def _punch_out(self) -> bool:
+        """The punch failed, or had its chance: a stage planned "after" it may start."""
+        return self.punch.over or self.waterfall[Stage.HOLE_PUNCH].status is Status.FAILED
 
     # -- candidates and rounds -----------------------------------------------------------------
     def remote_candidates(
@@ -197,7 +196,7 @@ class Race:
         self._pending_round = msg.generation
         self._round_start = now + ahead
 
-    def _start_round(self, now: float, n_pairs: int) -> list[act.Action]:
+    def _start_round(self, now: float, n_pairs: int, owd: float) -> list[act.Action]:
         self._round_start = None
         action = act.StartRound(self._pending_round, reset=not self.on_direct)
         self.round = max(self.round, self._pending_round - 1) + 1
@@ -211,8 +210,10 @@ class Race:
         if p[Stage.HOLE_PUNCH].code is not Why.UDP_BLOCKED:  # UDP blocked: the plan skips it
             wf.start(Stage.HOLE_PUNCH, now)
         wf.apply(p.values())
+        self._punch_sent_at = now + n_pairs * PACING_GUARD + HARD_START_DELAY
+        self.punch.round_started(now, n_pairs, owd, (p[s] for s in HARD))
         if any(p[s].runs and not p[s].after for s in HARD):
-            self._hard_start_at = now + n_pairs * PACING_GUARD + HARD_START_DELAY
+            self._hard_start_at = self._punch_sent_at
         self.stats["rounds"] += 1
         return [] if p[Stage.HOLE_PUNCH].code is Why.UDP_BLOCKED else [action]  # no checks
 
@@ -223,13 +224,7 @@ class Race:
             why = Reason(Why.NO_MAPPED_ANSWER, "no port-mapped candidate answered")
             wf.fail(Stage.PORT_MAPPING, now, why)
         p = self.plan()  # without the failed port mapping now
-        needed = [s for s in HARD if p[s].needed]
-        if needed:
-            reason += f"; needed: {' / '.join(needed)}"
-        elif p[Stage.RELAY].code is Why.STAYS_ON_RELAY:
-            reason += "; " + p[Stage.BIRTHDAY].reason
-        elif self.local_summary().mapping == "unknown" or self.remote_view().mapping == "unknown":
-            reason += "; NAT mapping unknown on a side (give STUN servers to learn it)"
+        reason += views.failure_note(p, self.local_summary(), self.remote_view())
         wf.fail(Stage.HOLE_PUNCH, now, Reason(Why.ROUND_UNANSWERED, reason))
         for stage in HARD:
             if wf[stage].status is Status.SKIPPED and wf[stage].why.code is Why.DIRECT_FOUND:
@@ -243,18 +238,20 @@ class Race:
 
     # -- NAT summaries -------------------------------------------------------------------------
     def nat_report(self, summary: NatSummary, now: float) -> None:
-        """The peer's NAT summary. After the round started (the peer's filtering test runs
-        behind the call) it re-plans, and schedules the hard stages the plan now runs."""
+        """The peer's NAT summary (its first may lack the filtering: that test runs behind the
+        call). After the round started it re-plans, and starts the hard stages the plan now
+        runs as soon as the round's first checks are out (no fixed delay: at once, later)."""
         self.remote_summary = summary
         if self.waterfall[Stage.HOLE_PUNCH].status is Status.PENDING or self.on_direct:
             return
         p = self.plan()
         self.waterfall.apply(p.values())
-        failed = self.waterfall[Stage.HOLE_PUNCH].status is Status.FAILED
+        failed = self._punch_out()
         if self._hard_start_at is None and any(
             p[s].runs and (failed or not p[s].after) and not self.attempts.active(s) for s in HARD
         ):
-            self._hard_start_at = now + HARD_START_DELAY
+            self._hard_start_at = max(now, self._punch_sent_at)
+        self.punch.arm(p[s] for s in HARD if not self.attempts.active(s))
 
     # -- hard stages: starting -----------------------------------------------------------------
     def _start_hard(self, now: float, *, punch_failed: bool) -> list[act.Action]:
@@ -285,14 +282,14 @@ class Race:
             return []
         delta = self.local_summary().delta
         if stage is Stage.BIRTHDAY and sp.role == "hard":
-            easy = self.remote_public_endpoint()
+            easy = views.public_endpoint(self.remote_srflx)
             if easy is None:
                 return []
             a = self._new_attempt(stage, "hard", now)
             a.target = easy
             return [act.StartBirthdayHard(a.id, sp, easy)]
         if stage is Stage.PORT_PREDICTION and sp.role == "predicted":
-            peer = self.remote_public_endpoint()
+            peer = views.public_endpoint(self.remote_srflx)
             servers = tuple(s for s in self.local.sample_servers if s != peer)
             if peer is None or len(servers) < 2 or not delta:
                 return []
@@ -480,7 +477,7 @@ class Race:
         if self.waterfall.direct_at is None:
             self.waterfall.direct_at = now
             self.waterfall.strategy = strategy
-        self._hard_start_at = None
+        self._hard_start_at = self.punch.due = None
         self.upgrades += 1
         self.on_direct = True
         return [act.SwitchPath(pair, strategy, why)]
@@ -496,4 +493,4 @@ class Race:
     def close(self) -> None:
         """The call is over: no attempt is running any more."""
         self.attempts.stop_all()
-        self._round_start = self._retry_at = self._hard_start_at = None
+        self._round_start = self._retry_at = self._hard_start_at = self.punch.due = None
