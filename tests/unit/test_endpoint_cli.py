@@ -123,7 +123,12 @@ def test_listen_echo_and_connect_json(tmp_path: Path, relay: str) -> None:
         assert 0 < result["connected_ms"] <= result["first_echo_ms"]
         assert result["max_gap_ms"] is not None and "traversal" in result
         accepted = json.loads(listener.stdout.readline())
-        assert accepted == {"event": "accepted", "peer_id": str(cid.peer_id), "path": "relay"}
+        # The acceptor checks from the dialer's early offer on: on loopback its checks may
+        # succeed before the dialer's proof, and the held switch runs when the proof verifies,
+        # so the call may already be direct when accept() returns.
+        path = accepted["path"]
+        assert path in ("relay", "direct")
+        assert accepted == {"event": "accepted", "peer_id": str(cid.peer_id), "path": path}
         closed = json.loads(listener.stdout.readline())
         assert closed["event"] == "closed" and closed["reason"] == "echo session done"
         assert closed["stats"]["datagrams_received"] == 50
