@@ -140,13 +140,17 @@ class RelaySet:
         """
         self.specs = list(dict.fromkeys(addrs))
         pipelined = self._config.pipeline_registration
+        links = self.links
+        ask = [a for a in self.specs if links is None or not links.handles(a)] if pipelined else []
         registering = asyncio.gather(
             *(self._register(a, pipelined=pipelined) for a in self.specs),
             return_exceptions=True,
         )
-        if pipelined and gather is not None:
-            links = self.links
-            ask = [a for a in self.specs if links is None or not links.handles(a)]
+        # alongside only when every relay is asked (a TLS/WebSocket race's winner is not known
+        # before it registers: then gather after, as without pipelining)
+        alongside = gather is not None and pipelined and len(ask) == len(self.specs)
+        if alongside:
+            assert gather is not None
             results, _ = await asyncio.gather(registering, gather(ask))
         else:
             results = await registering
@@ -159,8 +163,8 @@ class RelaySet:
                 self._tasks[addr] = self._loop.create_task(self._supervise(addr, None))
         if self.specs and not self.clients and not self.pending:
             raise NoRelay("no relay registered us: " + "; ".join(errors))
-        if gather is not None and not pipelined:
-            await gather(())
+        if gather is not None and not alongside:
+            await gather([a for a in ask if a in self.pending])
 
     async def _connect(self, addr: Address, *, visitor: bool = False) -> RelayClient:
         if self.links is not None and self.links.handles(addr) and not visitor:
