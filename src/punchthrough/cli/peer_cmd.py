@@ -324,7 +324,10 @@ def connect(
         loop = asyncio.get_running_loop()
         started = loop.time()
         config = EndpointConfig(
-            connect_timeout=connect_timeout, relay_timeout=relay_timeout, relay_proxy=proxy
+            connect_timeout=connect_timeout,
+            relay_timeout=relay_timeout,
+            relay_proxy=proxy,
+            pipeline_registration=True,  # we dial first: no idle round trip (issue 17)
         )
         try:
             ep = await Endpoint.bind(

@@ -71,6 +71,12 @@ class EndpointConfig:
     auth_timeout: float = 10.0
     #: Registration timeout per relay (when binding, and when re-registering after a loss).
     relay_timeout: float = DEFAULT_RELAY_TIMEOUT
+    #: ``Endpoint.bind`` returns once each UDP relay's ``RelayRegister`` is sent, not answered,
+    #: and gathers meanwhile; ``connect()`` dials right behind it (issue 17: one relay round
+    #: trip sooner). For processes that dial first (``punchthrough connect``): a refusal then
+    #: surfaces from ``connect()``. Off for listeners, which must be registered before they
+    #: give out their address.
+    pipeline_registration: bool = False
     #: Datagrams queued for sending inside QUIC (congestion-limited); beyond it the oldest
     #: queued one is dropped: for media a fresh frame beats a stale one.
     datagram_send_queue: int = 64

@@ -5,6 +5,10 @@ destination" (a NOTICE: the peer is not registered there), the dial moves to the
 tried yet, and fails with :class:`PeerUnreachable` naming every relay tried once none is left.
 Kept apart from accepting (:mod:`.admission`): the two share nothing but the connection
 factory.
+
+With ``config.pipeline_registration`` the first relay may still be registering (its
+``RelayRegister`` sent, the answer not in): the dial goes through it at once (issue 17), and
+fails with :class:`NoRelay` the moment the relay refuses or fails to register us.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from punchthrough.endpoint.relaymap import parse_peer_address
 from punchthrough.endpoint.relays import RelaySet
 from punchthrough.identity import PeerId
 from punchthrough.netio import Address
-from punchthrough.relay import NOTICE_RATE_LIMITED, NOTICE_UNKNOWN_DESTINATION
+from punchthrough.relay import NOTICE_RATE_LIMITED, NOTICE_UNKNOWN_DESTINATION, RelayClient
 from punchthrough.transport.path import Path
 
 #: A relay fleet's choice of relay for a call: ``(peer, relay id hint) -> relay address``.
@@ -75,18 +79,22 @@ class Dialer:
             except TimeoutError:
                 raise ConnectTimeout(f"no relay for {peer.short} within {timeout:g} s") from None
         else:
-            registered = self._relays.registered()
-            relay = registered[0] if registered else None
+            dialable = self._relays.dialable()
+            relay = dialable[0] if dialable else None
         if relay is None:
             raise NoRelay("not registered with any relay" if self._relays.specs else "no relays")
         conn = self._new_connection(peer)
         conn.paths.add(Path.relay(relay), self._relays.sender(relay, peer))
         self._tried[conn] = {relay}
         self._dialing.setdefault(peer, set()).add(conn)
+        registering = self._relays.pending.get(relay)
         try:
             conn._start_client()
             async with asyncio.timeout(timeout):
-                await conn._wait_ready()
+                if registering is None:
+                    await conn._wait_ready()
+                else:
+                    await _ready_unless_refused(conn, relay, registering)
         except TimeoutError:
             conn.abort()
             raise ConnectTimeout(
@@ -146,3 +154,21 @@ class Dialer:
                         + ", ".join(f"{a[0]}:{a[1]}" for a in sorted(tried))
                     )
                 )
+
+
+async def _ready_unless_refused(conn: Connection, relay: Address, client: RelayClient) -> None:
+    """``conn`` ready, dialled through ``relay`` while ``client`` registers there: raise
+    :class:`NoRelay` as soon as that registration fails (nothing would ever be forwarded)."""
+    ready = asyncio.ensure_future(conn._wait_ready())
+    registered = asyncio.ensure_future(client.wait_registered())
+    try:
+        await asyncio.wait((ready, registered), return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            exc = registered.exception()
+            if exc is not None:
+                raise NoRelay(f"no relay registered us: {relay[0]}:{relay[1]}: {exc}")
+        await ready
+    finally:
+        for task in (ready, registered):
+            task.cancel()
+        await asyncio.gather(ready, registered, return_exceptions=True)

@@ -244,10 +244,10 @@ class Endpoint(RelayTransports):
                     await ep._mapping.start(net, gateway, port_, ep._host_ips(), upnp=upnp)
                 if relay_map is not None:
                     await ep._start_fleet(relay_map, homing, home_relay).start()
-                else:
-                    on_udp = ep._watch.relay_event
-                    await ep._relays.start(await ep._relays.use(entries, bound, ep.stun, on_udp))
-                await ep.gather()
+                    await ep.gather()
+                else:  # registers, then gathers (alongside: config.pipeline_registration)
+                    keys = await ep._relays.use(entries, bound, ep.stun, ep._watch.relay_event)
+                    await ep._relays.start(keys, ep._gatherer.gather)
                 ep._watch.start()
             except BaseException:
                 await ep.close()

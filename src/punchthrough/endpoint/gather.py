@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Final, cast, get_args
 
@@ -112,8 +112,10 @@ class Gatherer:
         self.filter_task: asyncio.Task[None] | None = None
         self._round = 0
 
-    async def gather(self) -> LocalCandidates:
-        """See :meth:`Endpoint.gather`."""
+    async def gather(self, ask: Sequence[Address] = ()) -> LocalCandidates:
+        """See :meth:`Endpoint.gather`. ``ask``: relays whose registration is still under way
+        (issue 17), asked by STUN instead (a relay answers STUN on its relay port, from the
+        mapping its registration will see), so that gathering runs alongside registering."""
         srflx: list[tuple[Address, str]] = []
         seen: dict[str, Address] = {}
         samples: list[Sample] = []  # in the order the mappings were made
@@ -125,7 +127,8 @@ class Gatherer:
             seen[addr[0]] = client.mapped_address
             samples.append(Sample(addr, client.mapped_address))
         results: list[tuple[Address, BindingResult]] = []
-        if self.stun_servers:
+        asked = [a for a in ask if a not in self._relays]
+        if self.stun_servers or asked:
 
             async def one(server: Address) -> tuple[Address, BindingResult] | None:
                 try:
@@ -134,9 +137,11 @@ class Gatherer:
                     return None
                 return server, res
 
-            for r in await asyncio.gather(*(one(s) for s in self.stun_servers)):
+            servers = [*asked, *self.stun_servers]  # the relays' samples first, as above
+            for i, r in enumerate(await asyncio.gather(*(one(s) for s in servers))):
                 if r is not None:
-                    results.append(r)
+                    if i >= len(asked):  # (the filtering test uses the STUN servers only)
+                        results.append(r)
                     srflx.append((r[1].mapped, r[0][0]))
                     seen.setdefault(r[0][0], r[1].mapped)
                     samples.append(Sample(r[0], r[1].mapped))

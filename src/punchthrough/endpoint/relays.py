@@ -14,7 +14,7 @@ import asyncio
 import ipaddress
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 from punchthrough.endpoint.config import EndpointConfig
@@ -43,6 +43,8 @@ DataHandler = Callable[[Address, PeerId, bytes], None]
 NetworkHook = Callable[[str], None]
 #: ``(relay, NOTICE code, peer id)``.
 NoticeHandler = Callable[[Address, int, PeerId], None]
+#: Candidate gathering (``Gatherer.gather``): ``gather(relays to ask by STUN)``.
+Gather = Callable[[Sequence[Address]], Awaitable[object]]
 
 
 def parse_relay(spec: RelaySpec) -> Address:
@@ -96,6 +98,9 @@ class RelaySet:
         self.specs: list[Address] = []
         #: Relays we are registered with right now.
         self.clients: dict[Address, RelayClient] = {}
+        #: Registrations under way (``config.pipeline_registration``): RelayRegister sent, the
+        #: answer not in yet; a dial may already go through them (issue 17).
+        self.pending: dict[Address, RelayClient] = {}
         self._tasks: dict[Address, asyncio.Task[None]] = {}
         #: Relay identities to verify, by address (a relay map's keys).
         self.pins: dict[Address, PeerId] = {}
@@ -110,26 +115,45 @@ class RelaySet:
         """Relays we are registered with, in the caller's order."""
         return [a for a in self.specs if a in self.clients]
 
+    def dialable(self) -> list[Address]:
+        """Relays a dial may go through now: registered, or registering (pipelined)."""
+        return [a for a in self.specs if a in self.clients or a in self.pending]
+
     def sender(self, relay: Address, peer: PeerId) -> Callable[[bytes], None]:
         """A path's send function: ``peer`` through ``relay`` (OSError when not registered)."""
 
         def send(data: bytes) -> None:
-            client = self.clients.get(relay)
+            client = self.clients.get(relay) or self.pending.get(relay)
             if client is None or client.closed:
                 raise OSError(f"not registered with relay {relay[0]}:{relay[1]}")
             client.send(peer, data)
 
         return send
 
-    async def start(self, addrs: list[Address]) -> None:
-        """Register with every relay at once; :class:`NoRelay` if none took us. The ones that
-        failed are retried in the background."""
+    async def start(self, addrs: list[Address], gather: Gather | None = None) -> None:
+        """Register with every relay at once, then ``gather()`` our candidates;
+        :class:`NoRelay` if none took us. The ones that failed are retried in the background.
+
+        With ``config.pipeline_registration`` (issue 17) a UDP registration counts once its
+        ``RelayRegister`` is sent (the answer comes in the background, :attr:`pending`), and
+        gathering runs alongside, asking those relays by STUN: one relay round trip in all.
+        """
         self.specs = list(dict.fromkeys(addrs))
-        if not self.specs:
-            return
-        results = await asyncio.gather(
-            *(self._register(a) for a in self.specs), return_exceptions=True
+        pipelined = self._config.pipeline_registration
+        links = self.links
+        ask = [a for a in self.specs if links is None or not links.handles(a)] if pipelined else []
+        registering = asyncio.gather(
+            *(self._register(a, pipelined=pipelined) for a in self.specs),
+            return_exceptions=True,
         )
+        # alongside only when every relay is asked (a TLS/WebSocket race's winner is not known
+        # before it registers: then gather after, as without pipelining)
+        alongside = gather is not None and pipelined and len(ask) == len(self.specs)
+        if alongside:
+            assert gather is not None
+            results, _ = await asyncio.gather(registering, gather(ask))
+        else:
+            results = await registering
         errors: list[str] = []
         for addr, result in zip(self.specs, results, strict=True):
             if isinstance(result, BaseException):
@@ -137,15 +161,19 @@ class RelaySet:
                     raise result
                 errors.append(f"{addr[0]}:{addr[1]}: {result}")
                 self._tasks[addr] = self._loop.create_task(self._supervise(addr, None))
-        if not self.clients:
+        if self.specs and not self.clients and not self.pending:
             raise NoRelay("no relay registered us: " + "; ".join(errors))
+        if gather is not None and not alongside:
+            await gather([a for a in ask if a in self.pending])
 
     async def _connect(self, addr: Address, *, visitor: bool = False) -> RelayClient:
         if self.links is not None and self.links.handles(addr) and not visitor:
             return await self.links.connect(addr)
         return await self.connect_udp(addr, visitor=visitor)
 
-    async def connect_udp(self, addr: Address, *, visitor: bool = False) -> RelayClient:
+    async def connect_udp(
+        self, addr: Address, *, visitor: bool = False, pipelined: bool = False
+    ) -> RelayClient:
         """A registration with ``addr`` over UDP, from the endpoint's main socket."""
         return await RelayClient.connect(
             self._mux,
@@ -155,6 +183,7 @@ class RelaySet:
             nat_keepalive=self._config.nat_keepalive,
             relay_peer_id=self.pins.get(addr),
             visitor=visitor,
+            pipelined=pipelined,
         )
 
     async def join(self, addr: Address, *, visitor: bool = False) -> RelayClient:
@@ -177,13 +206,39 @@ class RelaySet:
         if client is not None:
             await client.close()
 
-    async def _register(self, addr: Address) -> None:
-        client = await self._connect(addr)
+    async def _register(self, addr: Address, *, pipelined: bool = False) -> None:
+        if pipelined and not (self.links is not None and self.links.handles(addr)):
+            client = await self.connect_udp(addr, pipelined=True)
+        else:
+            client = await self._connect(addr)
+            pipelined = False
         if self._is_closed():
             await client.close()
             raise EndpointClosed("endpoint closed")
+        if pipelined:
+            self.pending[addr] = client
+            self._wire(addr, client)  # the first call's answer may come before RelayRegistered
+            self._tasks[addr] = self._loop.create_task(self._answered(addr, client))
+            return
         self._attach(addr, client)
         self._tasks[addr] = self._loop.create_task(self._supervise(addr, client))
+
+    async def _answered(self, addr: Address, client: RelayClient) -> None:
+        """A pipelined registration: attach it once the relay answers, then keep it alive (or,
+        refused or timed out, register again with back-off, as a failed bind would)."""
+        try:
+            await client.wait_registered()
+        except (RelayError, OSError) as exc:
+            log.warning("relay %s:%d did not register us: %s", *addr, exc)
+            self._stats["relay_register_failed"] += 1
+            self.pending.pop(addr, None)
+            await self._supervise(addr, None)
+            return
+        self.pending.pop(addr, None)
+        if self._is_closed():
+            return
+        self._attach(addr, client)
+        await self._supervise(addr, client)
 
     async def use(
         self, entries: list[RelayEntry], host: str, stun: StunClient, on_network: NetworkHook
@@ -227,15 +282,19 @@ class RelaySet:
         if udp and previous is not None and previous != client.observed_address:
             # Re-registered and seen from elsewhere: our NAT or network changed under us.
             self._on_network(f"re-registered with relay {addr[0]}:{addr[1]} from a new address")
-        client.set_receiver(lambda src, payload: self._on_data(addr, src, payload))
-        client.set_notice_handler(lambda code, peer: self._on_notice(addr, code, peer))
-        client.set_network_handler(self._on_network)
+        self._wire(addr, client)
         log.info(
             "registered with relay %s:%d as %s (seen as %s:%d)",
             *addr,
             self._identity.peer_id.short,
             *client.observed_address,
         )
+
+    def _wire(self, addr: Address, client: RelayClient) -> None:
+        """What ``client`` receives goes to the endpoint."""
+        client.set_receiver(lambda src, payload: self._on_data(addr, src, payload))
+        client.set_notice_handler(lambda code, peer: self._on_notice(addr, code, peer))
+        client.set_network_handler(self._on_network)
 
     async def _supervise(self, addr: Address, client: RelayClient | None) -> None:
         """Keep a registration alive: when the relay connection is lost, register again."""
@@ -288,4 +347,5 @@ class RelaySet:
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-        await asyncio.gather(*(c.close() for c in self.clients.values()), return_exceptions=True)
+        clients = [*self.clients.values(), *self.pending.values()]
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)

@@ -97,10 +97,16 @@ class RelayClient:
         self._notice_handler: NoticeHandler | None = None
         self._peers: dict[bytes, PeerId] = {}
         self._observed: Address | None = None
-        #: What our SEND frames carry and the relay's DATA and NOTICE frames to us must carry
-        #: (the relay's ``RelayRegistered.frame_token``; nothing matches it before then).
+        #: What our SEND frames carry and the relay's DATA and NOTICE frames to us must carry:
+        #: derived from the control connection's channel binding at the handshake, then the
+        #: relay's ``RelayRegistered.frame_token`` (the same; an older relay chose one at random).
         self._frame_token = b""
         self._control: tuple[asyncio.StreamReader, QuicStreamWriter] | None = None
+        self._stream: tuple[asyncio.StreamReader, QuicStreamWriter] | None = None  # registering
+        #: The relay's answer to our registration: set when registered, failed when refused,
+        #: timed out or closed first (``connect(pipelined=True)`` returns before it).
+        self._registered: asyncio.Future[None] = self._loop.create_future()
+        self._answer_task: asyncio.Task[None] | None = None
         self._control_lock = asyncio.Lock()
         #: Why the relay connection ended (None while it is up or if we closed it): for people.
         self.close_reason: str | None = None
@@ -151,6 +157,7 @@ class RelayClient:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         nat_keepalive: float | None = None,
         visitor: bool = False,
+        pipelined: bool = False,
     ) -> RelayClient:
         """Open the control connection through ``mux``, register, return when registered.
 
@@ -161,25 +168,52 @@ class RelayClient:
         keepalives of our NAT's binding (``None``: none, only the QUIC PINGs every
         ``keepalive_ms``). ``visitor``: a relay fleet's visit (not published as our home;
         :meth:`make_home` changes that).
+
+        ``pipelined`` (issue 17): return once ``RelayRegister`` is sent, a round trip sooner;
+        :meth:`send` works at once (the token comes from the handshake; the relay holds frames
+        that overtake the registration, ``relay.early``). The answer comes in the background,
+        within ``timeout`` (:meth:`wait_registered`); a refusal or timeout closes the client.
         """
         if nat_keepalive is not None and nat_keepalive <= 0:
             raise ValueError("nat_keepalive must be positive")
         self = cls(mux, relay_addr, identity, idle_timeout, nat_keepalive)
         self.visitor = visitor
+        deadline = self._loop.time() + timeout
+        late = RelayTimeout(
+            f"relay {relay_addr[0]}:{relay_addr[1]} did not register us within {timeout} s"
+        )
         try:
-            async with asyncio.timeout(timeout):
-                await self._register(relay_peer_id)
+            async with asyncio.timeout_at(deadline):
+                await self._start_registration(relay_peer_id)
+                if not pipelined:
+                    await self._finish_registration()
         except TimeoutError:
             self._teardown("registration timed out")
-            raise RelayTimeout(
-                f"relay {relay_addr[0]}:{relay_addr[1]} did not register us within {timeout} s"
-            ) from None
+            raise late from None
         except BaseException:
             self._teardown("registration failed")
             raise
+        if pipelined:
+            self._answer_task = self._loop.create_task(self._await_answer(deadline, late))
         return self
 
-    async def _register(self, relay_peer_id: PeerId | None) -> None:
+    async def _await_answer(self, deadline: float, late: RelayTimeout) -> None:
+        """The background half of a pipelined registration (see :meth:`connect`)."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._finish_registration()
+        except (TimeoutError, RelayError, OSError) as exc:
+            why = late if isinstance(exc, TimeoutError) else exc
+            if not self._registered.done():
+                self._registered.set_exception(why)
+            self._teardown(f"registration failed: {why}")
+
+    async def wait_registered(self) -> None:
+        """Return once registered; raise why not (as :meth:`connect`; closed: RelayClosed)."""
+        await asyncio.shield(self._registered)
+
+    async def _start_registration(self, relay_peer_id: PeerId | None) -> None:
+        """Handshake, then ``RelayRegister`` sent; from here on we may send frames."""
         cfg = QuicConfiguration(
             is_client=True, alpn_protocols=[RELAY_ALPN], idle_timeout=self._idle_timeout
         )
@@ -191,10 +225,16 @@ class RelayClient:
         await asyncio.shield(self._handshake)
         conn = self._driver.connection
         self.relay_peer_id = control_client.relay_peer_id(conn, relay_peer_id)
-        reader, writer = self._driver.open_stream()
-        answer = await control_client.register(
-            reader, writer, conn, self._identity, self._loop.time, visitor=self.visitor
+        _, writer = self._stream = self._driver.open_stream()
+        self._frame_token = await control_client.send_register(
+            writer, conn, self._identity, self._loop.time, visitor=self.visitor
         )
+
+    async def _finish_registration(self) -> None:
+        """The relay's answer to ``RelayRegister``: registered (or why not)."""
+        assert self._stream is not None
+        reader, writer = self._stream
+        answer = await control_client.receive(reader)
         if answer is None:
             raise RelayClosed(f"relay closed the control stream ({self.close_reason or 'eof'})")
         reply = control_client.registered(answer, self._identity)
@@ -206,6 +246,8 @@ class RelayClient:
         self._arm_keepalive()
         if self._nat is not None:
             self._nat.start()
+        if not self._registered.done():
+            self._registered.set_result(None)
 
     async def make_home(self, *, timeout: float = 5.0) -> None:
         """A visit becomes our home: register again on this connection, not as a visitor."""
@@ -448,6 +490,11 @@ class RelayClient:
             driver.close(0, reason or "client closing")
             driver.abort()
         self._closed_fut.set_result(None)
+        if self._answer_task is not None and self._answer_task is not asyncio.current_task():
+            self._answer_task.cancel()  # (a no-op once it is done)
+        if not self._registered.done():
+            self._registered.set_exception(RelayClosed(reason or "closed"))
+            self._registered.exception()  # retrieved: no "never retrieved" warning
         if not self._handshake.done():
             self._handshake.set_exception(RelayClosed(reason or "closed"))
             self._handshake.exception()  # retrieved: no "never retrieved" warning

@@ -30,14 +30,12 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 from collections import Counter
-from collections.abc import Callable
 from typing import Final
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionTerminated, QuicEvent
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
 
 from punchthrough.identity import (
     RELAY_REGISTER_CONTEXT,
@@ -50,9 +48,11 @@ from punchthrough.identity import (
 )
 from punchthrough.netio import Address, DatagramSocket
 from punchthrough.relay.close import RelayCloseCode
+from punchthrough.relay.control_driver import ControlDriver
 from punchthrough.relay.directory import DIRECTORY_TIMEOUT, DirectoryUnavailable
+from punchthrough.relay.early import EarlyFrames
 from punchthrough.relay.fleet import FleetLink
-from punchthrough.relay.frames import FRAME_TOKEN_BYTES, RELAY_ALPN
+from punchthrough.relay.frames import RELAY_ALPN, derive_frame_token
 from punchthrough.relay.limits import ClientLimiter, RelayLimits, TokenBucket, address_prefix
 from punchthrough.relay.registry import LocalRegistry, Registration
 from punchthrough.relay.retry import RetryGate, parse_initial
@@ -77,12 +77,7 @@ from punchthrough.signal import (
 from punchthrough.signal import RelayError as RelayErrorMsg
 from punchthrough.transport.demux import DatagramMux
 from punchthrough.transport.initial import initial_decrypts
-from punchthrough.transport.quic import (
-    QuicDriver,
-    QuicStreamWriter,
-    is_initial,
-    validated_peer_address,
-)
+from punchthrough.transport.quic import QuicStreamWriter, is_initial
 
 log = logging.getLogger(__name__)
 
@@ -101,21 +96,6 @@ REPLY_TIMEOUT: Final = 5.0
 CONTROL_RECEIVE_BUFFER = 64 * 1024
 
 
-class _ControlDriver(QuicDriver):
-    """A QuicDriver that reports when the client's validated address changes (migration)."""
-
-    on_address_change: Callable[[Address], None] | None = None
-
-    def datagram_received(self, data: bytes, addr: Address | None = None) -> None:
-        super().datagram_received(data, addr)
-        if self.on_address_change is None or self.closed:
-            return
-        addr0 = validated_peer_address(self.connection)
-        if addr0 is not None and addr0 != self.peer_address:
-            self.peer_address = addr0
-            self.on_address_change(addr0)
-
-
 class ControlConnection:
     """One control connection and its (at most one) registration."""
 
@@ -128,17 +108,19 @@ class ControlConnection:
         "stream_seen",
         "task",
         "timer",
+        "token",
     )
 
     def __init__(self, address: Address, local: Address) -> None:
         self.address = address
         self.ip = address_prefix(address[0])  # counted against max_connections_per_ip
         self.local = local
-        self.driver: _ControlDriver | None = None
+        self.driver: ControlDriver | None = None
         self.registration: Registration | None = None
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.stream_seen = False
+        self.token = b""  # the frame token, derived when the handshake completes
 
 
 class ControlPlane:
@@ -174,6 +156,8 @@ class ControlPlane:
         )
         #: The fleet directory (None: this relay answers lookups for its own clients only).
         self.fleet: FleetLink | None = None
+        #: SEND frames that arrived right behind their sender's RelayRegister (``.early``).
+        self.early = EarlyFrames(stats)
 
     def _quic_config(self) -> QuicConfiguration:
         cfg = QuicConfiguration(
@@ -240,7 +224,7 @@ class ControlPlane:
         }
         try:
             if retry_scid is None:
-                driver = _ControlDriver.server(self._quic_config(), data, transmit, addr, **kw)
+                driver = ControlDriver.server(self._quic_config(), data, transmit, addr, **kw)
             else:
                 # as aioquic's asyncio server does after a Retry (RFC 9000 section 7.3)
                 conn = QuicConnection(
@@ -248,7 +232,7 @@ class ControlPlane:
                     original_destination_connection_id=odcid,
                     retry_source_connection_id=retry_scid,
                 )
-                driver = _ControlDriver(conn, transmit, addr, extra_cids=(retry_scid,), **kw)  # type: ignore[arg-type]
+                driver = ControlDriver(conn, transmit, addr, extra_cids=(retry_scid,), **kw)  # type: ignore[arg-type]
                 driver.datagram_received(data)
         except Exception:
             log.exception("cannot accept a control connection from %s:%d", *addr)
@@ -256,7 +240,7 @@ class ControlPlane:
             self._new_conn_bucket.refund()
             self._refuse("initials_failed")
             return
-        assert isinstance(driver, _ControlDriver)
+        assert isinstance(driver, ControlDriver)
         if driver.closed or not sent:
             # refused during the first Initial (e.g. wrong ALPN), or it decrypted but carried
             # nothing to answer: hold no state for it, and give its token back
@@ -294,6 +278,9 @@ class ControlPlane:
     def _on_control_event(self, ctl: ControlConnection, event: QuicEvent) -> None:
         if isinstance(event, ConnectionTerminated):
             self.forget(ctl)
+        elif isinstance(event, HandshakeCompleted) and ctl.driver is not None:
+            ctl.token = derive_frame_token(channel_binding(ctl.driver.connection))
+            self.early.expect(ctl.address, ctl.token, ctl)
 
     def _register_deadline(self, ctl: ControlConnection) -> None:
         ctl.timer = None
@@ -301,6 +288,7 @@ class ControlPlane:
             ctl.driver.close(CLOSE_REGISTER_TIMEOUT, "no registration")
 
     def _on_address_change(self, ctl: ControlConnection, addr: Address) -> None:
+        self.early.forget(ctl.address, ctl)  # (before registering: its early frames are lost)
         ctl.address = addr
         reg = ctl.registration
         if reg is None:
@@ -312,6 +300,7 @@ class ControlPlane:
     def forget(self, ctl: ControlConnection) -> None:
         """The control connection is gone: its registration ends; release everything."""
         self._discard_control(ctl)
+        self.early.forget(ctl.address, ctl)
         if ctl.timer is not None:
             ctl.timer.cancel()
             ctl.timer = None
@@ -445,13 +434,14 @@ class ControlPlane:
                 local=ctl.local,
                 registered_at=self._loop.time(),
                 limiter=ClientLimiter(self.limits, self._loop.time()),
-                frame_token=os.urandom(FRAME_TOKEN_BYTES),
+                frame_token=ctl.token or derive_frame_token(binding),
                 owner=ctl,
                 visitor=msg.visitor,
             )
             for old in self.registry.add(reg):
                 self._displaced(old)
             ctl.registration = reg
+            self.early.release(ctl.address, ctl)  # what it sent right behind RelayRegister
             self._half_open.pop(ctl, None)
             if ctl.timer is not None:
                 ctl.timer.cancel()

@@ -31,6 +31,7 @@ from punchthrough.relay.errors import (
     RelayLookupRefused,
     RelayRegistrationError,
 )
+from punchthrough.relay.frames import derive_frame_token
 from punchthrough.signal import (
     Message,
     RelayLookupResult,
@@ -55,17 +56,59 @@ def relay_peer_id(conn: QuicConnection, expected: PeerId | None) -> PeerId | Non
         raise RelayError(f"relay identity: {exc}") from None
 
 
-async def request(
-    reader: asyncio.StreamReader, writer: QuicStreamWriter, msg: Message
-) -> Message | None:
-    """Send ``msg`` on the control stream; the reply (``None``: the relay ended the stream)."""
+async def send(writer: QuicStreamWriter, msg: Message) -> None:
+    """Send ``msg`` on the control stream (the first half of :func:`request`)."""
     try:
         await write_message(writer, msg, timeout=None)
+    except ConnectionError as exc:
+        raise RelayClosed(f"relay control connection closed: {exc}") from None
+    except SignalError as exc:
+        raise RelayError(f"cannot send to relay: {exc}") from None
+
+
+async def receive(reader: asyncio.StreamReader) -> Message | None:
+    """The relay's next reply (``None``: it ended the stream)."""
+    try:
         return await read_message(reader)
     except ConnectionError as exc:
         raise RelayClosed(f"relay control connection closed: {exc}") from None
     except SignalError as exc:
         raise RelayError(f"bad reply from relay: {exc}") from None
+
+
+async def request(
+    reader: asyncio.StreamReader, writer: QuicStreamWriter, msg: Message
+) -> Message | None:
+    """Send ``msg`` on the control stream; the reply (``None``: the relay ended the stream)."""
+    await send(writer, msg)
+    return await receive(reader)
+
+
+def register_message(
+    conn: QuicConnection, identity: Identity, clock: Callable[[], float], *, visitor: bool = False
+) -> RelayRegister:
+    """``RelayRegister`` for ``identity``, signing ``conn``'s channel binding."""
+    signature = sign_exporter(identity, channel_binding(conn), context=RELAY_REGISTER_CONTEXT)
+    return RelayRegister(
+        peer_id=identity.peer_id,
+        timestamp_ms=max(0, int(clock() * 1000)),
+        signature=signature,
+        visitor=visitor,
+    )
+
+
+async def send_register(
+    writer: QuicStreamWriter,
+    conn: QuicConnection,
+    identity: Identity,
+    clock: Callable[[], float],
+    *,
+    visitor: bool = False,
+) -> bytes:
+    """Send ``RelayRegister`` without waiting for the answer (issue 17); returns the frame
+    token, which both ends derive from ``conn`` (``frames.derive_frame_token``)."""
+    await send(writer, register_message(conn, identity, clock, visitor=visitor))
+    return derive_frame_token(channel_binding(conn))
 
 
 async def register(
@@ -78,13 +121,7 @@ async def register(
     visitor: bool = False,
 ) -> Message | None:
     """Send ``RelayRegister`` for ``identity`` over ``conn``; the reply, as :func:`request`."""
-    signature = sign_exporter(identity, channel_binding(conn), context=RELAY_REGISTER_CONTEXT)
-    msg = RelayRegister(
-        peer_id=identity.peer_id,
-        timestamp_ms=max(0, int(clock() * 1000)),
-        signature=signature,
-        visitor=visitor,
-    )
+    msg = register_message(conn, identity, clock, visitor=visitor)
     return await request(reader, writer, msg)
 
 

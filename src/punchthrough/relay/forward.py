@@ -18,6 +18,7 @@ from collections.abc import Callable
 from hmac import compare_digest
 
 from punchthrough.netio import Address, DatagramSocket
+from punchthrough.relay.early import EarlyFrames
 from punchthrough.relay.frames import (
     FRAME_DATA,
     FRAME_SEND,
@@ -49,6 +50,9 @@ class Forwarder:
         self.registry = registry
         self._stats = stats
         self._payload_filter = payload_filter
+        #: Frames from a handshake-complete, not yet registered sender (``.early``); set by the
+        #: server to its control plane's.
+        self.early: EarlyFrames | None = None
 
     def handler(self, local: Address, sock: DatagramSocket) -> Callable[[bytes, Address], None]:
         """The forwarding hot path, as a closure (no attribute lookups per frame)."""
@@ -61,7 +65,9 @@ class Forwarder:
         def on_frame(data: bytes, addr: Address) -> None:
             src = by_addr.get(addr)
             if src is None:
-                stats["dropped_unregistered"] += 1
+                early = self.early
+                if early is None or not early.hold(data, addr, on_frame):
+                    stats["dropped_unregistered"] += 1
                 return
             n = len(data)
             if n <= SEND_HEADER_LENGTH or n > MAX_SEND_FRAME or data[0] != FRAME_SEND:

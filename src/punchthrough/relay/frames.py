@@ -7,17 +7,19 @@ Wire format (first byte in 16-19, the range the socket multiplexer routes to the
     0x11 NOTICE  | code (1 byte) | peer id (32 raw bytes) | frame token (8)   exactly 42 bytes
     0x12 SEND    | peer id (32 raw bytes) | frame token (8) | payload (1..MAX_RELAY_PAYLOAD)
 
-Every frame carries the frame token of the registration it belongs to, the secret the relay
-gave that client on the control connection (``RelayRegistered.frame_token``): a source address
-alone proves nothing (issue 12). Client -> relay is SEND: the *destination* peer id and the
-sender's token, so a frame forged with a registered client's source address is dropped before
-it costs that client anything (finding 3). Relay -> client is DATA (the *source* peer id,
-stamped by the relay from the sender's registration, never trusted from the sender) and
-NOTICE, both with the *recipient's* token, so a frame forged with the relay's source address
-(an off-path attacker who knows a peer's public mapping) is dropped by the client before it
-takes an incoming-connection slot or ends a call (finding 1, its forged-source variant). The
-payload is one opaque, end-to-end encrypted inner packet. Anything else in 16-19, and anything
-shorter than its header, is malformed.
+Every frame carries the frame token of the registration it belongs to, a secret only that
+client and the relay know: both derive it from the control connection's channel binding
+(:func:`derive_frame_token`), so the client may send SEND frames right behind its
+``RelayRegister``, before the answer (issue 17); the relay repeats it in
+``RelayRegistered.frame_token``. A source address alone proves nothing (issue 12). Client ->
+relay is SEND: the *destination* peer id and the sender's token, so a frame forged with a
+registered client's source address is dropped before it costs that client anything (finding
+3). Relay -> client is DATA (the *source* peer id, stamped by the relay from the sender's
+registration, never trusted from the sender) and NOTICE, both with the *recipient's* token, so
+a frame forged with the relay's source address (an off-path attacker who knows a peer's public
+mapping) is dropped by the client before it takes an incoming-connection slot or ends a call
+(finding 1, its forged-source variant). The payload is one opaque, end-to-end encrypted inner
+packet. Anything else in 16-19, and anything shorter than its header, is malformed.
 
 The relay's hot path (``relay.forward``) builds no objects: it checks a SEND frame's length,
 type and token inline and slices. The object API (:func:`decode_frame`,
@@ -26,6 +28,8 @@ type and token inline and slices. The object API (:func:`decode_frame`,
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 from typing import Final
 
@@ -45,6 +49,9 @@ PEER_ID_BYTES: Final = 32
 #: chance per forged frame). It is not a MAC: someone on the path to the relay sees it, and
 #: could already drop or delay that client's packets anyway.
 FRAME_TOKEN_BYTES: Final = 8
+#: Domain separation of :func:`derive_frame_token` (the same binding also keys the
+#: registration signature, under ``RELAY_REGISTER_CONTEXT``).
+FRAME_TOKEN_LABEL: Final = b"punchthrough relay frame token v1"
 #: Where a frame's peer id ends and its token starts (type byte + peer id).
 PEER_ID_END: Final = 1 + PEER_ID_BYTES
 #: Type byte + peer id + frame token: the header of SEND and of DATA.
@@ -119,6 +126,14 @@ def encode_notice(code: int, peer_id: PeerId | bytes, token: bytes) -> bytes:
     if not 0 <= code <= 255:
         raise RelayFrameError(f"notice code {code} does not fit one byte")
     return bytes([FRAME_NOTICE, code]) + _peer_and_token(peer_id, token)
+
+
+def derive_frame_token(binding: bytes) -> bytes:
+    """The frame token of the registration made on a control connection with ``binding``
+    (``identity.channel_binding``): HMAC-SHA256 keyed by the binding, truncated. Both ends
+    compute it once the handshake is complete, without a round trip; nobody else can (the
+    binding comes from the connection's (EC)DHE secret and is never sent)."""
+    return hmac.new(binding, FRAME_TOKEN_LABEL, hashlib.sha256).digest()[:FRAME_TOKEN_BYTES]
 
 
 def data_header_ok(data: bytes) -> bool:

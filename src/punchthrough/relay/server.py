@@ -42,6 +42,8 @@ GLOBAL_STAT_KEYS: Final = (
     "bytes_in",  # payload bytes of frames_in
     "bytes_out",  # payload bytes forwarded
     "dropped_unregistered",  # relay frames from an address with no registration
+    "early_frames_held",  # SEND right behind its sender's RelayRegister, held until registered
+    "early_frames_dropped",  # held, but the sender never registered (or over MAX_EARLY_FRAMES)
     "dropped_bad_token",  # SEND from a registered address without its frame token (forged)
     "dropped_unknown_dest",  # destination peer id not registered here
     "dropped_rate",  # per-client packet/byte limit
@@ -108,6 +110,7 @@ class RelayServer:
         )
         self._controls = self._control.connections  # a live view, for stats and tests
         self._forwarder = Forwarder(sockets, self.registry, self._stats, payload_filter)
+        self._forwarder.early = self._control.early  # SEND right behind RelayRegister (issue 17)
         self._fast: list[FastForwarder] = []
         self._payload_filter = payload_filter
         #: In a fleet: the directory link (relay.fleet); None for a lone relay.
