@@ -96,11 +96,16 @@ async def _refused_quietly(ea: Endpoint, eb: Endpoint, config_wait: float = 2.0)
         out["dialer_closed"] = conn.close_reason is not None
         out["close_reason"] = conn.close_reason.reason if conn.close_reason else None
     await asyncio.sleep(0.5)
-    out["accepted"] = accept.done()
+    out.update(await _accept_outcome(accept, eb))
+    return out
+
+
+async def _accept_outcome(accept: asyncio.Future[Connection], eb: Endpoint) -> dict[str, Any]:
+    """Did the acceptor's application get the call? (and the endpoint's counters)"""
+    accepted = accept.done()
     accept.cancel()
     await asyncio.gather(accept, return_exceptions=True)
-    out["stats"] = dict(eb.stats)
-    return out
+    return {"accepted": accepted, "stats": dict(eb.stats)}
 
 
 def test_usable_after_one_relayed_round_trip_and_early_data_is_held_until_proven() -> None:
@@ -267,7 +272,6 @@ def test_the_acceptor_checks_from_the_offer_and_moves_only_after_the_proof() -> 
         }
 
     out = run(_world(body, relay_link=FAR_RELAY), seed=5)
-    print(out)
     assert out["offers"] == 1 and out["early_rounds"] == 1
     assert out["held"] >= 1  # something (the switch) waited for the proof
     assert out["dialer_path"] == out["acceptor_path"] == "direct"
@@ -314,14 +318,10 @@ def test_a_valid_offer_whose_proof_fails_never_moves_a_path(
         seen["changes"] = list(victim.path_changes)
         seen["closed"] = victim.close_reason is not None
         await asyncio.sleep(0.5)
-        seen["accepted"] = accept.done()
-        accept.cancel()
-        await asyncio.gather(accept, return_exceptions=True)
-        seen["stats"] = dict(eb.stats)
+        seen.update(await _accept_outcome(accept, eb))
         return seen
 
     out = run(_world(body, relay_link=FAR_RELAY), seed=6)
-    print(out)
     assert out["early_rounds"] == 1  # the offer opened: the acceptor did check early
     assert out["pairs_ok"] >= 1 and out["held"] >= 1  # its checks succeeded, the switch waited
     assert out["changes"] == []  # never a path: the switch waited for a proof that failed

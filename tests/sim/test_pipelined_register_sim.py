@@ -20,32 +20,23 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
+from test_fastsetup_sim import _place
 
 from punchthrough.endpoint import Endpoint, EndpointConfig, NoRelay, PeerUnreachable
 from punchthrough.identity import Identity
 from punchthrough.netio import Address
 from punchthrough.relay import RelayLimits, RelayServer
-from punchthrough.sim import Host, Link, World, profile, run
+from punchthrough.sim import Host, Link, World, run
 
 T = TypeVar("T")
 RELAY: Address = ("198.51.100.20", 3478)
 WAN_LINK = Link(0.010)
-LAN_LINK = Link(0.0)
 RELAYED_RTT = 0.080
 #: The issue's slack on top of the round trips ("<= 1 relayed RTT + 10 ms").
 SLACK = 0.010
 #: Virtual time is exact, up to float rounding.
 EPS = 1e-9
 PIPELINED = EndpointConfig(direct=False, pipeline_registration=True)
-
-
-def _place(world: World, name: str, n: int) -> Host:
-    cfg = profile("eim-apdf")
-    assert cfg is not None
-    box = world.add_nat(
-        f"nat-{name}", cfg, f"203.0.113.{n}", inside_ip=f"10.0.{n}.1", link=WAN_LINK
-    )
-    return box.add_host(name, f"10.0.{n}.2", link=LAN_LINK)
 
 
 async def _world(
@@ -58,7 +49,7 @@ async def _world(
     relay_host = world.add_host("relay", RELAY[0], link=WAN_LINK)
     relay = await RelayServer.start(relay_host, [RELAY], limits=limits) if relay_up else None
     try:
-        a_host, b_host = _place(world, "a", 1), _place(world, "b", 2)
+        a_host, b_host = _place(world, "a", "eim-apdf", 1), _place(world, "b", "eim-apdf", 2)
         idb = Identity.from_private_bytes(b"\x02" * 32)
         b_cfg = EndpointConfig(direct=False)
         if relay is None:
