@@ -30,8 +30,8 @@ from punchthrough.netio import Address
 from punchthrough.relay.frames import FRAME_SEND, MAX_SEND_FRAME, PEER_ID_END, SEND_HEADER_LENGTH
 
 #: Frames held per connection until it registers: a dialer's first flight through the relay is
-#: one QUIC Initial datagram per call (aioquic pads the ClientHello into one 1200-byte packet);
-#: 4 leaves room for a retransmission or a few calls started at once.
+#: two datagrams per call (its QUIC Initial, one 1200-byte packet, and its sealed early offer,
+#: ``traversal.offer``); 4 leaves room for a retransmission or a second call started at once.
 MAX_EARLY_FRAMES: Final = 4
 
 #: The forwarding handler a held frame is replayed through (``Forwarder.handler``'s closure of
