@@ -256,7 +256,10 @@ class HardNatBirthdayStart(Message, tag="hard-nat-birthday-start", frozen=True, 
 
 
 class CheckStart(Message, tag="check-start", frozen=True, kw_only=True):
-    """Agree when both sides start connectivity checks for a stage (simultaneous open)."""
+    """Agree when both sides start connectivity checks for a stage (simultaneous open).
+
+    From the dialer: the moment both start. From the acceptor (it had the dialer's early offer):
+    it started at ``start_at_ms`` already, so the dialer starts the moment it reads this."""
 
     call_id: CallId
     stage: CheckStage
