@@ -16,11 +16,10 @@ from aioquic.quic.connection import QuicConnection
 
 from punchthrough.identity import Identity, InvalidPeerId, PeerId
 from punchthrough.identity.agreement import static_secret
-from punchthrough.signal import Candidates
 from punchthrough.transport.quic import original_destination_cid
 from punchthrough.traversal.keys import call_secret, offer_key
 from punchthrough.traversal.local import LocalCandidates
-from punchthrough.traversal.offer import Offer, OfferError, open_offer, seal_offer
+from punchthrough.traversal.offer import Offer, OfferError, offer_of, open_offer, seal_offer
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +43,8 @@ class CallKeys:
 
     def seal(self, local: LocalCandidates) -> bytes | None:
         """The dialer's offer of ``local`` (``None`` if it does not fit a datagram)."""
-        summary = local.summary.to_signal() if local.summary_ready else None
-        offer = Offer(Candidates(candidates=tuple(local.candidates)), summary)
         try:
-            return seal_offer(self._offer_key, self._cid, offer)
+            return seal_offer(self._offer_key, self._cid, offer_of(local))
         except OfferError as exc:
             log.info("no early offer: %s", exc)
             return None

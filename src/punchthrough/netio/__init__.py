@@ -6,7 +6,14 @@ connection) talks to a :class:`Network` and its :class:`DatagramSocket` objects,
 provides the simulated one. No code path branches on which one it has.
 """
 
-from punchthrough.netio.base import Address, DatagramReceiver, DatagramSocket, Network, SocketClosed
+from punchthrough.netio.base import (
+    Address,
+    DatagramReceiver,
+    DatagramSocket,
+    Network,
+    SocketClosed,
+    SocketState,
+)
 from punchthrough.netio.udp import UdpNetwork, UdpSocket
 
 __all__ = [
@@ -15,6 +22,7 @@ __all__ = [
     "DatagramSocket",
     "Network",
     "SocketClosed",
+    "SocketState",
     "UdpNetwork",
     "UdpSocket",
 ]

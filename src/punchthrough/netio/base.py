@@ -52,6 +52,31 @@ class DatagramSocket(Protocol):
         ...
 
 
+class SocketState:
+    """The three facts every :class:`DatagramSocket` reports, kept the same way by each
+    implementation (real, batched, stream hub, simulated): where it is bound, whether it is
+    closed, how many sends failed. Subclasses set the attributes in their constructor."""
+
+    _local: Address
+    _closed: bool
+    _send_errors: int
+
+    @property
+    def local_address(self) -> Address:
+        return self._local
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def send_errors(self) -> int:
+        return self._send_errors
+
+    def _closed_error(self) -> SocketClosed:
+        return SocketClosed(f"socket {self._local[0]}:{self._local[1]} is closed")
+
+
 @runtime_checkable
 class Network(Protocol):
     """Something that can bind datagram sockets: the kernel, or a simulated host."""

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Final, Protocol
 
 from punchthrough.netio import mmsg
-from punchthrough.netio.base import Address, DatagramReceiver, SocketClosed
+from punchthrough.netio.base import Address, DatagramReceiver, SocketState
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class BatchHandler(Protocol):
     ) -> None: ...
 
 
-class BatchedUdpSocket:
+class BatchedUdpSocket(SocketState):
     """A bound UDP socket drained in batches (see the module docstring)."""
 
     def __init__(self, sock: socket.socket, *, batched: bool | None = None) -> None:
@@ -151,21 +151,9 @@ class BatchedUdpSocket:
     def family(self) -> int:
         return self._sock.family
 
-    @property
-    def local_address(self) -> Address:
-        return self._local
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def send_errors(self) -> int:
-        return self._send_errors
-
     def sendto(self, data: bytes, addr: Address) -> None:
         if self._closed:
-            raise SocketClosed(f"socket {self._local[0]}:{self._local[1]} is closed")
+            raise self._closed_error()
         try:
             self._sock.sendto(data, addr)
         except OSError as exc:  # full buffer, ICMP error: UDP drops, we count

@@ -20,7 +20,12 @@ import logging
 import socket
 from typing import Final
 
-from punchthrough.netio.base import Address, DatagramReceiver, DatagramSocket, SocketClosed
+from punchthrough.netio.base import (
+    Address,
+    DatagramReceiver,
+    DatagramSocket,
+    SocketState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +45,7 @@ class _Protocol(asyncio.DatagramProtocol):
         self._owner._mark_closed()
 
 
-class UdpSocket:
+class UdpSocket(SocketState):
     """An asyncio datagram transport wrapped as a :class:`DatagramSocket`."""
 
     def __init__(self) -> None:
@@ -80,21 +85,9 @@ class UdpSocket:
         self._local = (str(sockname[0]), int(sockname[1]))
         return self
 
-    @property
-    def local_address(self) -> Address:
-        return self._local
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def send_errors(self) -> int:
-        return self._send_errors
-
     def sendto(self, data: bytes, addr: Address) -> None:
         if self._closed or self._transport is None:
-            raise SocketClosed(f"socket {self._local[0]}:{self._local[1]} is closed")
+            raise self._closed_error()
         if self._dual and ":" not in addr[0]:
             addr = ("::ffff:" + addr[0], addr[1])  # IPv4 on the dual-stack socket
         try:

@@ -18,7 +18,12 @@ import random
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from punchthrough.netio import Address, DatagramReceiver, DatagramSocket, SocketClosed
+from punchthrough.netio import (
+    Address,
+    DatagramReceiver,
+    DatagramSocket,
+    SocketState,
+)
 from punchthrough.sim.firewall import Firewall, FirewallConfig
 from punchthrough.sim.link import Link
 from punchthrough.sim.nat import NatTable
@@ -122,7 +127,7 @@ class Realm:
         return f"Realm({self.name!r})"
 
 
-class SimSocket:
+class SimSocket(SocketState):
     """A UDP socket on a simulated host; implements :class:`DatagramSocket`."""
 
     def __init__(self, host: Host, local: Address) -> None:
@@ -132,21 +137,9 @@ class SimSocket:
         self._closed = False
         self._send_errors = 0
 
-    @property
-    def local_address(self) -> Address:
-        return self._local
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def send_errors(self) -> int:
-        return self._send_errors
-
     def sendto(self, data: bytes, addr: Address) -> None:
         if self._closed:
-            raise SocketClosed(f"socket {self._local[0]}:{self._local[1]} is closed")
+            raise self._closed_error()
         payload = bytes(data)
         try:
             dst = (norm_ip(addr[0]), int(addr[1]))

@@ -62,14 +62,18 @@ class Offer:
     summary: NatReportSummary | None = None
 
 
+def offer_of(local: LocalCandidates) -> Offer:
+    """What each side says first: its ``Candidates`` and its NAT summary. The summary may be only
+    its mapping half (filtering "unknown" while the endpoint's filtering test runs; the agent
+    sends the final one when it is known)."""
+    summary = local.summary.to_signal() if local.summary_ready else None
+    return Offer(Candidates(candidates=tuple(local.candidates)), summary)
+
+
 def first_flight(local: LocalCandidates) -> list[Message]:
-    """The first ``Candidates`` and the NAT summary: what each side sends first. The summary
-    may be only its mapping half (filtering "unknown" while the endpoint's filtering test runs;
-    the agent sends the final one when it is known)."""
-    msgs: list[Message] = [Candidates(candidates=tuple(local.candidates))]
-    if local.summary_ready:
-        msgs.append(local.summary.to_signal())
-    return msgs
+    """:func:`offer_of` as control messages (the acceptor's 0.5-RTT flight, the dialer's first)."""
+    offer = offer_of(local)
+    return [offer.candidates] if offer.summary is None else [offer.candidates, offer.summary]
 
 
 def is_offer(payload: bytes) -> bool:

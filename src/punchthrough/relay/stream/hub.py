@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from punchthrough.netio import Address, DatagramReceiver, SocketClosed
+from punchthrough.netio import Address, DatagramReceiver, SocketClosed, SocketState
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def is_virtual(address: Address) -> bool:
     return address[0].startswith(f"{VIRTUAL_PREFIX:x}:")
 
 
-class StreamHub:
+class StreamHub(SocketState):
     """A :class:`~punchthrough.netio.DatagramSocket` whose "peers" are stream connections."""
 
     def __init__(self, local: Address) -> None:
@@ -123,18 +123,6 @@ class StreamHub:
         self.on_close: Callable[[], None] | None = None
 
     # -- DatagramSocket --------------------------------------------------------------------
-    @property
-    def local_address(self) -> Address:
-        return self._local
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def send_errors(self) -> int:
-        return self._send_errors
-
     def sendto(self, data: bytes, addr: Address) -> None:
         if self._closed:
             raise SocketClosed("stream listener is closed")
